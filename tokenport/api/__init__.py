@@ -1,0 +1,1 @@
+"""HTTP layer: thin ASGI endpoints that parse, call the lifecycle, and render results."""

@@ -1,0 +1,128 @@
+"""Admin HTTP API under /admin/v1: tenants, keys, usage. Guarded by the configured admin token."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokenport.api.views import key_view, tenant_view, usage_view
+from tokenport.tenancy.service import Conflict, InvalidInput, NotFound
+
+
+def _json(obj, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status, media_type="application/json")
+
+
+def _error(status: int, message: str, type_: str, code: str) -> Response:
+    return _json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
+
+
+def guarded(handler):
+    """Check the admin token, map domain errors to HTTP, run blocking work off the loop."""
+
+    async def endpoint(request: Request) -> Response:
+        rt = request.app.state.runtime
+        token = rt.settings.admin_token
+        if not token:
+            return _error(
+                403,
+                "The admin API is disabled: set server.admin_token or TOKENPORT_ADMIN_TOKEN",
+                "permission_error",
+                "admin_disabled",
+            )
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return _error(401, "Invalid admin token", "authentication_error", "invalid_admin_token")
+        body = None
+        if request.method == "POST":
+            raw = await request.body()
+            try:
+                body = orjson.loads(raw) if raw else {}
+            except orjson.JSONDecodeError:
+                return _error(400, "Invalid JSON body", "invalid_request_error", "invalid_json")
+            if not isinstance(body, dict):
+                return _error(400, "The body must be a JSON object", "invalid_request_error", "invalid_json")
+        try:
+            status, result = await run_in_threadpool(handler, rt, request, body)
+        except InvalidInput as exc:
+            return _error(400, str(exc), "invalid_request_error", "invalid_request")
+        except NotFound as exc:
+            return _error(404, str(exc), "invalid_request_error", "not_found")
+        except Conflict as exc:
+            return _error(409, str(exc), "invalid_request_error", "conflict")
+        return _json(result, status)
+
+    return endpoint
+
+
+def list_tenants(rt, request, body):
+    return 200, {"object": "list", "data": [tenant_view(t) for t in rt.tenancy.list_tenants()]}
+
+
+def create_tenant(rt, request, body):
+    return 201, tenant_view(rt.tenancy.create_tenant(body.get("name"), body.get("zone")))
+
+
+def list_keys(rt, request, body):
+    keys = rt.tenancy.list_keys(request.query_params.get("tenant"))
+    return 200, {"object": "list", "data": [key_view(k) for k in keys]}
+
+
+def create_key(rt, request, body):
+    tenant = body.get("tenant")
+    if not isinstance(tenant, str):
+        raise InvalidInput("'tenant' is required")
+    info, secret = rt.tenancy.create_key(tenant, body.get("label"), body.get("rpm_limit"))
+    return 201, key_view(info, secret)
+
+
+def revoke_key(rt, request, body):
+    key_id = request.path_params["key_id"]
+    rt.tenancy.revoke_key(key_id)
+    return 200, {"id": key_id, "revoked": True}
+
+
+def usage(rt, request, body):
+    q = request.query_params
+    tenant = q.get("tenant")
+    if tenant is not None:
+        rt.tenancy.tenant(tenant)
+    since = parse_since(q.get("since"))
+    try:
+        limit = int(q.get("limit", "1000"))
+    except ValueError:
+        raise InvalidInput("'limit' must be an integer") from None
+    rows = rt.usage_store.query(tenant, since, limit=max(1, min(limit, 100_000)))
+    return 200, {
+        "object": "list",
+        "data": [usage_view(r) for r in rows],
+        "totals": rt.usage_store.totals(tenant, since),
+    }
+
+
+def parse_since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput("'since' must be an ISO 8601 timestamp") from None
+    if dt.tzinfo is None:
+        raise InvalidInput("'since' must include a timezone (e.g. 2026-01-01T00:00:00Z)")
+    return dt
+
+
+routes = [
+    Route("/admin/v1/tenants", guarded(list_tenants), methods=["GET"]),
+    Route("/admin/v1/tenants", guarded(create_tenant), methods=["POST"]),
+    Route("/admin/v1/keys", guarded(list_keys), methods=["GET"]),
+    Route("/admin/v1/keys", guarded(create_key), methods=["POST"]),
+    Route("/admin/v1/keys/{key_id}/revoke", guarded(revoke_key), methods=["POST"]),
+    Route("/admin/v1/usage", guarded(usage), methods=["GET"]),
+]

@@ -1,0 +1,68 @@
+"""The ASGI application: hot OpenAI endpoints dispatched directly, everything else via Starlette."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokenport.api import admin, ops
+from tokenport.api.errors import openai_error_body
+from tokenport.api.middleware import RequestIdMiddleware
+from tokenport.api.openai_routes import completion_endpoints
+from tokenport.api.openapi import openapi
+from tokenport.gateway.errors import ApiError
+from tokenport.runtime import Runtime
+
+
+async def _not_found(request: Request, exc) -> Response:
+    status = getattr(exc, "status_code", 404)
+    err = ApiError(
+        status,
+        f"No route for {request.method} {request.url.path}",
+        "invalid_request_error",
+        "not_found" if status == 404 else "method_not_allowed",
+    )
+    return Response(openai_error_body(err), status, media_type="application/json")
+
+
+class TokenportApp:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        s = runtime.settings
+        self.hot = completion_endpoints(lambda: runtime.gateway, runtime.clock, s.max_body_bytes)
+
+        @asynccontextmanager
+        async def lifespan(app):
+            await runtime.start()
+            try:
+                yield
+            finally:
+                await runtime.stop()
+
+        routes = [
+            Route("/health", ops.health, methods=["GET"]),
+            Route("/metrics", ops.metrics, methods=["GET"]),
+            Route("/v1/models", ops.models, methods=["GET"]),
+            Route("/openapi.json", openapi, methods=["GET"]),
+            *admin.routes,
+        ]
+        self.starlette = Starlette(
+            routes=routes, lifespan=lifespan, exception_handlers={404: _not_found, 405: _not_found}
+        )
+        self.starlette.state.runtime = runtime
+        self._http = RequestIdMiddleware(self._dispatch)
+
+    async def _dispatch(self, scope, receive, send) -> None:
+        endpoint = self.hot.get(scope["path"])
+        if endpoint is not None:
+            return await endpoint(scope, receive, send)
+        return await self.starlette(scope, receive, send)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            return await self._http(scope, receive, send)
+        return await self.starlette(scope, receive, send)

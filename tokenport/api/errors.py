@@ -1,0 +1,29 @@
+"""Error bodies in the OpenAI shape: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import orjson
+
+from tokenport.gateway.errors import ApiError
+
+
+def openai_error_body(err: ApiError) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.type, "param": err.param, "code": err.code}}
+    )
+
+
+def error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
+    if err.status == 429 or err.status == 401 or err.status == 403:
+        # insufficient_quota and auth failures must not be retried by the SDKs; rate limits may.
+        retry = "true" if err.code == "rate_limit_exceeded" else "false"
+        headers.append((b"x-should-retry", retry.encode()))
+    return headers
+
+
+async def send_error(send, err: ApiError) -> None:
+    body = openai_error_body(err)
+    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err, body)})
+    await send({"type": "http.response.body", "body": body})

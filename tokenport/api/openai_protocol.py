@@ -1,0 +1,130 @@
+"""OpenAI request parsing and validation: only what routing and metering need, checked fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from tokenport.gateway.errors import bad_request
+
+MAX_TOKENS_CAP = 1_000_000
+_MAX_INT = 2**63 - 1
+
+
+@dataclass(slots=True)
+class ParsedRequest:
+    endpoint: str  # "chat" | "completions"
+    model: str
+    stream: bool
+    include_usage: bool  # the client asked for the usage chunk
+    body: dict[str, Any]
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"Invalid JSON body: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, int | float)) and not isinstance(v, bool)
+
+
+def _check_range(body: dict, name: str, lo: float, hi: float) -> None:
+    v = body.get(name)
+    if v is not None and (not _is_num(v) or not lo <= v <= hi):
+        raise bad_request(f"'{name}' must be a number between {lo} and {hi}", param=name)
+
+
+def _check_int(body: dict, name: str, lo: int, hi: int) -> None:
+    v = body.get(name)
+    if v is not None and (not _is_int(v) or not lo <= v <= hi):
+        raise bad_request(f"'{name}' must be an integer between {lo} and {hi}", param=name)
+
+
+def _check_common(body: dict) -> tuple[str, bool, bool]:
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise bad_request("'model' is required and must be a non-empty string", param="model")
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", param="stream")
+    opts = body.get("stream_options")
+    include_usage = False
+    if opts is not None:
+        if not isinstance(opts, dict):
+            raise bad_request("'stream_options' must be an object", param="stream_options")
+        if not stream:
+            raise bad_request(
+                "'stream_options' is only allowed when 'stream' is true", param="stream_options"
+            )
+        iu = opts.get("include_usage", False)
+        if not isinstance(iu, bool):
+            raise bad_request("'stream_options.include_usage' must be a boolean", param="stream_options")
+        include_usage = iu
+    _check_int(body, "max_tokens", 1, MAX_TOKENS_CAP)
+    _check_int(body, "max_completion_tokens", 1, MAX_TOKENS_CAP)
+    _check_range(body, "temperature", 0, 2)
+    _check_range(body, "top_p", 0, 1)
+    _check_range(body, "presence_penalty", -2, 2)
+    _check_range(body, "frequency_penalty", -2, 2)
+    _check_int(body, "seed", -_MAX_INT - 1, _MAX_INT)
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise bad_request("Only 'n': 1 is supported", param="n")
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise bad_request("'stop' must be a string or a list of at most 4 strings", param="stop")
+    return model, stream, include_usage
+
+
+def parse_chat(raw: bytes) -> ParsedRequest:
+    body = parse_body(raw)
+    model, stream, include_usage = _check_common(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array", param="messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise bad_request(f"'messages[{i}]' must be an object with a string 'role'", param="messages")
+        if m["role"] not in ("system", "developer", "user", "assistant", "tool", "function"):
+            raise bad_request(f"'messages[{i}].role' is not a valid role", param="messages")
+        content = m.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise bad_request(f"'messages[{i}].content' must be a string or an array", param="messages")
+    tools = body.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") for t in tools)
+    ):
+        raise bad_request("'tools' must be an array of tool objects", param="tools")
+    tc = body.get("tool_choice")
+    if tc is not None and not isinstance(tc, str | dict):
+        raise bad_request("'tool_choice' must be a string or an object", param="tool_choice")
+    rf = body.get("response_format")
+    if rf is not None and not (isinstance(rf, dict) and isinstance(rf.get("type"), str)):
+        raise bad_request("'response_format' must be an object with a 'type'", param="response_format")
+    return ParsedRequest("chat", model, stream, include_usage, body)
+
+
+def parse_completion(raw: bytes) -> ParsedRequest:
+    body = parse_body(raw)
+    model, stream, include_usage = _check_common(body)
+    prompt = body.get("prompt")
+    if not (isinstance(prompt, str) or (isinstance(prompt, list) and len(prompt) == 1)):
+        raise bad_request("'prompt' must be a string (or a list of one)", param="prompt")
+    return ParsedRequest("completions", model, stream, include_usage, body)

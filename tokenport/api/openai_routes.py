@@ -1,0 +1,141 @@
+"""OpenAI-compatible endpoints as raw ASGI callables (the hot path: no framework in between)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tokenport.api.errors import error_headers, openai_error_body, send_error
+from tokenport.api.middleware import REQUEST_ID_KEY
+from tokenport.api.openai_protocol import ParsedRequest, parse_chat, parse_completion
+from tokenport.clock import Clock
+from tokenport.gateway.context import RequestContext
+from tokenport.gateway.errors import ApiError
+from tokenport.gateway.lifecycle import Gateway
+from tokenport.gateway.sse import sse_error
+
+_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class AsgiSink:
+    """Writes one response to the ASGI `send`; knows whether the client went away."""
+
+    __slots__ = ("_send", "disconnected", "finished", "started", "streaming")
+
+    def __init__(self, send) -> None:
+        self._send = send
+        self.disconnected = False
+        self.finished = False
+        self.started = False
+        self.streaming = False
+
+    async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
+        headers = [(b"content-type", content_type)]
+        if length is not None:
+            headers.append((b"content-length", str(length).encode()))
+        if content_type == b"text/event-stream":
+            self.streaming = True
+            headers += _SSE_HEADERS
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def send(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def error(self, err: ApiError) -> None:
+        if self.streaming:  # after streaming started: an error event, then the stream ends
+            await self.send(sse_error(err.message, err.type, err.code))
+            return
+        self.started = True
+        body = openai_error_body(err)
+        await self._send(
+            {"type": "http.response.start", "status": err.status, "headers": error_headers(err, body)}
+        )
+        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+
+    async def finish(self) -> None:
+        self.finished = True
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class CompletionEndpoint:
+    def __init__(
+        self,
+        endpoint: str,
+        parse: Callable[[bytes], ParsedRequest],
+        gateway_ref,
+        clock: Clock,
+        max_body: int,
+    ) -> None:
+        self.endpoint = endpoint
+        self.parse = parse
+        self.gateway_ref = gateway_ref  # () -> Gateway, built at startup
+        self.clock = clock
+        self.max_body = max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["method"] != "POST":
+            return await send_error(
+                send, ApiError(405, "Use POST", "invalid_request_error", "method_not_allowed")
+            )
+        headers = dict(scope["headers"])
+        try:
+            body = await read_body(headers, receive, self.max_body)
+        except ApiError as err:
+            return await send_error(send, err)
+        if body is None:  # client left while sending the body
+            return
+        gateway: Gateway = self.gateway_ref()
+        ctx = RequestContext(scope[REQUEST_ID_KEY], self.endpoint, self.clock.now(), self.clock.monotonic())
+        sink = AsgiSink(send)
+        watcher = asyncio.create_task(_watch_disconnect(receive, sink, ctx, asyncio.current_task()))
+        try:
+            await gateway.handle(ctx, headers, body, self.parse, sink)
+        finally:
+            watcher.cancel()
+        if sink.started and not sink.disconnected:
+            await sink.finish()
+
+
+async def _watch_disconnect(receive, sink: AsgiSink, ctx: RequestContext, task: asyncio.Task) -> None:
+    """The request body is read; the next message can only be the client going away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+    if not sink.finished:
+        sink.disconnected = True
+        if ctx.stream:
+            task.cancel()  # stop relaying; the relay closes the upstream, the engine stops
+
+
+async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes | None:
+    too_big = ApiError(
+        413, f"Request body exceeds the limit of {limit} bytes", "invalid_request_error", "request_too_large"
+    )
+    declared = headers.get(b"content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Invalid Content-Length header", "invalid_request_error", "invalid_request")
+        if int(declared) > limit:
+            raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise too_big
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def completion_endpoints(gateway_ref, clock: Clock, max_body: int) -> dict[str, CompletionEndpoint]:
+    return {
+        "/v1/chat/completions": CompletionEndpoint("chat", parse_chat, gateway_ref, clock, max_body),
+        "/v1/completions": CompletionEndpoint("completions", parse_completion, gateway_ref, clock, max_body),
+    }

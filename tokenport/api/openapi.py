@@ -1,0 +1,181 @@
+"""The OpenAPI document for tokenport's own surface (admin API, ops, OpenAI-compatible routes)."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenport import __version__
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _op(
+    summary: str,
+    tag: str,
+    ok: str = "200",
+    body: dict | None = None,
+    params: list | None = None,
+    secure: str = "apiKey",
+    ok_schema: dict | None = None,
+) -> dict:
+    op: dict = {
+        "summary": summary,
+        "tags": [tag],
+        "security": [{secure: []}],
+        "responses": {
+            ok: {"description": "Success", "content": {"application/json": {"schema": ok_schema or {}}}},
+            "default": {"description": "Error", "content": {"application/json": {"schema": _ERROR}}},
+        },
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, desc: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
+
+
+def _admin(summary: str, **kw) -> dict:
+    return _op(summary, "admin", secure="adminToken", **kw)
+
+
+CHAT_BODY = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {"type": "array", "items": {"type": "object"}},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "stop": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
+        },
+        "seed": {"type": "integer"},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"oneOf": [{"type": "string"}, {"type": "object"}]},
+        "response_format": {"type": "object"},
+    },
+}
+COMPLETION_BODY = {
+    "type": "object",
+    "required": ["model", "prompt"],
+    "properties": {
+        **{k: v for k, v in CHAT_BODY["properties"].items() if k != "messages"},
+        "prompt": {"type": "string"},
+    },
+}
+
+SPEC = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "tokenport",
+        "version": __version__,
+        "description": "OpenAI-compatible token gateway with exact, content-free metering.",
+    },
+    "paths": {
+        "/v1/chat/completions": {
+            "post": _op("Chat completion (streaming with SSE)", "openai", body=CHAT_BODY)
+        },
+        "/v1/completions": {
+            "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
+        },
+        "/v1/models": {"get": _op("Models served in the key's zone", "openai")},
+        "/health": {
+            "get": {
+                "summary": "200 when ready, 503 while the engine loads",
+                "tags": ["ops"],
+                "responses": {"200": {"description": "Ready"}, "503": {"description": "Loading"}},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "tags": ["ops"],
+                "responses": {"200": {"description": "Prometheus text format"}},
+            }
+        },
+        "/admin/v1/tenants": {
+            "get": _admin("List tenants"),
+            "post": _admin(
+                "Create a tenant (zone defaults to the configured default; immutable)",
+                ok="201",
+                body={
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "zone": {"type": "string"}},
+                },
+            ),
+        },
+        "/admin/v1/keys": {
+            "get": _admin("List keys (never their secrets)", params=[_q("tenant", "Tenant name")]),
+            "post": _admin(
+                "Create a key; the answer carries the secret `key`, shown only once",
+                ok="201",
+                body={
+                    "type": "object",
+                    "required": ["tenant"],
+                    "properties": {
+                        "tenant": {"type": "string"},
+                        "label": {"type": "string"},
+                        "rpm_limit": {"type": "integer", "minimum": 1},
+                    },
+                },
+            ),
+        },
+        "/admin/v1/keys/{key_id}/revoke": {
+            "post": {
+                **_admin("Revoke a key (running servers refuse it within 1 s)"),
+                "parameters": [
+                    {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            },
+        },
+        "/admin/v1/usage": {
+            "get": _admin(
+                "Per-request usage records and totals",
+                params=[
+                    _q("tenant", "Tenant name"),
+                    _q("since", "ISO 8601 timestamp with zone"),
+                    _q("limit", "Maximum records (default 1000)"),
+                ],
+            ),
+        },
+    },
+    "components": {
+        "securitySchemes": {
+            "apiKey": {"type": "http", "scheme": "bearer", "description": "Tenant API key (or x-api-key)"},
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "server.admin_token"},
+        },
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    }
+                },
+            }
+        },
+    },
+}
+
+_BODY = orjson.dumps(SPEC)
+
+
+async def openapi(request: Request) -> Response:
+    return Response(_BODY, media_type="application/json")

@@ -1,0 +1,58 @@
+"""Operational endpoints: /health, /metrics, /v1/models."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from prometheus_client import generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenport.api.errors import openai_error_body
+from tokenport.gateway.errors import ApiError
+
+
+def _json(obj, status: int = 200) -> Response:
+    return Response(orjson.dumps(obj), status, media_type="application/json")
+
+
+async def health(request: Request) -> Response:
+    rt = request.app.state.runtime
+    backends = {b.name: {"zone": b.zone, "healthy": b.healthy} for b in rt.pool.backends}
+    ready = rt.started and any(b.healthy for b in rt.pool.backends)
+    body = {"status": "ok" if ready else "loading", "backends": backends}
+    return _json(body, 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    rt = request.app.state.runtime
+    m = rt.metrics
+    for b in rt.pool.backends:
+        m.backend_healthy.labels(b.name, b.zone).set(1 if b.healthy else 0)
+        m.backend_in_flight.labels(b.name).set(b.in_flight)
+    m.usage_pending.set(rt.writer.pending)
+    m.usage_written.set(rt.writer.written)
+    return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def models(request: Request) -> Response:
+    rt = request.app.state.runtime
+    try:
+        key = rt.keys.authenticate(
+            request.headers.get("authorization", "").encode("latin-1") or None,
+            request.headers.get("x-api-key", "").encode("latin-1") or None,
+        )
+    except ApiError as err:
+        return Response(
+            openai_error_body(err),
+            err.status,
+            media_type="application/json",
+            headers={**err.headers, "x-should-retry": "false"},
+        )
+    created = int(time.time())
+    data = [
+        {"id": m, "object": "model", "created": created, "owned_by": "tokenport"}
+        for m in rt.pool.models_in_zone(key.zone)
+    ]
+    return _json({"object": "list", "data": data})

@@ -1,0 +1,251 @@
+"""The `tokenport` command. Works with or without a running server: both share the database,
+and a running server sees changes within a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from tokenport.config import ConfigError, Settings, load_settings
+
+
+def _settings(args) -> Settings:
+    return load_settings(getattr(args, "config", None))
+
+
+def _service(args):
+    from tokenport.store.db import open_database
+    from tokenport.store.tenants import TenantStore
+    from tokenport.tenancy.service import TenancyService
+
+    settings = _settings(args)
+    engine = open_database(settings.database_url)
+    return TenancyService(TenantStore(engine), settings.default_zone), engine
+
+
+def _print(obj, as_json: bool, lines) -> None:
+    if as_json:
+        print(json.dumps(obj, indent=2))
+    else:
+        for line in lines:
+            print(line)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from tokenport.api.app import TokenportApp
+    from tokenport.runtime import Runtime
+
+    settings = _settings(args)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = Settings(**{**settings.__dict__, **overrides})
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    runtime = Runtime(settings, say=say)
+    _first_run_demo(runtime, settings)
+    say(f"tokenport serving on http://{settings.host}:{settings.port} (data: {settings.home})")
+    config = uvicorn.Config(
+        TokenportApp(runtime),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        loop=_loop(),
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+
+        return "uvloop"
+    except ImportError:
+        return "asyncio"
+
+
+def _first_run_demo(runtime, settings: Settings) -> None:
+    """On an empty database: a demo tenant and key, and ready-to-paste examples."""
+    if runtime.tenant_store.count_tenants():
+        return
+    runtime.tenancy.create_tenant("demo")
+    info, secret = runtime.tenancy.create_key("demo", "created on first run")
+    model = (
+        settings.engine.model_id
+        if settings.engine.enabled
+        else (settings.backends[0].models[0] if settings.backends else "MODEL")
+    )
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"""
+First run: created tenant 'demo' and API key {info.id} (shown once, keep it):
+
+    {secret}
+
+Try it (once the model is loaded):
+
+curl {base}/v1/chat/completions \\
+  -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
+  -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
+
+python - <<'PY'
+from openai import OpenAI
+client = OpenAI(base_url="{base}/v1", api_key="{secret}")
+reply = client.chat.completions.create(model="{model}", max_tokens=32,
+    messages=[{{"role": "user", "content": "Say hello"}}])
+print(reply.choices[0].message.content, reply.usage)
+PY
+""",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def cmd_tenants_create(args) -> int:
+    from tokenport.api.views import tenant_view
+
+    svc, _ = _service(args)
+    t = svc.create_tenant(args.name, args.zone)
+    _print(tenant_view(t), args.json, [f"created tenant {t.name} ({t.id}) in zone {t.zone}"])
+    return 0
+
+
+def cmd_tenants_list(args) -> int:
+    from tokenport.api.views import tenant_view
+
+    svc, _ = _service(args)
+    items = [tenant_view(t) for t in svc.list_tenants()]
+    _print(items, args.json, [f"{t['name']:24} {t['zone']:16} {t['id']}  {t['created_at']}" for t in items])
+    return 0
+
+
+def cmd_keys_create(args) -> int:
+    from tokenport.api.views import key_view
+
+    svc, _ = _service(args)
+    info, secret = svc.create_key(args.tenant, args.label, args.rpm)
+    _print(
+        key_view(info, secret),
+        args.json,
+        [
+            f"created key {info.id} for tenant {info.tenant} (zone {info.zone})",
+            "secret (shown once, store it now):",
+            secret,
+        ],
+    )
+    return 0
+
+
+def cmd_keys_revoke(args) -> int:
+    svc, _ = _service(args)
+    svc.revoke_key(args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
+def cmd_keys_list(args) -> int:
+    from tokenport.api.views import key_view
+
+    svc, _ = _service(args)
+    items = [key_view(k) for k in svc.list_keys(args.tenant)]
+    _print(
+        items,
+        args.json,
+        [
+            f"{k['id']:22} {k['prefix']}…  {'revoked' if k['revoked'] else 'active':8} {k['label'] or ''}"
+            for k in items
+        ],
+    )
+    return 0
+
+
+def cmd_usage(args) -> int:
+    from tokenport.api.admin import parse_since
+    from tokenport.api.views import usage_view
+    from tokenport.store.usage import UsageStore
+
+    svc, engine = _service(args)
+    if args.tenant:
+        svc.tenant(args.tenant)
+    since = parse_since(args.since)
+    store = UsageStore(engine)
+    rows = [usage_view(r) for r in store.query(args.tenant, since, limit=args.limit)]
+    totals = store.totals(args.tenant, since)
+    lines = [
+        f"{r['started_at']}  {r['request_id']}  {r['tenant']:12} {r['model'] or '-':24} {r['status']} "
+        f"in={r['prompt_tokens']} cached={r['cached_tokens']} out={r['completion_tokens']} "
+        f"{r['finish_reason'] or '-'}{' disconnected' if r['client_disconnected'] else ''}"
+        for r in rows
+    ]
+    lines.append(
+        f"total: {totals['requests']} requests, {totals['prompt_tokens']} prompt "
+        f"({totals['cached_tokens']} cached), {totals['completion_tokens']} completion tokens"
+    )
+    _print({"data": rows, "totals": totals}, args.json, lines)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenport", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(parent, name, func, help_):
+        c = parent.add_parser(name, help=help_)
+        c.add_argument("--config", help="TOML config file (default: $TOKENPORT_HOME/tokenport.toml)")
+        c.set_defaults(func=func)
+        return c
+
+    s = command(sub, "serve", cmd_serve, "run the gateway (and the embedded engine)")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+
+    tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="sub", required=True)
+    c = command(tenants, "create", cmd_tenants_create, "create a tenant")
+    c.add_argument("name")
+    c.add_argument("--zone", help="zone (default: the configured default zone); immutable")
+    c.add_argument("--json", action="store_true")
+    c = command(tenants, "list", cmd_tenants_list, "list tenants")
+    c.add_argument("--json", action="store_true")
+
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="sub", required=True)
+    c = command(keys, "create", cmd_keys_create, "create an API key (secret shown once)")
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--label")
+    c.add_argument("--rpm", type=int, help="requests per minute limit for this key")
+    c.add_argument("--json", action="store_true")
+    c = command(keys, "revoke", cmd_keys_revoke, "revoke an API key")
+    c.add_argument("key_id")
+    c = command(keys, "list", cmd_keys_list, "list a tenant's keys")
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--json", action="store_true")
+
+    c = command(sub, "usage", cmd_usage, "per-request usage records and totals")
+    c.add_argument("--tenant")
+    c.add_argument("--since", help="ISO 8601 timestamp with zone, e.g. 2026-01-01T00:00:00Z")
+    c.add_argument("--limit", type=int, default=1000)
+    c.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tokenport.tenancy.service import Conflict, InvalidInput, NotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InvalidInput, NotFound, Conflict) as exc:
+        print(f"tokenport: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Settings: defaults, then the TOML file, then environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+BACKEND_KINDS = ("llamacpp", "vllm", "sglang", "openai")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """An OpenAI-compatible engine reached over HTTP."""
+
+    name: str
+    url: str
+    zone: str
+    models: tuple[str, ...]
+    kind: str = "openai"  # how to ask the engine for per-chunk token counts
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The embedded llama.cpp engine (xllamacpp), served on loopback."""
+
+    enabled: bool = True
+    model_id: str = DEFAULT_MODEL_ID
+    model_path: str | None = None  # any GGUF; None = SmolLM2-135M-Instruct from PyPI
+    model_cache: Path = field(default_factory=lambda: _cache_home() / "tokenport" / "models")
+    n_ctx: int = 8192
+    parallel: int = 4
+    threads: int = 0  # 0 = one per core
+    port: int = 0  # loopback port of the engine's HTTP server; 0 = any free port
+    zone: str | None = None  # None = the default zone
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_zone: str = "overseas"
+    max_body_bytes: int = 4 * 1024 * 1024
+    admin_token: str | None = None
+    default_rpm: int = 0  # per-key requests per minute; 0 = unlimited
+    usage_flush_ms: int = 200
+    usage_batch_size: int = 500
+    key_refresh_ms: int = 250
+    health_interval_s: float = 2.0
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    backends: tuple[BackendConfig, ...] = ()
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("TOKENPORT_HOME") or Path.home() / ".tokenport").expanduser()
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    home = home_dir()
+    path = Path(config_file) if config_file else home / "tokenport.toml"
+    data: dict = {}
+    if config_file and not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    if path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    return settings_from_dict(data, home)
+
+
+def settings_from_dict(data: dict, home: Path) -> Settings:
+    server = data.get("server", {})
+    db = data.get("database", {})
+    limits = data.get("limits", {})
+    metering = data.get("metering", {})
+    default_zone = server.get("default_zone", "overseas")
+    url = os.environ.get("TOKENPORT_DATABASE_URL") or db.get("url") or f"sqlite:///{home / 'tokenport.db'}"
+    engine = _engine(data.get("engine", {}))
+    backends = tuple(_backend(b, default_zone) for b in data.get("backends", []))
+    names = [b.name for b in backends]
+    if len(set(names)) != len(names) or (engine.enabled and "embedded" in names):
+        raise ConfigError("backend names must be unique (and 'embedded' is reserved)")
+    return Settings(
+        home=home,
+        database_url=url,
+        host=server.get("host", "127.0.0.1"),
+        port=int(server.get("port", 8000)),
+        default_zone=default_zone,
+        max_body_bytes=int(server.get("max_body_bytes", 4 * 1024 * 1024)),
+        admin_token=os.environ.get("TOKENPORT_ADMIN_TOKEN") or server.get("admin_token") or None,
+        default_rpm=int(limits.get("default_rpm", 0)),
+        usage_flush_ms=int(metering.get("flush_interval_ms", 200)),
+        usage_batch_size=int(metering.get("batch_size", 500)),
+        key_refresh_ms=int(metering.get("key_refresh_ms", 250)),
+        health_interval_s=float(server.get("health_interval_s", 2.0)),
+        engine=engine,
+        backends=backends,
+    )
+
+
+def _engine(raw: dict) -> EngineConfig:
+    base = EngineConfig()
+    return EngineConfig(
+        enabled=bool(raw.get("enabled", True)),
+        model_id=raw.get("model_id", base.model_id),
+        model_path=raw.get("model_path") or None,
+        model_cache=Path(raw["model_cache"]).expanduser() if raw.get("model_cache") else base.model_cache,
+        n_ctx=int(raw.get("n_ctx", base.n_ctx)),
+        parallel=int(raw.get("parallel", base.parallel)),
+        threads=int(raw.get("threads", base.threads)),
+        port=int(raw.get("port", 0)),
+        zone=raw.get("zone") or None,
+    )
+
+
+def _backend(raw: dict, default_zone: str) -> BackendConfig:
+    try:
+        name, url, models = raw["name"], raw["url"].rstrip("/"), tuple(raw["models"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"backend needs name, url and models: {raw!r}") from exc
+    kind = raw.get("kind", "openai")
+    if kind not in BACKEND_KINDS:
+        raise ConfigError(f"backend {name}: kind must be one of {', '.join(BACKEND_KINDS)}")
+    return BackendConfig(
+        name=name,
+        url=url,
+        zone=raw.get("zone", default_zone),
+        models=models,
+        kind=kind,
+        api_key=raw.get("api_key") or None,
+    )

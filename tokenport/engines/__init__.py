@@ -1,0 +1,1 @@
+"""Inference engines. The embedded one is an ordinary upstream on loopback."""

@@ -1,0 +1,1 @@
+"""The request lifecycle: authenticate → resolve zone → admit → route → stream → settle."""

@@ -1,0 +1,22 @@
+"""What the lifecycle learns about one request as it goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from tokenport.tenancy.keys import KeyRecord
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: str
+    started_at: datetime
+    t0: float  # monotonic
+    key: KeyRecord | None = None
+    zone: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    stream: bool = False
+    client_disconnected: bool = False

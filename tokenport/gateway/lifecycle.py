@@ -1,0 +1,74 @@
+"""The request lifecycle, in one place:
+
+    authenticate → resolve zone → admit → route → stream → settle
+
+Each step lives in its own module; this one only sequences them and makes sure every request
+that got past authentication is settled exactly once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from tokenport.api.openai_protocol import ParsedRequest
+from tokenport.gateway.auth import KeyCache
+from tokenport.gateway.backends import BackendPool
+from tokenport.gateway.context import RequestContext
+from tokenport.gateway.errors import ApiError
+from tokenport.gateway.ratelimit import RateLimiter
+from tokenport.gateway.relay import ClientSink, Outcome, Relay, upstream_payload
+from tokenport.gateway.settle import Settler
+from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
+
+UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class Gateway:
+    def __init__(
+        self, keys: KeyCache, limiter: RateLimiter, pool: BackendPool, relay: Relay, settler: Settler
+    ) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.pool = pool
+        self.relay = relay
+        self.settler = settler
+
+    async def handle(
+        self,
+        ctx: RequestContext,
+        headers: dict[bytes, bytes],
+        raw_body: bytes,
+        parse: Callable[[bytes], ParsedRequest],
+        sink: ClientSink,
+    ) -> None:
+        out = Outcome()
+        try:
+            key = ctx.key = self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
+            ctx.zone = resolve_zone(key.zone, headers.get(ZONE_HEADER))
+            req = parse(raw_body)
+            ctx.model, ctx.stream = req.model, req.stream
+            self.limiter.admit(key.id, key.rpm_limit)
+            backend = self.pool.route(req.model, ctx.zone)
+            ctx.backend = backend.name
+            payload = upstream_payload(req.body, req.stream, backend.config.kind)
+            path = UPSTREAM_PATHS[req.endpoint]
+            backend.in_flight += 1
+            try:
+                if req.stream:
+                    await self.relay.stream(backend, path, payload, sink, req.include_usage, out)
+                else:
+                    await self.relay.unary(backend, path, payload, sink, out)
+            finally:
+                backend.in_flight -= 1
+        except ApiError as err:
+            out.status, out.error_code = err.status, err.code
+            await sink.error(err)
+        except asyncio.CancelledError:
+            if not sink.disconnected:
+                raise  # shutting down: settle (below) and let the cancellation through
+            ctx.client_disconnected = True
+            asyncio.current_task().uncancel()
+        finally:
+            ctx.client_disconnected = ctx.client_disconnected or sink.disconnected
+            self.settler.settle(ctx, out)

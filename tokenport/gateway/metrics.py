@@ -1,0 +1,46 @@
+"""Prometheus metrics. Labels carry ids and names only, never request content."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter(
+            "tokenport_requests", "Requests handled", ["endpoint", "model", "status"], registry=r
+        )
+        self.tokens = Counter("tokenport_tokens", "Tokens metered", ["model", "kind"], registry=r)
+        self.latency = Histogram(
+            "tokenport_request_duration_seconds",
+            "Time from request to last byte",
+            ["endpoint", "model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tokenport_time_to_first_token_seconds",
+            "Time from request to first generated token (streaming)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("tokenport_in_flight_requests", "Requests being processed", registry=r)
+        self.backend_healthy = Gauge(
+            "tokenport_backend_healthy",
+            "1 when the backend passes health checks",
+            ["backend", "zone"],
+            registry=r,
+        )
+        self.backend_in_flight = Gauge(
+            "tokenport_backend_in_flight_requests", "Requests in flight per backend", ["backend"], registry=r
+        )
+        self.usage_pending = Gauge(
+            "tokenport_usage_records_pending", "Usage records waiting for the batched writer", registry=r
+        )
+        self.usage_written = Gauge(
+            "tokenport_usage_records_written", "Usage records committed since start", registry=r
+        )

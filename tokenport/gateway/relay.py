@@ -1,0 +1,199 @@
+"""Stream: forward the request to the chosen backend over HTTP and relay the answer.
+
+The embedded engine, vLLM, SGLang and llama-server are all reached this same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiohttp
+import orjson
+
+from tokenport.gateway.backends import Backend
+from tokenport.gateway.errors import ApiError
+from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
+from tokenport.gateway.usage import SOURCE_CHUNKS, SOURCE_ENGINE, SOURCE_NONE, SOURCE_PROGRESS
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class ClientSink(Protocol):
+    """Where the answer goes: the HTTP layer implements it for its protocol."""
+
+    disconnected: bool
+
+    async def start(self, status: int, content_type: bytes, length: int | None = None) -> None: ...
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def error(self, err: ApiError) -> None: ...
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: int = 0
+    counts: Counts | None = None
+    usage_source: str = SOURCE_NONE
+    finish_reason: str | None = None
+    error_code: str | None = None
+    first_token_at: float | None = None  # monotonic
+    started: bool = False  # bytes reached the client
+
+
+def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
+    """The body sent upstream: always ask for usage, and for running counts where supported."""
+    if stream:
+        opts = dict(body.get("stream_options") or {})
+        opts["include_usage"] = True
+        if kind in ("vllm", "sglang"):
+            opts["continuous_usage_stats"] = True
+        body = {**body, "stream_options": opts}
+        if kind == "llamacpp":
+            body["timings_per_token"] = True
+    if "max_completion_tokens" in body and "max_tokens" not in body:
+        body = {**body, "max_tokens": body["max_completion_tokens"]}
+    return orjson.dumps(body)
+
+
+class Relay:
+    def __init__(self, session: aiohttp.ClientSession, clock_monotonic, read_timeout: float = 600.0) -> None:
+        self.session = session
+        self.mono = clock_monotonic
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
+
+    async def _post(self, backend: Backend, path: str, payload: bytes) -> aiohttp.ClientResponse:
+        headers = {"content-type": "application/json"}
+        if backend.config.api_key:
+            headers["authorization"] = f"Bearer {backend.config.api_key}"
+        try:
+            return await self.session.post(
+                backend.url + path, data=payload, headers=headers, timeout=self.timeout
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            backend.healthy = False  # passive health: the next check decides when it is back
+            raise ApiError(
+                503,
+                f"Backend '{backend.name}' is unavailable; try again shortly",
+                "service_unavailable",
+                "backend_unavailable",
+                headers={"retry-after": "1"},
+            ) from exc
+
+    async def unary(
+        self, backend: Backend, path: str, payload: bytes, sink: ClientSink, out: Outcome
+    ) -> None:
+        resp = await self._post(backend, path, payload)
+        async with resp:
+            if resp.status != 200:
+                raise await _upstream_error(resp)
+            try:
+                body = await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _broken(backend) from exc
+        out.first_token_at = self.mono()
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _broken(backend) from None
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(usage, dict):
+            out.counts, out.usage_source = usage_counts(usage), SOURCE_ENGINE
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if choices and isinstance(choices[0], dict):
+            out.finish_reason = choices[0].get("finish_reason")
+        out.status = 200
+        await sink.start(200, b"application/json", len(body))
+        out.started = True
+        await sink.send(body)
+
+    async def stream(
+        self, backend: Backend, path: str, payload: bytes, sink: ClientSink, include_usage: bool, out: Outcome
+    ) -> None:
+        """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
+        watcher = StreamWatcher(forward_usage_chunk=include_usage)
+        resp = await self._post(backend, path, payload)
+        try:
+            if resp.status != 200:
+                raise await _upstream_error(resp)
+            out.status = 200
+            await sink.start(200, b"text/event-stream")
+            out.started = True
+            buf = b""
+            async for data in resp.content.iter_any():
+                buf += data
+                while True:
+                    cut = buf.find(b"\n\n")
+                    if cut < 0:
+                        break
+                    event, buf = buf[: cut + 2], buf[cut + 2 :]
+                    seen = watcher.content_chunks
+                    if watcher.observe(event):
+                        await sink.send(event)
+                    if out.first_token_at is None and watcher.content_chunks > seen:
+                        out.first_token_at = self.mono()
+            if watcher.error is not None:
+                out.error_code = str(
+                    watcher.error.get("code") or watcher.error.get("type") or "upstream_error"
+                )
+            elif not watcher.done:
+                out.error_code = "upstream_disconnected"
+                await sink.send(
+                    sse_error("The backend stream ended unexpectedly", "server_error", out.error_code)
+                )
+        except (aiohttp.ClientError, TimeoutError):
+            out.error_code = "upstream_disconnected"
+            if out.started:
+                await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
+            else:
+                raise _broken(backend) from None
+        finally:
+            resp.close()  # on a client disconnect this is what stops the engine generating
+            _settle_counts(out, watcher)
+
+
+def _settle_counts(out: Outcome, watcher: StreamWatcher) -> None:
+    out.finish_reason = watcher.finish_reason
+    if watcher.final is not None:
+        out.counts, out.usage_source = watcher.final, SOURCE_ENGINE
+    elif watcher.progress is not None:
+        out.counts, out.usage_source = watcher.progress, SOURCE_PROGRESS
+    elif watcher.content_chunks:
+        out.counts, out.usage_source = Counts(completion=watcher.content_chunks), SOURCE_CHUNKS
+
+
+def _broken(backend: Backend) -> ApiError:
+    return ApiError(
+        502, f"Backend '{backend.name}' returned an invalid response", "server_error", "upstream_error"
+    )
+
+
+async def _upstream_error(resp: aiohttp.ClientResponse) -> ApiError:
+    """Map an engine's error answer to an OpenAI-shaped one (the engine's text is not logged)."""
+    raw = b""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+        raw = await resp.content.read(_ERROR_BODY_LIMIT)
+    message, etype = f"The backend answered HTTP {resp.status}", ""
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+        err = orjson.loads(raw).get("error")
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)[:1000]
+            etype = str(err.get("type") or "")
+        elif isinstance(err, str):
+            message = err[:1000]
+    if etype == "exceed_context_size_error" or ("context" in message.lower() and resp.status == 400):
+        return ApiError(400, message, "invalid_request_error", "context_length_exceeded", "messages")
+    if 400 <= resp.status < 500 and resp.status not in (401, 403, 429):
+        return ApiError(resp.status, message, "invalid_request_error", "upstream_rejected")
+    if resp.status == 429:
+        return ApiError(
+            503,
+            "The backend is overloaded; try again shortly",
+            "service_unavailable",
+            "backend_overloaded",
+            headers={"retry-after": "1"},
+        )
+    return ApiError(502, f"The backend failed (HTTP {resp.status})", "server_error", "upstream_error")

@@ -1,0 +1,61 @@
+"""Settle: turn a finished request into its usage record and metrics (billing, audit and energy
+hook in here later). Never blocks: the record goes to the batched writer."""
+
+from __future__ import annotations
+
+from tokenport.clock import Clock
+from tokenport.gateway.context import RequestContext
+from tokenport.gateway.metrics import Metrics
+from tokenport.gateway.relay import Outcome
+from tokenport.gateway.usage import SOURCE_NONE, UsageRecord
+from tokenport.store.writer import BatchWriter
+
+
+class Settler:
+    def __init__(self, writer: BatchWriter, metrics: Metrics, clock: Clock) -> None:
+        self.writer = writer
+        self.metrics = metrics
+        self.clock = clock
+
+    def settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
+        now = self.clock.monotonic()
+        model = ctx.model or "-"
+        m = self.metrics
+        m.requests.labels(ctx.endpoint, model, str(out.status)).inc()
+        m.latency.labels(ctx.endpoint, model).observe(now - ctx.t0)
+        if ctx.key is None:  # unauthenticated: nobody to meter
+            return None
+        counts = out.counts
+        ttft = None
+        if out.first_token_at is not None:
+            ttft = out.first_token_at - ctx.t0
+            if ctx.stream:
+                m.ttft.labels(model).observe(ttft)
+        if counts is not None:
+            m.tokens.labels(model, "prompt").inc(counts.prompt)
+            m.tokens.labels(model, "completion").inc(counts.completion)
+            m.tokens.labels(model, "cached").inc(counts.cached)
+        record = UsageRecord(
+            request_id=ctx.request_id,
+            tenant_id=ctx.key.tenant_id,
+            key_id=ctx.key.id,
+            zone=ctx.zone or ctx.key.zone,
+            endpoint=ctx.endpoint,
+            model=ctx.model,
+            backend=ctx.backend,
+            stream=ctx.stream,
+            prompt_tokens=counts.prompt if counts else 0,
+            cached_tokens=counts.cached if counts else 0,
+            completion_tokens=counts.completion if counts else 0,
+            usage_source=out.usage_source if counts else SOURCE_NONE,
+            finish_reason=out.finish_reason,
+            status=out.status,
+            error_code=out.error_code,
+            ttft_ms=round(ttft * 1000) if ttft is not None else None,
+            duration_ms=round((now - ctx.t0) * 1000),
+            client_disconnected=ctx.client_disconnected,
+            started_at=ctx.started_at,
+            finished_at=self.clock.now(),
+        )
+        self.writer.submit(record.row())
+        return record

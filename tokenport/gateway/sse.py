@@ -1,0 +1,108 @@
+"""Watch an OpenAI-style SSE stream go by: usage, progress, finish reason, first token.
+
+Events are forwarded byte for byte; only the final usage chunk is ever parsed as JSON (and
+error events). Progress counts come from cheap byte searches.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+DONE = b"data: [DONE]"
+_FINISH = re.compile(rb'"finish_reason":\s*"([A-Za-z_]+)"')
+_PREDICTED = re.compile(rb'"predicted_n":\s*(\d+)')
+_PROMPT_N = re.compile(rb'"prompt_n":\s*(\d+)')
+_CACHE_N = re.compile(rb'"cache_n":\s*(\d+)')
+_CONTENT = re.compile(rb'"(?:content|text|arguments|reasoning_content)":\s*"[^"]|"tool_calls":\s*\[\{')
+
+
+@dataclass(slots=True)
+class Counts:
+    prompt: int = 0
+    cached: int = 0
+    completion: int = 0
+
+
+def usage_counts(usage: dict) -> Counts:
+    """OpenAI convention: prompt_tokens includes cached tokens."""
+    details = usage.get("prompt_tokens_details") or {}
+    return Counts(
+        prompt=int(usage.get("prompt_tokens") or 0),
+        cached=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        completion=int(usage.get("completion_tokens") or 0),
+    )
+
+
+class StreamWatcher:
+    def __init__(self, forward_usage_chunk: bool) -> None:
+        self.forward_usage_chunk = forward_usage_chunk
+        self.final: Counts | None = None  # the engine's own final usage
+        self.progress: Counts | None = None  # running counts reported per chunk
+        self.content_chunks = 0
+        self.finish_reason: str | None = None
+        self.error: dict | None = None
+        self.done = False
+
+    def observe(self, event: bytes) -> bool:
+        """Inspect one SSE event (ending in a blank line); True to forward it to the client."""
+        if event.startswith(DONE):
+            self.done = True
+            return True
+        if _CONTENT.search(event):
+            self.content_chunks += 1
+        if b'"finish_reason":' in event and (m := _FINISH.search(event)):
+            self.finish_reason = m.group(1).decode()
+        if b'"predicted_n"' in event:
+            self._progress(event)
+        if b'"usage"' in event or b'"error"' in event:
+            return self._parse(event)
+        return True
+
+    def _progress(self, event: bytes) -> None:
+        pred, prompt, cache = _PREDICTED.search(event), _PROMPT_N.search(event), _CACHE_N.search(event)
+        cached = int(cache.group(1)) if cache else 0
+        self.progress = Counts(
+            prompt=(int(prompt.group(1)) if prompt else 0) + cached,
+            cached=cached,
+            completion=int(pred.group(1)) if pred else 0,
+        )
+
+    def _parse(self, event: bytes) -> bool:
+        payload = _data(event)
+        if payload is None:
+            return True
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(obj, dict):
+            return True
+        if isinstance(obj.get("error"), dict):
+            self.error = obj["error"]
+            return True
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            counts = usage_counts(usage)
+            if obj.get("choices"):  # running usage on a content chunk (vLLM continuous stats)
+                self.progress = counts
+            else:
+                self.final = counts
+                return self.forward_usage_chunk
+        return True
+
+
+def _data(event: bytes) -> bytes | None:
+    """The payload of an event's data line(s)."""
+    lines = [ln[5:].lstrip() for ln in event.split(b"\n") if ln.startswith(b"data:")]
+    return b"".join(lines) if lines else None
+
+
+def sse_error(message: str, type_: str, code: str | None) -> bytes:
+    return (
+        b"data: "
+        + orjson.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}})
+        + b"\n\n"
+    )

@@ -1,0 +1,39 @@
+"""The usage record: one per request, content-free (ids, counts, times)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+# Where the token counts came from.
+SOURCE_ENGINE = "engine"  # the engine's final usage object
+SOURCE_PROGRESS = "progress"  # the engine's per-chunk running counts (stream cut short)
+SOURCE_CHUNKS = "chunks"  # counted content chunks (engine gave no counts; stream cut short)
+SOURCE_NONE = "none"  # no tokens were produced (rejected or failed before the engine)
+
+
+@dataclass(slots=True)
+class UsageRecord:
+    request_id: str
+    tenant_id: str
+    key_id: str
+    zone: str
+    endpoint: str
+    model: str | None
+    backend: str | None
+    stream: bool
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    usage_source: str
+    finish_reason: str | None
+    status: int
+    error_code: str | None
+    ttft_ms: int | None
+    duration_ms: int
+    client_disconnected: bool
+    started_at: datetime
+    finished_at: datetime
+
+    def row(self) -> dict:
+        return asdict(self)

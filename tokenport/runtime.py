@@ -1,0 +1,92 @@
+"""Wiring: build every component of a gateway process, start its background tasks, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from tokenport.clock import Clock, SystemClock
+from tokenport.config import Settings
+from tokenport.engines.embedded import EmbeddedEngine
+from tokenport.gateway.auth import KeyCache
+from tokenport.gateway.backends import Backend, BackendPool
+from tokenport.gateway.lifecycle import Gateway
+from tokenport.gateway.metrics import Metrics
+from tokenport.gateway.ratelimit import RateLimiter
+from tokenport.gateway.relay import Relay
+from tokenport.gateway.settle import Settler
+from tokenport.store.db import open_database
+from tokenport.store.tenants import TenantStore
+from tokenport.store.usage import UsageStore
+from tokenport.store.writer import BatchWriter
+from tokenport.tenancy.service import TenancyService
+
+log = logging.getLogger("tokenport")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, clock: Clock | None = None, say=print) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.say = say
+        self.db = open_database(settings.database_url)
+        self.tenant_store = TenantStore(self.db)
+        self.usage_store = UsageStore(self.db)
+        self.tenancy = TenancyService(self.tenant_store, settings.default_zone, self.clock)
+        self.metrics = Metrics()
+        self.keys = KeyCache(self.tenant_store, settings.key_refresh_ms / 1000)
+        self.writer = BatchWriter(
+            self.usage_store.insert_many, settings.usage_flush_ms / 1000, settings.usage_batch_size
+        )
+        self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
+        self.engine: EmbeddedEngine | None = None
+        if settings.engine.enabled:
+            self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)
+            self.pool.add(Backend(self.engine.backend_config, ready=self.engine.ready))
+        self.session: aiohttp.ClientSession | None = None
+        self.gateway: Gateway | None = None
+        self.started = False
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        self.keys.refresh()
+        self.writer.start()
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+            auto_decompress=False,
+        )
+        relay = Relay(self.session, self.clock.monotonic)
+        settler = Settler(self.writer, self.metrics, self.clock)
+        limiter = RateLimiter(self.clock, self.settings.default_rpm)
+        self.gateway = Gateway(self.keys, limiter, self.pool, relay, settler)
+        self._tasks = [
+            asyncio.create_task(self.keys.run(), name="key-refresh"),
+            asyncio.create_task(
+                self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
+            ),
+        ]
+        if self.engine is not None:
+            self._tasks.append(asyncio.create_task(self._start_engine(), name="engine"))
+        self.started = True
+
+    async def _start_engine(self) -> None:
+        assert self.engine is not None and self.session is not None
+        await self.engine.start()
+        if self.engine.ready.is_set():  # check now rather than at the next health round
+            await self.pool._check(self.session, self.pool.backends[-1])
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.session is not None:
+            await self.session.close()
+        await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
+        if self.engine is not None:
+            self.engine.stop()
+        self.db.dispose()

@@ -1,0 +1,1 @@
+"""Storage adapters: SQLAlchemy Core tables, migrations and repositories (SQLite or PostgreSQL)."""

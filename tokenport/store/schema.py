@@ -1,0 +1,101 @@
+"""Tables. Content-free by construction: ids, counts, timestamps, never prompt or completion text."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out, on SQLite (which drops the zone) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("zone", String(64), nullable=False),  # immutable after creation
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("zone", String(64), nullable=False),
+    Column("label", String(256), nullable=True),
+    Column("prefix", String(32), nullable=False),  # shown in listings; the secret is never stored
+    Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the secret
+    Column("rpm_limit", Integer, nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+# One row per request that got past authentication. request_id is the idempotency key.
+usage = Table(
+    "usage",
+    metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("key_id", String(32), nullable=False),
+    Column("zone", String(64), nullable=False),
+    Column("endpoint", String(32), nullable=False),
+    Column("model", String(128), nullable=True),
+    Column("backend", String(128), nullable=True),
+    Column("stream", Boolean, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("cached_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("usage_source", String(16), nullable=False),
+    Column("finish_reason", String(32), nullable=True),
+    Column("status", Integer, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("ttft_ms", Integer, nullable=True),
+    Column("duration_ms", Integer, nullable=False),
+    Column("client_disconnected", Boolean, nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("finished_at", UTCDateTime(), nullable=False),
+    Index("ix_usage_tenant_started", "tenant_id", "started_at"),
+)
+
+# Append-only feed of administrative changes; running servers poll it (key revocation < 1 s).
+changes = Table(
+    "changes",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("kind", String(32), nullable=False),
+    Column("ref", String(64), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+)

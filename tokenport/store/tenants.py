@@ -1,0 +1,141 @@
+"""Repository for tenants, keys and the change feed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from tokenport.store.schema import api_keys, changes, tenants
+from tokenport.tenancy.keys import KeyRecord
+
+
+class Conflict(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    zone: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    tenant: str
+    zone: str
+    label: str | None
+    prefix: str
+    rpm_limit: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _tenant(row) -> Tenant:
+    return Tenant(id=row.id, name=row.name, zone=row.zone, created_at=row.created_at)
+
+
+class TenantStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def insert_tenant(self, tenant: Tenant, at: datetime) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(tenants).values(**tenant.__dict__))
+                conn.execute(insert(changes).values(kind="tenant", ref=tenant.id, at=at))
+        except IntegrityError as exc:
+            raise Conflict(f"tenant {tenant.name!r} already exists") from exc
+
+    def get_tenant(self, name: str) -> Tenant | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
+        return _tenant(row) if row else None
+
+    def list_tenants(self) -> list[Tenant]:
+        with self.engine.connect() as conn:
+            return [_tenant(r) for r in conn.execute(select(tenants).order_by(tenants.c.created_at))]
+
+    def count_tenants(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(tenants)).scalar_one()
+
+    def insert_key(self, values: dict, at: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(api_keys).values(**values))
+            conn.execute(insert(changes).values(kind="key", ref=values["id"], at=at))
+
+    def revoke_key(self, key_id: str, at: datetime) -> bool:
+        """Mark revoked; False when no such key. Revoking twice keeps the first time."""
+        with self.engine.begin() as conn:
+            found = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
+            if not found:
+                return False
+            conn.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=at)
+            )
+            conn.execute(insert(changes).values(kind="key", ref=key_id, at=at))
+        return True
+
+    def list_keys(self, tenant_name: str | None = None) -> list[KeyInfo]:
+        q = (
+            select(api_keys, tenants.c.name.label("tenant_name"))
+            .join(tenants, tenants.c.id == api_keys.c.tenant_id)
+            .order_by(api_keys.c.created_at)
+        )
+        if tenant_name is not None:
+            q = q.where(tenants.c.name == tenant_name)
+        with self.engine.connect() as conn:
+            return [
+                KeyInfo(
+                    id=r.id,
+                    tenant=r.tenant_name,
+                    zone=r.zone,
+                    label=r.label,
+                    prefix=r.prefix,
+                    rpm_limit=r.rpm_limit,
+                    created_at=r.created_at,
+                    revoked_at=r.revoked_at,
+                )
+                for r in conn.execute(q)
+            ]
+
+    # --- what a running gateway polls ---
+
+    def latest_change(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.coalesce(func.max(changes.c.id), 0))).scalar_one()
+
+    def load_key_records(self) -> tuple[int, list[KeyRecord]]:
+        """Every key with its tenant, and the change id the snapshot is consistent with."""
+        q = select(
+            api_keys.c.id,
+            api_keys.c.tenant_id,
+            api_keys.c.zone,
+            api_keys.c.key_hash,
+            api_keys.c.rpm_limit,
+            api_keys.c.revoked_at,
+            tenants.c.name.label("tenant_name"),
+        ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
+        with self.engine.begin() as conn:
+            head = conn.execute(select(func.coalesce(func.max(changes.c.id), 0))).scalar_one()
+            records = [
+                KeyRecord(
+                    id=r.id,
+                    tenant_id=r.tenant_id,
+                    tenant_name=r.tenant_name,
+                    zone=r.zone,
+                    key_hash=r.key_hash,
+                    rpm_limit=r.rpm_limit,
+                    revoked=r.revoked_at is not None,
+                )
+                for r in conn.execute(q)
+            ]
+        return head, records

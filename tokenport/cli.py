@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 from tokenport.config import ConfigError, Settings, load_settings
@@ -60,6 +61,9 @@ def cmd_serve(args) -> int:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
+    # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; that is a clean exit.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
     uvicorn.Server(config).run()
     return 0
 

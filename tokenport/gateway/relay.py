@@ -114,7 +114,7 @@ class Relay:
         self, backend: Backend, path: str, payload: bytes, sink: ClientSink, include_usage: bool, out: Outcome
     ) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
-        watcher = StreamWatcher(forward_usage_chunk=include_usage)
+        watcher = StreamWatcher(forward_usage=include_usage)
         resp = await self._post(backend, path, payload)
         try:
             if resp.status != 200:
@@ -131,8 +131,9 @@ class Relay:
                         break
                     event, buf = buf[: cut + 2], buf[cut + 2 :]
                     seen = watcher.content_chunks
-                    if watcher.observe(event):
-                        await sink.send(event)
+                    forward = watcher.observe(event)
+                    if forward is not None:
+                        await sink.send(forward)
                     if out.first_token_at is None and watcher.content_chunks > seen:
                         out.first_token_at = self.mono()
             if watcher.error is not None:

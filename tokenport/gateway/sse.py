@@ -37,8 +37,8 @@ def usage_counts(usage: dict) -> Counts:
 
 
 class StreamWatcher:
-    def __init__(self, forward_usage_chunk: bool) -> None:
-        self.forward_usage_chunk = forward_usage_chunk
+    def __init__(self, forward_usage: bool) -> None:
+        self.forward_usage = forward_usage  # the client asked for usage itself
         self.final: Counts | None = None  # the engine's own final usage
         self.progress: Counts | None = None  # running counts reported per chunk
         self.content_chunks = 0
@@ -46,11 +46,11 @@ class StreamWatcher:
         self.error: dict | None = None
         self.done = False
 
-    def observe(self, event: bytes) -> bool:
-        """Inspect one SSE event (ending in a blank line); True to forward it to the client."""
+    def observe(self, event: bytes) -> bytes | None:
+        """Inspect one SSE event (ending in a blank line); returns what to forward, if anything."""
         if event.startswith(DONE):
             self.done = True
-            return True
+            return event
         if _CONTENT.search(event):
             self.content_chunks += 1
         if b'"finish_reason":' in event and (m := _FINISH.search(event)):
@@ -59,7 +59,7 @@ class StreamWatcher:
             self._progress(event)
         if b'"usage"' in event or b'"error"' in event:
             return self._parse(event)
-        return True
+        return event
 
     def _progress(self, event: bytes) -> None:
         pred, prompt, cache = _PREDICTED.search(event), _PROMPT_N.search(event), _CACHE_N.search(event)
@@ -70,28 +70,36 @@ class StreamWatcher:
             completion=int(pred.group(1)) if pred else 0,
         )
 
-    def _parse(self, event: bytes) -> bool:
+    def _parse(self, event: bytes) -> bytes | None:
         payload = _data(event)
         if payload is None:
-            return True
+            return event
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return True
+            return event
         if not isinstance(obj, dict):
-            return True
+            return event
         if isinstance(obj.get("error"), dict):
             self.error = obj["error"]
-            return True
+            return event
         usage = obj.get("usage")
-        if isinstance(usage, dict):
-            counts = usage_counts(usage)
-            if obj.get("choices"):  # running usage on a content chunk (vLLM continuous stats)
-                self.progress = counts
-            else:
-                self.final = counts
-                return self.forward_usage_chunk
-        return True
+        if not isinstance(usage, dict):
+            return event
+        choices = obj.get("choices") or []
+        finished = not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+        if finished:
+            self.final = usage_counts(usage)
+        else:  # running usage on a content chunk (vLLM continuous stats)
+            self.progress = usage_counts(usage)
+        if self.forward_usage:
+            return event
+        if not choices:
+            return None  # the usage chunk the gateway asked for on the client's behalf
+        if finished:  # usage riding on the last content chunk: hide it from this client
+            del obj["usage"]
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
+        return event
 
 
 def _data(event: bytes) -> bytes | None:

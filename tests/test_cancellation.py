@@ -1,0 +1,80 @@
+"""A client that disconnects mid-stream stops the engine, and what was generated is metered."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import openai
+from support.live import http_get, wait_until
+
+
+def engine_metric(server, name: str) -> float:
+    text = http_get(server.engine_url + "/metrics")[1].decode()
+    return float(re.search(rf"^llamacpp:{name} (\S+)$", text, re.M).group(1))
+
+
+def test_disconnect_stops_the_embedded_engine_and_meters_generated_tokens(engine_server):
+    _, secret = engine_server.new_key("cancel-tenant")
+    client = openai.OpenAI(base_url=engine_server.base_url + "/v1", api_key=secret, max_retries=0)
+    predicted_before = engine_metric(engine_server, "tokens_predicted_total")
+
+    raw = client.chat.completions.with_raw_response.create(
+        model="smollm2-135m-instruct",
+        messages=[{"role": "user", "content": "Write a very long story about a lighthouse keeper."}],
+        max_tokens=1500,
+        temperature=0.8,
+        stream=True,
+    )
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
+    received = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            received += 1
+        if received >= 20:
+            break
+    assert engine_metric(engine_server, "requests_processing") == 1
+    stream.close()  # the client goes away mid-generation
+
+    wait_until(lambda: engine_metric(engine_server, "requests_processing") == 0, 3.0, 0.05, "engine to stop")
+    generated = engine_metric(engine_server, "tokens_predicted_total") - predicted_before
+    time.sleep(0.5)
+    assert engine_metric(engine_server, "tokens_predicted_total") - predicted_before == generated
+    assert 20 <= generated < 1500, "the engine generated on after the client left"
+
+    record = engine_server.record(request_id)
+    assert record["client_disconnected"] is True
+    assert record["usage_source"] == "progress"
+    # Metered: what the engine reported producing before the connection closed.
+    assert received <= record["completion_tokens"] <= generated
+    assert generated - record["completion_tokens"] <= 3
+    assert record["prompt_tokens"] > 0
+
+
+def test_disconnect_cancels_mock_upstream(mock_server, mock_engine):
+    _, secret = mock_server.new_key("cancel-mock")
+    client = openai.OpenAI(base_url=mock_server.base_url + "/v1", api_key=secret, max_retries=0)
+    mock_engine.reset()
+    raw = client.chat.completions.with_raw_response.create(
+        model="mock-model",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        max_tokens=20,
+        extra_body={"mock_chunk_delay_ms": 100},
+    )
+    stream = raw.parse()
+    got = 0
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            got += 1
+        if got == 3:
+            break
+    stream.close()
+    wait_until(lambda: mock_engine.stats()["streams_cancelled"] == 1, 3.0, 0.05, "mock to see the cancel")
+    record = mock_server.record(raw.headers["x-request-id"])
+    assert record["client_disconnected"] is True
+    assert record["usage_source"] == "progress"
+    assert 3 <= record["completion_tokens"] < 20
+    produced = mock_engine.stats()["tokens_generated"]
+    assert produced - 1 <= record["completion_tokens"] <= produced

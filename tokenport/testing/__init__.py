@@ -1,0 +1,1 @@
+"""Test helpers: a fast mock OpenAI-compatible engine."""

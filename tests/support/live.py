@@ -146,7 +146,11 @@ class LiveServer:
 
 
 def start_server(
-    home: Path, config: dict, env_extra: dict[str, str] | None = None, ready_timeout: float = 180
+    home: Path,
+    config: dict,
+    env_extra: dict[str, str] | None = None,
+    ready_timeout: float = 180,
+    wait_healthy: bool = True,
 ) -> LiveServer:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -169,9 +173,11 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}):\n{server.log()}")
         try:
-            return http_get(server.base_url + "/health")[0] == 200
+            status, body = http_get(server.base_url + "/health")
         except OSError:
             return False
+        server.extra.setdefault("first_health", (status, json.loads(body).get("status")))
+        return status == 200 or (not wait_healthy and status == 503)
 
     try:
         wait_until(ready, ready_timeout, 0.1, "server health")

@@ -21,7 +21,11 @@ async def health(request: Request) -> Response:
     rt = request.app.state.runtime
     backends = {b.name: {"zone": b.zone, "healthy": b.healthy} for b in rt.pool.backends}
     ready = rt.started and any(b.healthy for b in rt.pool.backends)
-    body = {"status": "ok" if ready else "loading", "backends": backends}
+    body: dict = {"status": "ok" if ready else "unavailable", "backends": backends}
+    if rt.engine is not None:
+        body["engine"] = rt.engine.state()
+        if not ready and body["engine"]["state"] == "loading":
+            body["status"] = "loading"
     return _json(body, 200 if ready else 503)
 
 

@@ -99,5 +99,10 @@ class EmbeddedEngine:
         self.say(f"Embedded engine ready in {time.monotonic() - t0:.1f} s on {self.backend_config.url}")
         self.ready.set()
 
+    def state(self) -> dict:
+        if self.failed is not None:
+            return {"state": "failed", "model": self.cfg.model_id, "error": str(self.failed)}
+        return {"state": "ready" if self.ready.is_set() else "loading", "model": self.cfg.model_id}
+
     def stop(self) -> None:
         self._server = None  # llama.cpp's server stops in its destructor

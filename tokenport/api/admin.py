@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -115,7 +115,10 @@ def parse_since(value: str | None) -> datetime | None:
         raise InvalidInput("'since' must be an ISO 8601 timestamp") from None
     if dt.tzinfo is None:
         raise InvalidInput("'since' must include a timezone (e.g. 2026-01-01T00:00:00Z)")
-    return dt
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        raise InvalidInput("'since' is out of range") from None
 
 
 routes = [

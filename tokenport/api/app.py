@@ -29,6 +29,12 @@ async def _not_found(request: Request, exc) -> Response:
     return Response(openai_error_body(err), status, media_type="application/json")
 
 
+async def _internal(request: Request, exc: Exception) -> Response:
+    """A bug, never bad input; the middleware logs where (not what). Still the OpenAI shape."""
+    err = ApiError(500, "Internal error; the request id identifies it", "server_error", "internal_error")
+    return Response(openai_error_body(err), 500, media_type="application/json")
+
+
 class TokenportApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -51,7 +57,9 @@ class TokenportApp:
             *admin.routes,
         ]
         self.starlette = Starlette(
-            routes=routes, lifespan=lifespan, exception_handlers={404: _not_found, 405: _not_found}
+            routes=routes,
+            lifespan=lifespan,
+            exception_handlers={404: _not_found, 405: _not_found, Exception: _internal},
         )
         self.starlette.state.runtime = runtime
         self._http = RequestIdMiddleware(self._dispatch)

@@ -21,7 +21,7 @@ class KeyCache:
         self.store = store
         self.refresh_interval = refresh_interval
         self._by_hash: dict[str, KeyRecord] = {}
-        self._head = -1
+        self._head: tuple[int, int] | None = None
 
     def refresh(self) -> bool:
         """Reload when the change feed moved; blocking (run it in a thread)."""

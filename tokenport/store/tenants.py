@@ -109,11 +109,13 @@ class TenantStore:
 
     # --- what a running gateway polls ---
 
-    def latest_change(self) -> int:
+    def latest_change(self) -> tuple[int, int]:
+        """(highest id, row count). Ids are taken at insert, not commit, so on PostgreSQL a change
+        can commit below the highest id already seen; the count still moves."""
         with self.engine.connect() as conn:
-            return conn.execute(select(func.coalesce(func.max(changes.c.id), 0))).scalar_one()
+            return _head(conn)
 
-    def load_key_records(self) -> tuple[int, list[KeyRecord]]:
+    def load_key_records(self) -> tuple[tuple[int, int], list[KeyRecord]]:
         """Every key with its tenant, and the change id the snapshot is consistent with."""
         q = select(
             api_keys.c.id,
@@ -125,7 +127,7 @@ class TenantStore:
             tenants.c.name.label("tenant_name"),
         ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
         with self.engine.begin() as conn:
-            head = conn.execute(select(func.coalesce(func.max(changes.c.id), 0))).scalar_one()
+            head = _head(conn)
             records = [
                 KeyRecord(
                     id=r.id,
@@ -139,3 +141,8 @@ class TenantStore:
                 for r in conn.execute(q)
             ]
         return head, records
+
+
+def _head(conn) -> tuple[int, int]:
+    row = conn.execute(select(func.coalesce(func.max(changes.c.id), 0), func.count())).one()
+    return int(row[0]), int(row[1])

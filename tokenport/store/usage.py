@@ -38,7 +38,7 @@ class UsageStore:
         if limit:
             q = q.limit(limit)
         with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in conn.execute(q)]
+            return [{str(k): v for k, v in r._mapping.items()} for r in conn.execute(q)]
 
     def totals(self, tenant_name: str | None = None, since: datetime | None = None) -> dict:
         cols = [func.count().label("requests")] + [

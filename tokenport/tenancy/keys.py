@@ -11,8 +11,8 @@ from dataclasses import dataclass
 KEY_PREFIX = "tpk_"
 _ALPHABET = string.ascii_letters + string.digits
 _SECRET_LEN = 40  # ~238 bits of entropy: a fast hash (SHA-256) is the right tool
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ZONE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # use with fullmatch
+ZONE_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ class TenancyService:
         self.clock = clock or SystemClock()
 
     def create_tenant(self, name: str, zone: str | None = None) -> Tenant:
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidInput("tenant name must be 1-128 characters of letters, digits, '.', '_' or '-'")
         zone = zone or self.default_zone
-        if not isinstance(zone, str) or not ZONE_RE.match(zone):
+        if not isinstance(zone, str) or not ZONE_RE.fullmatch(zone):
             raise InvalidInput("zone must be 1-64 characters of lowercase letters, digits or '-'")
         now = self.clock.now()
         tenant = Tenant(id=new_id("ten"), name=name, zone=zone, created_at=now)

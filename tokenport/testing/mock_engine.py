@@ -4,6 +4,8 @@ Used by the tests (faults, exact metering) and by the benchmarks. Every
 streamed content chunk is exactly one token ("tok "); usage is fixed by
 MockConfig. A request header ``x-mock-scenario`` selects a fault:
 tool_calls, error_500, error_400, error_midstream, hang, slow_first_token.
+In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
+max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ async def _scenario_wait(scenario: str) -> None:
 async def _stream(request: web.Request, g: _Gen, scenario: str) -> web.StreamResponse:
     st = request.app[STATS]
     st.streams_started += 1
-    produced = 0
+    produced, completed = 0, False
     resp = web.StreamResponse(headers=SSE_HEADERS)
     try:
         if scenario == "error_midstream":
@@ -257,13 +259,14 @@ async def _stream(request: web.Request, g: _Gen, scenario: str) -> web.StreamRes
             await resp.write(g.chunk(None, n, usage=True))
         await resp.write(DONE)
         st.streams_completed += 1
+        completed = True
         await resp.write_eof()
         return resp
     except ConnectionResetError:  # the client went away: quietly end the handler
-        st.streams_cancelled += 1
+        st.streams_cancelled += not completed
         return resp
     except asyncio.CancelledError:  # handler_cancellation=True: the disconnect cancels us
-        st.streams_cancelled += 1
+        st.streams_cancelled += not completed
         raise
 
 

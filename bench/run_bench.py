@@ -1,0 +1,438 @@
+"""End-to-end gateway benchmark: mock engine direct (A) vs through `tokenport serve` (B).
+
+Starts the mock engine and the gateway on loopback with a throwaway TOKENPORT_HOME,
+creates a tenant and key with the CLI, then runs open-loop cells A B A B at each rate,
+streaming and not, and writes a markdown table to bench/results/latest.md.
+Run it through `bench/run` (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import loadgen
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "mock-model"
+PROMPT_TOKENS, MAX_TOKENS = 10, 20  # the mock's defaults; requests ask for max_tokens 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(home: Path) -> dict[str, str]:
+    env = dict(os.environ, TOKENPORT_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.pop("TOKENPORT_DATABASE_URL", None)  # always the throwaway SQLite in `home`
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def tokenport_cmd() -> list[str]:
+    if override := os.environ.get("TOKENPORT_BIN"):  # e.g. a wrapper or another checkout
+        return shlex.split(override)
+    exe = Path(sys.executable).parent / "tokenport"
+    if exe.exists():
+        return [str(exe)]
+    if found := shutil.which("tokenport"):
+        return [found]
+    return [sys.executable, "-c", "import sys; from tokenport.cli import main; sys.exit(main())"]
+
+
+def stop(proc: subprocess.Popen[Any] | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def start_mock(home: Path, chunk_delay_ms: float) -> tuple[subprocess.Popen[str], str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "tokenport.testing.mock_engine",
+        "--port",
+        "0",
+        "--chunk-delay-ms",
+        str(chunk_delay_ms),
+    ]
+    log = open(home / "mock.log", "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=child_env(home))
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()  # the mock prints exactly one line
+        if line.startswith("READY "):
+            return proc, line.split()[1]
+        if not line and proc.poll() is not None:
+            break
+    stop(proc)
+    raise RuntimeError(f"mock engine did not start; see {home / 'mock.log'}")
+
+
+def write_config(home: Path, mock_url: str) -> Path:
+    cfg = home / "tokenport.toml"
+    cfg.write_text(
+        "[engine]\nenabled = false\n\n"
+        f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n'
+    )
+    return cfg
+
+
+def start_gateway(home: Path, cfg: Path, port: int) -> subprocess.Popen[bytes]:
+    log = open(home / "gateway.log", "wb")  # noqa: SIM115
+    cmd = [*tokenport_cmd(), "serve", "--port", str(port), "--config", str(cfg)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(home))
+
+
+def cli_json(home: Path, *args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [*tokenport_cmd(), *args], capture_output=True, text=True, timeout=60, env=child_env(home)
+    )
+    if out.returncode != 0:
+        raise RuntimeError(
+            f"tokenport {' '.join(args)} failed ({out.returncode}): {out.stderr or out.stdout}"
+        )
+    return json.loads(out.stdout)
+
+
+def wait_health(url: str, proc: subprocess.Popen[Any], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url}/health not 200 after {timeout:.0f}s")
+
+
+def wait_key_works(url: str, key: str, timeout: float) -> None:
+    """The gateway may pick a new key up a little later; poll one real request."""
+    body = loadgen.request_body(MODEL, False)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        req = urllib.request.Request(url + loadgen.PATH, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except urllib.error.HTTPError as exc:
+            last = f"HTTP {exc.code}: {exc.read()[:300]!r}"
+        except (urllib.error.URLError, OSError) as exc:
+            last = repr(exc)
+        time.sleep(0.25)
+    raise RuntimeError(f"an authenticated request through the gateway never succeeded: {last}")
+
+
+@dataclass
+class ProcUsage:
+    """CPU time and memory of one process, from /proc."""
+
+    pid: int
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+    def mem_mib(self) -> tuple[float, float]:
+        """(VmRSS, VmHWM) in MiB."""
+        vals = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                vals[k] = int(v.split()[0]) / 1024
+        return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Cell:
+    rate: float
+    stream: bool
+    direct: list[loadgen.Result] = field(default_factory=list)
+    gateway: list[loadgen.Result] = field(default_factory=list)
+    gw_cpu_s: float = 0.0
+    gw_wall_s: float = 0.0
+    rss_mib: float = 0.0
+    hwm_mib: float = 0.0
+
+
+def merged(results: list[loadgen.Result]) -> loadgen.Result:
+    m = loadgen.Result(results[0].target, "open", results[0].stream, 0.0, rate=results[0].rate)
+    for r in results:
+        m.sent += r.sent
+        m.ok += r.ok
+        m.latencies += r.latencies
+        m.ttfts += r.ttfts
+        m.errors.update(r.errors)
+        m.wall_s += r.wall_s
+        m.max_lag_s = max(m.max_lag_s, r.max_lag_s)
+    return m
+
+
+async def measure(
+    args: argparse.Namespace, mock_url: str, gw_url: str, key: str, gw: ProcUsage, log: Any
+) -> tuple[list[Cell], dict[str, loadgen.Result], list[loadgen.Result]]:
+    """Returns the open-loop cells, the closed-loop results and every result through the gateway."""
+    seg = args.duration / args.rounds
+    cells: list[Cell] = []
+    via_gw: list[loadgen.Result] = []
+    for rate in args.rates:
+        for stream in (False, True):
+            cell = Cell(rate, stream)
+            common = {"stream": stream, "model": MODEL, "timeout_s": args.timeout}
+            # warm-up (discarded): open connections, fill caches
+            await loadgen.open_loop(mock_url, rate, args.warmup, **common)
+            via_gw.append(await loadgen.open_loop(gw_url, rate, args.warmup, key=key, **common))
+            for _ in range(args.rounds):
+                cell.direct.append(await loadgen.open_loop(mock_url, rate, seg, target="direct", **common))
+                c0, t0 = gw.cpu_s(), time.monotonic()
+                res = await loadgen.open_loop(gw_url, rate, seg, key=key, target="gateway", **common)
+                cell.gw_cpu_s += gw.cpu_s() - c0
+                cell.gw_wall_s += time.monotonic() - t0
+                cell.gateway.append(res)
+                via_gw.append(res)
+                log(
+                    f"  {rate:g} rps stream={stream}: "
+                    f"A {loadgen.format_result(cell.direct[-1])}\n    B {loadgen.format_result(res)}"
+                )
+            cell.rss_mib, cell.hwm_mib = gw.mem_mib()
+            cells.append(cell)
+    closed: dict[str, loadgen.Result] = {}
+    if args.workers:
+        for name, url, k in (("direct", mock_url, None), ("gateway", gw_url, key)):
+            closed[name] = await loadgen.closed_loop(
+                url,
+                args.workers,
+                args.closed_duration,
+                model=MODEL,
+                key=k,
+                timeout_s=args.timeout,
+                target=name,
+            )
+            log(f"  closed {loadgen.format_result(closed[name])}")
+        via_gw.append(closed["gateway"])
+    return cells, closed, via_gw
+
+
+def metering_check(home: Path, cfg: Path, via_gw: list[loadgen.Result]) -> str:
+    """Compare the gateway's usage records (after a graceful stop) with what the client saw."""
+    ok = sum(r.ok for r in via_gw) + 1  # + the readiness probe
+    failed = sum(r.error_count for r in via_gw)
+    want = {"requests": ok, "prompt_tokens": ok * PROMPT_TOKENS, "completion_tokens": ok * MAX_TOKENS}
+    try:
+        got = cli_json(home, "usage", "--tenant", "bench", "--limit", "1", "--config", str(cfg), "--json")
+        totals = got["totals"]
+    except (RuntimeError, KeyError, json.JSONDecodeError) as exc:
+        return f"- metering check: could not read usage ({exc})"
+    same = all(totals.get(k) == v for k, v in want.items())
+    seen = ", ".join(f"{k} {totals.get(k)}" for k in want)
+    verdict = "exact match" if same else f"MISMATCH, expected {want}"
+    extra = f" ({failed} client-side errors may be recorded too)" if failed and not same else ""
+    return f"- metering check: gateway recorded {seen} for {ok} successful requests: {verdict}{extra}"
+
+
+# ---------------------------------------------------------------- report
+
+
+def _ms(vals: list[float], q: float) -> float:
+    return loadgen.percentile(sorted(vals), q) * 1000
+
+
+def _pair(vals: list[float]) -> str:
+    return f"{_ms(vals, 50):.2f} / {_ms(vals, 99):.2f}"
+
+
+def _added(b: list[float], a: list[float]) -> tuple[str, str]:
+    return f"{_ms(b, 50) - _ms(a, 50):+.2f}", f"{_ms(b, 99) - _ms(a, 99):+.2f}"
+
+
+def _errs(r: loadgen.Result) -> str:
+    if not r.errors:
+        return "0"
+    return f"{r.error_count} ({', '.join(f'{k}:{v}' for k, v in r.errors.items())})"
+
+
+def report(
+    args: argparse.Namespace, cells: list[Cell], closed: dict[str, loadgen.Result], lg_cpu: float, wall: float
+) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    lines = [
+        "# tokenport gateway benchmark",
+        "",
+        f"- {when}, {os.cpu_count()} CPUs, Python {platform.python_version()}, aiohttp {aiohttp.__version__}",
+        f"- mock engine: 10 prompt / 20 completion tokens, chunk delay {args.chunk_delay_ms:g} ms; "
+        "request `max_tokens: 20`",
+        f"- open loop, {args.duration:g} s per cell and target as {args.rounds} x (A direct, B gateway) "
+        f"segments after {args.warmup:g} s warm-up; latency counted from the scheduled send time",
+        f"- loadgen, mock and gateway share this machine; loadgen used {lg_cpu:.0f}% of one core "
+        f"over {wall:.0f} s",
+        "",
+        "| mode | rate | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 | added p99 | "
+        "added TTFT p50 / p99 | errors direct / gw | gw RSS (peak) MiB | gw CPU % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    detail = [
+        "",
+        "Details (ms): p99.9 and raw TTFT",
+        "",
+        "| mode | rate | direct p99.9 | gateway p99.9 | direct TTFT p50 / p99 | gateway TTFT p50 / p99 | "
+        "gw achieved rps | max send lag ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in cells:
+        a, b = merged(c.direct), merged(c.gateway)
+        mode = "stream" if c.stream else "non-stream"
+        add50, add99 = _added(b.latencies, a.latencies)
+        ttft = " / ".join(_added(b.ttfts, a.ttfts)) if c.stream else "-"
+        cpu = 100 * c.gw_cpu_s / c.gw_wall_s if c.gw_wall_s else 0.0
+        lines.append(
+            f"| {mode} | {c.rate:g} | {_pair(a.latencies)} | {_pair(b.latencies)} | {add50} | {add99} | "
+            f"{ttft} | {_errs(a)} / {_errs(b)} | {c.rss_mib:.0f} ({c.hwm_mib:.0f}) | {cpu:.0f} |"
+        )
+        tt_a, tt_b = (_pair(a.ttfts), _pair(b.ttfts)) if c.stream else ("-", "-")
+        rps = b.ok / b.wall_s if b.wall_s else 0.0
+        lag = 1000 * max(a.max_lag_s, b.max_lag_s)
+        detail.append(
+            f"| {mode} | {c.rate:g} | {_ms(a.latencies, 99.9):.2f} | {_ms(b.latencies, 99.9):.2f} | "
+            f"{tt_a} | {tt_b} | {rps:.0f} | {lag:.1f} |"
+        )
+    lines += detail
+    if closed:
+        lines += [
+            "",
+            f"Closed loop, {args.workers} workers, {args.closed_duration:g} s, non-stream "
+            "(bounded by this machine's cores, which loadgen shares):",
+            "",
+            "| target | req/s | p50 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, r in closed.items():
+            lines.append(
+                f"| {name} | {r.ok / r.wall_s:.0f} | {_ms(r.latencies, 50):.2f} | "
+                f"{_ms(r.latencies, 99):.2f} | {_errs(r)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short cells (about a minute in all)")
+    ap.add_argument("--rates", default="100,300", help="comma-separated requests/s")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per cell and target")
+    ap.add_argument("--rounds", type=int, default=2, help="A/B alternations per cell")
+    ap.add_argument("--warmup", type=float, default=1.0, help="seconds of discarded warm-up per target")
+    ap.add_argument("--workers", type=int, default=32, help="closed-loop workers (0 = skip)")
+    ap.add_argument("--closed-duration", type=float, default=5.0)
+    ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
+    ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="mock delay between tokens")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME (logs, DB)")
+    a = ap.parse_args(argv)
+    a.rates = [float(r) for r in a.rates.split(",") if r]
+    if a.quick:
+        a.duration, a.warmup, a.closed_duration = 3.0, 0.5, 2.0
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    home = Path(tempfile.mkdtemp(prefix="tokenport-bench-"))
+    mock = gateway = None
+    t_start, cpu0 = time.monotonic(), time.process_time()
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        log(f"TOKENPORT_HOME={home}")
+        mock, mock_url = start_mock(home, args.chunk_delay_ms)
+        log(f"mock engine at {mock_url}")
+        cfg = write_config(home, mock_url)
+        port = free_port()
+        gw_url = f"http://127.0.0.1:{port}"
+        # tenant and key first: the CLI migrates the fresh database before the server opens it
+        cli_json(home, "tenants", "create", "bench", "--config", str(cfg), "--json")
+        key = cli_json(home, "keys", "create", "--tenant", "bench", "--config", str(cfg), "--json")["key"]
+        gateway = start_gateway(home, cfg, port)
+        wait_health(gw_url, gateway, timeout=60)
+        wait_key_works(gw_url, key, timeout=30)
+        log(f"gateway at {gw_url} (pid {gateway.pid}); measuring")
+        cells, closed, via_gw = loadgen.run(measure(args, mock_url, gw_url, key, ProcUsage(gateway.pid), log))
+        with urllib.request.urlopen(mock_url + "/mock/stats", timeout=5) as r:
+            st = json.loads(r.read())
+        log(
+            f"mock saw (last request): keys {st['last_request_keys']}, "
+            f"stream_options {st['last_stream_options']}; cancelled streams {st['streams_cancelled']}"
+        )
+        wall = time.monotonic() - t_start
+        text = report(args, cells, closed, 100 * (time.process_time() - cpu0) / wall, wall)
+        stop(gateway)  # a graceful stop flushes the usage writer
+        if gateway.returncode not in (0, -signal.SIGTERM):
+            log(f"gateway exited with {gateway.returncode}")
+        text += "\n" + metering_check(home, cfg, via_gw) + "\n"
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(text)
+        log(f"written to {args.out}")
+        return 0
+    except (RuntimeError, OSError, KeyError, json.JSONDecodeError) as exc:
+        log(f"benchmark failed: {exc}")
+        for name in ("gateway.log", "mock.log"):
+            p = home / name
+            if p.exists() and p.stat().st_size:
+                log(f"--- tail of {p}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:]))
+        args.keep = True
+        return 1
+    finally:
+        stop(gateway)
+        stop(mock)
+        if args.keep:
+            log(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

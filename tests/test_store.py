@@ -22,7 +22,7 @@ from tokenport.store import writer as writer_module
 from tokenport.store.db import open_database
 from tokenport.store.schema import api_keys, changes, tenants
 from tokenport.store.tenants import TenantStore
-from tokenport.store.usage import UsageStore
+from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
 from tokenport.store.writer import BatchWriter
 from tokenport.tenancy.keys import KEY_PREFIX, hash_key
 from tokenport.tenancy.service import Conflict, InvalidInput, NotFound, TenancyService
@@ -562,3 +562,24 @@ def test_timestamps_come_back_utc(svc: TenancyService, engine: Engine) -> None:
     assert svc.tenant("acme").created_at == t.created_at == T0
     with pytest.raises(Exception, match="naive"):
         UsageStore(engine).insert_many([usage_row("naive", t.id, datetime(2026, 1, 1))])
+
+
+def test_writer_dead_letters_only_the_row_the_database_refuses(
+    svc: TenancyService, engine: Engine, tmp_path: Path
+) -> None:
+    """A row the database will never accept must not block the others, nor vanish silently."""
+    t = svc.create_tenant("acme")
+    store = UsageStore(engine)
+    dead = tmp_path / "dead.jsonl"
+    writer = BatchWriter(
+        store.insert_many, 0.05, 100, is_transient=is_transient, dead_letter=DeadLetterFile(dead)
+    )
+    writer.start()
+    good = [usage_row(f"req_good{i}", t.id, T0 + timedelta(seconds=i)) for i in range(5)]
+    bad = usage_row("req_bad", t.id, T0, status=None)  # NOT NULL: refused by both databases
+    for row in [*good[:2], bad, *good[2:]]:
+        writer.submit(row)
+    writer.close()
+    assert {r["request_id"] for r in store.query()} == {r["request_id"] for r in good}
+    lines = dead.read_text().splitlines()
+    assert len(lines) == 1 and '"req_bad"' in lines[0] and "IntegrityError" in lines[0]

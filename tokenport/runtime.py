@@ -20,7 +20,7 @@ from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
 from tokenport.store.db import open_database
 from tokenport.store.tenants import TenantStore
-from tokenport.store.usage import UsageStore
+from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
 from tokenport.store.writer import BatchWriter
 from tokenport.tenancy.service import TenancyService
 
@@ -39,7 +39,11 @@ class Runtime:
         self.metrics = Metrics()
         self.keys = KeyCache(self.tenant_store, settings.key_refresh_ms / 1000)
         self.writer = BatchWriter(
-            self.usage_store.insert_many, settings.usage_flush_ms / 1000, settings.usage_batch_size
+            self.usage_store.insert_many,
+            settings.usage_flush_ms / 1000,
+            settings.usage_batch_size,
+            is_transient=is_transient,
+            dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
         )
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
         self.engine: EmbeddedEngine | None = None

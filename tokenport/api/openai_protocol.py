@@ -54,8 +54,8 @@ def _check_int(body: dict, name: str, lo: int, hi: int) -> None:
 
 def _check_common(body: dict) -> tuple[str, bool, bool]:
     model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 256:
-        raise bad_request("'model' is required and must be a non-empty string", param="model")
+    if not isinstance(model, str) or not model or len(model) > 128:
+        raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
     stream = body.get("stream", False)
     if stream is None:
         stream = False

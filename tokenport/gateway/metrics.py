@@ -44,3 +44,35 @@ class Metrics:
         self.usage_written = Gauge(
             "tokenport_usage_records_written", "Usage records committed since start", registry=r
         )
+        self._children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe(
+        self,
+        endpoint: str,
+        model: str,
+        status: int,
+        duration: float,
+        ttft: float | None,
+        tokens: tuple[int, int, int] | None,  # prompt, completion, cached
+    ) -> None:
+        """One finished request. Label children are cached: `labels()` is slow on the hot path."""
+        key = (endpoint, model, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(endpoint, model, str(status)),
+                self.latency.labels(endpoint, model),
+                self.ttft.labels(model),
+                self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"),
+                self.tokens.labels(model, "cached"),
+            )
+        requests, latency, ttft_hist, prompt, completion, cached = children
+        requests.inc()
+        latency.observe(duration)
+        if ttft is not None:
+            ttft_hist.observe(ttft)
+        if tokens is not None:
+            prompt.inc(tokens[0])
+            completion.inc(tokens[1])
+            cached.inc(tokens[2])

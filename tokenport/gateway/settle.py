@@ -19,22 +19,18 @@ class Settler:
 
     def settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
         now = self.clock.monotonic()
-        model = ctx.model or "-"
-        m = self.metrics
-        m.requests.labels(ctx.endpoint, model, str(out.status)).inc()
-        m.latency.labels(ctx.endpoint, model).observe(now - ctx.t0)
+        counts = out.counts
+        ttft = out.first_token_at - ctx.t0 if out.first_token_at is not None else None
+        self.metrics.observe(
+            ctx.endpoint,
+            ctx.model if ctx.backend else "-",  # only routed (known) models: bounded labels
+            out.status,
+            now - ctx.t0,
+            ttft if ctx.stream else None,
+            (counts.prompt, counts.completion, counts.cached) if counts else None,
+        )
         if ctx.key is None:  # unauthenticated: nobody to meter
             return None
-        counts = out.counts
-        ttft = None
-        if out.first_token_at is not None:
-            ttft = out.first_token_at - ctx.t0
-            if ctx.stream:
-                m.ttft.labels(model).observe(ttft)
-        if counts is not None:
-            m.tokens.labels(model, "prompt").inc(counts.prompt)
-            m.tokens.labels(model, "completion").inc(counts.completion)
-            m.tokens.labels(model, "cached").inc(counts.cached)
         record = UsageRecord(
             request_id=ctx.request_id,
             tenant_id=ctx.key.tenant_id,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.store.schema import tenants, usage
 
@@ -64,3 +68,22 @@ def _filter(q, tenant_name: str | None, since: datetime | None):
     if since is not None:
         q = q.where(usage.c.started_at >= since)
     return q
+
+
+def is_transient(exc: Exception) -> bool:
+    """The database was unreachable or busy (retry), as opposed to refusing the row."""
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | SATimeoutError)
+
+
+class DeadLetterFile:
+    """Usage rows the database refused, kept as JSON lines for an operator (content-free)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, row: dict, exc: Exception) -> None:
+        entry = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+        entry["_error"] = type(exc).__name__
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")

@@ -3,6 +3,10 @@
 What a `kill -9` can lose: records handed over but not yet committed, i.e. those of requests
 that finished within the last flush interval (default 200 ms), plus requests still in flight.
 A graceful stop (SIGTERM / SIGINT) drains the queue before exiting and loses nothing.
+
+A failed batch is retried. If the failure is not transient (the database rejected a row rather
+than being unreachable), rows are written one by one and a row the database will never accept
+goes to the dead-letter callback (a file), so one bad record cannot block all the others.
 """
 
 from __future__ import annotations
@@ -23,8 +27,14 @@ class BatchWriter:
         flush_interval: float = 0.2,
         batch_size: int = 500,
         name: str = "usage-writer",
+        is_transient: Callable[[Exception], bool] = lambda exc: True,
+        dead_letter: Callable[[dict, Exception], None] | None = None,
+        retry_delay: float = 1.0,
     ) -> None:
         self._write = write_batch
+        self._is_transient = is_transient
+        self._dead_letter = dead_letter
+        self._retry_delay = retry_delay
         self._interval = flush_interval
         self._batch_size = batch_size
         self._queue: deque[dict] = deque()
@@ -69,11 +79,23 @@ class BatchWriter:
     def _flush(self) -> None:
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
-            while True:
-                try:
-                    self._write(batch)
-                    self._written += len(batch)
-                    break
-                except Exception as exc:  # keep the batch; the store is idempotent on request_id
-                    log.error("usage write failed (%s); retrying in 1 s", type(exc).__name__)
-                    time.sleep(1.0)
+            self._write_reliably(batch)
+
+    def _write_reliably(self, batch: list[dict]) -> None:
+        while True:
+            try:
+                self._write(batch)
+                self._written += len(batch)
+                return
+            except Exception as exc:  # the store is idempotent on request_id: retrying is safe
+                if self._is_transient(exc) or self._dead_letter is None:
+                    log.error("usage write failed (%s); retrying", type(exc).__name__)
+                    time.sleep(self._retry_delay)
+                    continue
+                if len(batch) == 1:
+                    log.error("usage record rejected (%s); dead-lettered", type(exc).__name__)
+                    self._dead_letter(batch[0], exc)
+                    return
+                for row in batch:  # find the rows the database refuses
+                    self._write_reliably([row])
+                return

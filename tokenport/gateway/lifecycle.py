@@ -64,6 +64,9 @@ class Gateway:
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
             await sink.error(err)
+        except Exception:  # a bug, not bad input: the client gets a 500, the record says so
+            out.status, out.error_code = 500, "internal_error"
+            raise
         except asyncio.CancelledError:
             if not sink.disconnected:
                 raise  # shutting down: settle (below) and let the cancellation through

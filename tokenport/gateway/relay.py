@@ -14,7 +14,7 @@ import aiohttp
 import orjson
 
 from tokenport.gateway.backends import Backend
-from tokenport.gateway.errors import ApiError
+from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
 from tokenport.gateway.usage import SOURCE_CHUNKS, SOURCE_ENGINE, SOURCE_NONE, SOURCE_PROGRESS
 
@@ -56,7 +56,10 @@ def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
             body["timings_per_token"] = True
     if "max_completion_tokens" in body and "max_tokens" not in body:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
-    return orjson.dumps(body)
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:  # orjson parses deeper nesting than it will write back
+        raise bad_request("The request body is nested too deeply", code="invalid_json") from None
 
 
 class Relay:

@@ -2,7 +2,8 @@
 
 Used by the tests (faults, exact metering) and by the benchmarks. Every
 streamed content chunk is exactly one token ("tok "); usage is fixed by
-MockConfig. A request header ``x-mock-scenario`` selects a fault:
+MockConfig. A body field ``mock_scenario`` (or, calling the mock directly, a request header
+``x-mock-scenario``) selects a behaviour:
 tool_calls, error_500, error_400, error_midstream, hang, slow_first_token.
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
 max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
@@ -285,7 +286,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         st.last_request_keys = list(body)
         st.last_stream_options = body.get("stream_options")
         st.last_headers = {k.lower(): v for k, v in request.headers.items()}
-        scenario = request.headers.get("x-mock-scenario", "")
+        scenario = str(body.get("mock_scenario") or request.headers.get("x-mock-scenario", ""))
         if scenario == "error_500":
             return _json(
                 {"error": {"message": "mock engine exploded", "type": "server_error", "code": 500}},

@@ -14,6 +14,11 @@ def engine_metric(server, name: str) -> float:
     return float(re.search(rf"^llamacpp:{name} (\S+)$", text, re.M).group(1))
 
 
+def gateway_metric(server, name: str) -> float:
+    text = http_get(server.base_url + "/metrics")[1].decode()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
+
+
 def test_disconnect_stops_the_embedded_engine_and_meters_generated_tokens(engine_server):
     _, secret = engine_server.new_key("cancel-tenant")
     client = openai.OpenAI(base_url=engine_server.base_url + "/v1", api_key=secret, max_retries=0)
@@ -70,9 +75,11 @@ def test_disconnect_cancels_mock_upstream(mock_server, mock_engine):
             got += 1
         if got == 3:
             break
+    assert gateway_metric(mock_server, "tokenport_in_flight_requests") == 1
     stream.close()
     wait_until(lambda: mock_engine.stats()["streams_cancelled"] == 1, 3.0, 0.05, "mock to see the cancel")
     record = mock_server.record(raw.headers["x-request-id"])
+    assert gateway_metric(mock_server, "tokenport_in_flight_requests") == 0
     assert record["client_disconnected"] is True
     assert record["usage_source"] == "progress"
     assert 3 <= record["completion_tokens"] < 20

@@ -35,6 +35,7 @@ async def metrics(request: Request) -> Response:
     for b in rt.pool.backends:
         m.backend_healthy.labels(b.name, b.zone).set(1 if b.healthy else 0)
         m.backend_in_flight.labels(b.name).set(b.in_flight)
+    m.in_flight.set(rt.gateway.in_flight if rt.gateway else 0)
     m.usage_pending.set(rt.writer.pending)
     m.usage_written.set(rt.writer.written)
     return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -33,6 +33,7 @@ class Gateway:
         self.pool = pool
         self.relay = relay
         self.settler = settler
+        self.in_flight = 0  # read by /metrics
 
     async def handle(
         self,
@@ -43,6 +44,7 @@ class Gateway:
         sink: ClientSink,
     ) -> None:
         out = Outcome()
+        self.in_flight += 1
         try:
             key = ctx.key = self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
             ctx.zone = resolve_zone(key.zone, headers.get(ZONE_HEADER))
@@ -73,5 +75,6 @@ class Gateway:
             ctx.client_disconnected = True
             asyncio.current_task().uncancel()
         finally:
+            self.in_flight -= 1
             ctx.client_disconnected = ctx.client_disconnected or sink.disconnected
             self.settler.settle(ctx, out)

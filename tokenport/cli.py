@@ -60,6 +60,7 @@ def cmd_serve(args) -> int:
         loop=_loop(),
         http="httptools",
         timeout_graceful_shutdown=30,
+        proxy_headers=False,
     )
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; that is a clean exit.
     for sig in (signal.SIGTERM, signal.SIGINT):

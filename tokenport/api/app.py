@@ -62,15 +62,12 @@ class TokenportApp:
             exception_handlers={404: _not_found, 405: _not_found, Exception: _internal},
         )
         self.starlette.state.runtime = runtime
-        self._http = RequestIdMiddleware(self._dispatch)
-
-    async def _dispatch(self, scope, receive, send) -> None:
-        endpoint = self.hot.get(scope["path"])
-        if endpoint is not None:
-            return await endpoint(scope, receive, send)
-        return await self.starlette(scope, receive, send)
+        self._http = RequestIdMiddleware(self.starlette)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            endpoint = self.hot.get(scope["path"])
+            if endpoint is not None:  # the hot path: straight to the endpoint
+                return await endpoint(scope, receive, send)
             return await self._http(scope, receive, send)
         return await self.starlette(scope, receive, send)

@@ -13,8 +13,8 @@ def openai_error_body(err: ApiError) -> bytes:
     )
 
 
-def error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+def error_headers(err: ApiError, body: bytes, extra: tuple = ()) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
     headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
     if err.status == 429 or err.status == 401 or err.status == 403:
         # insufficient_quota and auth failures must not be retried by the SDKs; rate limits may.
@@ -23,7 +23,8 @@ def error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-async def send_error(send, err: ApiError) -> None:
+async def send_error(send, err: ApiError, extra_headers: tuple = ()) -> None:
     body = openai_error_body(err)
-    await send({"type": "http.response.start", "status": err.status, "headers": error_headers(err, body)})
+    headers = error_headers(err, body, extra_headers)
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

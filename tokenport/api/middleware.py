@@ -4,7 +4,8 @@ without the OpenAI error shape."""
 from __future__ import annotations
 
 import logging
-import secrets
+import os
+import random
 import traceback
 
 from tokenport.api.errors import send_error
@@ -15,8 +16,18 @@ log = logging.getLogger("tokenport.api")
 REQUEST_ID_KEY = "tokenport.request_id"
 
 
+_rng = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
+
+
 def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+    """96 random bits: unique across processes and hosts (an id, not a secret)."""
+    return f"req_{_rng.getrandbits(96):024x}"
+
+
+INTERNAL_ERROR = ApiError(
+    500, "Internal error; the request id identifies it", "server_error", "internal_error"
+)
 
 
 class RequestIdMiddleware:
@@ -40,15 +51,15 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception as exc:  # a bug, never bad input: log the type only (no content)
-            log.error("unhandled %s in %s at %s", type(exc).__name__, scope.get("path"), _where(exc))
+        except Exception as exc:
+            log_unhandled(exc, scope.get("path"))
             if not started:
-                await send_error(
-                    send_with_id,
-                    ApiError(
-                        500, "Internal error; the request id identifies it", "server_error", "internal_error"
-                    ),
-                )
+                await send_error(send_with_id, INTERNAL_ERROR)
+
+
+def log_unhandled(exc: BaseException, path: str | None) -> None:
+    """A bug, never bad input: log where it happened, not what (no exception message)."""
+    log.error("unhandled %s in %s at %s", type(exc).__name__, path, _where(exc))
 
 
 def _where(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 
 from tokenport.api.errors import error_headers, openai_error_body, send_error
-from tokenport.api.middleware import REQUEST_ID_KEY
+from tokenport.api.middleware import INTERNAL_ERROR, log_unhandled, new_request_id
 from tokenport.api.openai_protocol import ParsedRequest, parse_chat, parse_completion
 from tokenport.clock import Clock
 from tokenport.gateway.context import RequestContext
@@ -20,17 +20,18 @@ _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 class AsgiSink:
     """Writes one response to the ASGI `send`; knows whether the client went away."""
 
-    __slots__ = ("_send", "disconnected", "finished", "started", "streaming")
+    __slots__ = ("_rid", "_send", "disconnected", "finished", "started", "streaming")
 
-    def __init__(self, send) -> None:
+    def __init__(self, send, request_id_header: tuple[bytes, bytes]) -> None:
         self._send = send
+        self._rid = request_id_header
         self.disconnected = False
         self.finished = False
         self.started = False
         self.streaming = False
 
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
-        headers = [(b"content-type", content_type)]
+        headers = [(b"content-type", content_type), self._rid]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         if content_type == b"text/event-stream":
@@ -49,7 +50,11 @@ class AsgiSink:
         self.started = True
         body = openai_error_body(err)
         await self._send(
-            {"type": "http.response.start", "status": err.status, "headers": error_headers(err, body)}
+            {
+                "type": "http.response.start",
+                "status": err.status,
+                "headers": error_headers(err, body, (self._rid,)),
+            }
         )
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
@@ -74,27 +79,37 @@ class CompletionEndpoint:
         self.max_body = max_body
 
     async def __call__(self, scope, receive, send) -> None:
+        """Served without middleware (the hot path): it sets its own request id header."""
+        request_id = new_request_id()
+        rid = (b"x-request-id", request_id.encode())
+        sink = AsgiSink(send, rid)
+        try:
+            await self._serve(scope, receive, request_id, sink)
+        except Exception as exc:
+            log_unhandled(exc, scope.get("path"))
+            if not sink.started:
+                return await send_error(send, INTERNAL_ERROR, (rid,))
+        if sink.started and not sink.disconnected:
+            await sink.finish()
+
+    async def _serve(self, scope, receive, request_id: str, sink: AsgiSink) -> None:
         if scope["method"] != "POST":
-            return await send_error(
-                send, ApiError(405, "Use POST", "invalid_request_error", "method_not_allowed")
-            )
+            err = ApiError(405, "Use POST", "invalid_request_error", "method_not_allowed")
+            return await sink.error(err)
         headers = dict(scope["headers"])
         try:
             body = await read_body(headers, receive, self.max_body)
         except ApiError as err:
-            return await send_error(send, err)
+            return await sink.error(err)
         if body is None:  # client left while sending the body
             return
         gateway: Gateway = self.gateway_ref()
-        ctx = RequestContext(scope[REQUEST_ID_KEY], self.endpoint, self.clock.now(), self.clock.monotonic())
-        sink = AsgiSink(send)
+        ctx = RequestContext(request_id, self.endpoint, self.clock.now(), self.clock.monotonic())
         watcher = asyncio.create_task(_watch_disconnect(receive, sink, ctx, asyncio.current_task()))
         try:
             await gateway.handle(ctx, headers, body, self.parse, sink)
         finally:
             watcher.cancel()
-        if sink.started and not sink.disconnected:
-            await sink.finish()
 
 
 async def _watch_disconnect(receive, sink: AsgiSink, ctx: RequestContext, task: asyncio.Task) -> None:
@@ -109,16 +124,19 @@ async def _watch_disconnect(receive, sink: AsgiSink, ctx: RequestContext, task: 
             task.cancel()  # stop relaying; the relay closes the upstream, the engine stops
 
 
-async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes | None:
-    too_big = ApiError(
+def _too_big(limit: int) -> ApiError:
+    return ApiError(
         413, f"Request body exceeds the limit of {limit} bytes", "invalid_request_error", "request_too_large"
     )
+
+
+async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes | None:
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "Invalid Content-Length header", "invalid_request_error", "invalid_request")
         if int(declared) > limit:
-            raise too_big
+            raise _too_big(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -128,7 +146,7 @@ async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes |
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise too_big
+            raise _too_big(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -128,16 +128,15 @@ class Relay:
             buf = b""
             async for data in resp.content.iter_any():
                 buf += data
-                while True:
-                    cut = buf.find(b"\n\n")
-                    if cut < 0:
-                        break
+                ready = []  # whole events that arrived together go out together, at once
+                while (cut := buf.find(b"\n\n")) >= 0:
                     event, buf = buf[: cut + 2], buf[cut + 2 :]
-                    seen = watcher.content_chunks
                     forward = watcher.observe(event)
                     if forward is not None:
-                        await sink.send(forward)
-                    if out.first_token_at is None and watcher.content_chunks > seen:
+                        ready.append(forward)
+                if ready:
+                    await sink.send(ready[0] if len(ready) == 1 else b"".join(ready))
+                    if out.first_token_at is None and watcher.content_chunks:
                         out.first_token_at = self.mono()
             if watcher.error is not None:
                 out.error_code = str(

@@ -40,7 +40,8 @@ class StreamWatcher:
     def __init__(self, forward_usage: bool) -> None:
         self.forward_usage = forward_usage  # the client asked for usage itself
         self.final: Counts | None = None  # the engine's own final usage
-        self.progress: Counts | None = None  # running counts reported per chunk
+        self._progress: Counts | None = None  # running counts reported per chunk
+        self._timings_event: bytes | None = None  # the latest llama.cpp timings, parsed on demand
         self.content_chunks = 0
         self.finish_reason: str | None = None
         self.error: dict | None = None
@@ -53,22 +54,20 @@ class StreamWatcher:
             return event
         if _CONTENT.search(event):
             self.content_chunks += 1
-        if b'"finish_reason":' in event and (m := _FINISH.search(event)):
+        if (b'"finish_reason":"' in event or b'"finish_reason": "' in event) and (m := _FINISH.search(event)):
             self.finish_reason = m.group(1).decode()
         if b'"predicted_n"' in event:
-            self._progress(event)
+            self._timings_event = event
         if b'"usage"' in event or b'"error"' in event:
             return self._parse(event)
         return event
 
-    def _progress(self, event: bytes) -> None:
-        pred, prompt, cache = _PREDICTED.search(event), _PROMPT_N.search(event), _CACHE_N.search(event)
-        cached = int(cache.group(1)) if cache else 0
-        self.progress = Counts(
-            prompt=(int(prompt.group(1)) if prompt else 0) + cached,
-            cached=cached,
-            completion=int(pred.group(1)) if pred else 0,
-        )
+    @property
+    def progress(self) -> Counts | None:
+        event, self._timings_event = self._timings_event, None
+        if event is not None:
+            self._progress = _timings_counts(event)
+        return self._progress
 
     def _parse(self, event: bytes) -> bytes | None:
         payload = _data(event)
@@ -91,7 +90,7 @@ class StreamWatcher:
         if finished:
             self.final = usage_counts(usage)
         else:  # running usage on a content chunk (vLLM continuous stats)
-            self.progress = usage_counts(usage)
+            self._progress, self._timings_event = usage_counts(usage), None
         if self.forward_usage:
             return event
         if not choices:
@@ -100,6 +99,16 @@ class StreamWatcher:
             del obj["usage"]
             return b"data: " + orjson.dumps(obj) + b"\n\n"
         return event
+
+
+def _timings_counts(event: bytes) -> Counts:
+    pred, prompt, cache = _PREDICTED.search(event), _PROMPT_N.search(event), _CACHE_N.search(event)
+    cached = int(cache.group(1)) if cache else 0
+    return Counts(
+        prompt=(int(prompt.group(1)) if prompt else 0) + cached,
+        cached=cached,
+        completion=int(pred.group(1)) if pred else 0,
+    )
 
 
 def _data(event: bytes) -> bytes | None:

@@ -186,24 +186,13 @@ def test_database_url_env_is_honoured(tmp_path: Path, postgres_server) -> None:
 # --- with a running server --------------------------------------------------------------------
 
 
-def models_status(server: LiveServer, secret: str) -> int:
-    req = urllib.request.Request(
-        server.base_url + "/v1/models", headers={"Authorization": f"Bearer {secret}"}
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-
-
 def test_cli_against_a_running_server(mock_server: LiveServer) -> None:
     """The CLI and a live server share the database: changes reach the server within 1 s."""
     tenant = f"cli-{uuid4().hex[:8]}"
     created = mock_server.cli_json("tenants", "create", tenant)
     assert created["zone"] == "overseas"
     key = mock_server.cli_json("keys", "create", "--tenant", tenant, "--label", "live")
-    wait_until(lambda: models_status(mock_server, key["key"]) == 200, 1.0, 0.02, "CLI key accepted by server")
+    wait_until(lambda: mock_server.key_status(key["key"]) == 200, 1.0, 0.02, "CLI key accepted by server")
 
     req = urllib.request.Request(
         mock_server.base_url + "/v1/chat/completions",
@@ -228,9 +217,7 @@ def test_cli_against_a_running_server(mock_server: LiveServer) -> None:
 
     res = mock_server.cli("keys", "revoke", key["id"])
     assert res.returncode == 0
-    wait_until(
-        lambda: models_status(mock_server, key["key"]) == 403, 1.0, 0.02, "CLI revocation seen by server"
-    )
+    wait_until(lambda: mock_server.key_status(key["key"]) == 403, 1.0, 0.02, "CLI revocation seen by server")
 
     # the CLI reads what the server wrote, through the same store
     engine = open_database(f"sqlite:///{mock_server.home / 'tokenport.db'}")

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 from support.live import wait_until
+from support.shapes import assert_openai_error_body
 
 MODEL = "mock-model"
 CHAT = "/v1/chat/completions"
@@ -56,15 +57,7 @@ def assert_openai_error(resp: httpx.Response, status: int, code: str | None = No
     """The response is an OpenAI error: {"error": {"message", "type", "param", "code"}}."""
     assert resp.status_code == status, resp.text
     assert resp.headers.get("x-request-id", "").startswith("req_")
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    assert err["param"] is None or isinstance(err["param"], str)
-    assert err["code"] is None or isinstance(err["code"], str)
+    err = assert_openai_error_body(resp)
     if code is not None:
         assert err["code"] == code, err
     return err

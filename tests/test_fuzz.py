@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
+from support.shapes import assert_openai_error_body
 
 MODEL = "mock-model"
 CHAT = "/v1/chat/completions"
@@ -92,15 +93,7 @@ def check(resp: httpx.Response) -> None:
     if resp.status_code == 200:
         check_completion(resp)
         return
-    assert resp.headers["content-type"].startswith("application/json")
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    err = body["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert isinstance(err["message"], str) and err["message"]
-    assert isinstance(err["type"], str) and err["type"]
-    assert err["param"] is None or isinstance(err["param"], str)
-    assert err["code"] is None or isinstance(err["code"], str)
+    assert_openai_error_body(resp)
 
 
 def check_completion(resp: httpx.Response) -> None:

@@ -17,7 +17,7 @@ from tokenport.gateway.backends import BackendPool
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
-from tokenport.gateway.relay import ClientSink, Outcome, Relay, upstream_payload
+from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 
@@ -54,13 +54,13 @@ class Gateway:
             backend = self.pool.route(req.model, ctx.zone)
             ctx.backend = backend.name
             payload = upstream_payload(req.body, req.stream, backend.config.kind)
-            path = UPSTREAM_PATHS[req.endpoint]
+            call = UpstreamCall(backend, UPSTREAM_PATHS[req.endpoint], payload, ctx.request_id)
             backend.in_flight += 1
             try:
                 if req.stream:
-                    await self.relay.stream(backend, path, payload, sink, req.include_usage, out)
+                    await self.relay.stream(call, sink, req.include_usage, out)
                 else:
-                    await self.relay.unary(backend, path, payload, sink, out)
+                    await self.relay.unary(call, sink, out)
             finally:
                 backend.in_flight -= 1
         except ApiError as err:

@@ -44,6 +44,14 @@ class Outcome:
     started: bool = False  # bytes reached the client
 
 
+@dataclass(slots=True)
+class UpstreamCall:
+    backend: Backend
+    path: str
+    payload: bytes
+    request_id: str  # sent as x-request-id, so engine logs line up with usage records
+
+
 def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
     """The body sent upstream: always ask for usage, and for running counts where supported."""
     if stream:
@@ -68,13 +76,15 @@ class Relay:
         self.mono = clock_monotonic
         self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
 
-    async def _post(self, backend: Backend, path: str, payload: bytes) -> aiohttp.ClientResponse:
-        headers = {"content-type": "application/json"}
+    async def _post(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+        """The client's own headers (its API key above all) are never passed on."""
+        backend = call.backend
+        headers = {"content-type": "application/json", "x-request-id": call.request_id}
         if backend.config.api_key:
             headers["authorization"] = f"Bearer {backend.config.api_key}"
         try:
             return await self.session.post(
-                backend.url + path, data=payload, headers=headers, timeout=self.timeout
+                backend.url + call.path, data=call.payload, headers=headers, timeout=self.timeout
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             backend.healthy = False  # passive health: the next check decides when it is back
@@ -86,22 +96,20 @@ class Relay:
                 headers={"retry-after": "1"},
             ) from exc
 
-    async def unary(
-        self, backend: Backend, path: str, payload: bytes, sink: ClientSink, out: Outcome
-    ) -> None:
-        resp = await self._post(backend, path, payload)
+    async def unary(self, call: UpstreamCall, sink: ClientSink, out: Outcome) -> None:
+        resp = await self._post(call)
         async with resp:
             if resp.status != 200:
                 raise await _upstream_error(resp)
             try:
                 body = await resp.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise _broken(backend) from exc
+                raise _broken(call.backend) from exc
         out.first_token_at = self.mono()
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise _broken(backend) from None
+            raise _broken(call.backend) from None
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if isinstance(usage, dict):
             out.counts, out.usage_source = usage_counts(usage), SOURCE_ENGINE
@@ -113,12 +121,10 @@ class Relay:
         out.started = True
         await sink.send(body)
 
-    async def stream(
-        self, backend: Backend, path: str, payload: bytes, sink: ClientSink, include_usage: bool, out: Outcome
-    ) -> None:
+    async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
         watcher = StreamWatcher(forward_usage=include_usage)
-        resp = await self._post(backend, path, payload)
+        resp = await self._post(call)
         try:
             if resp.status != 200:
                 raise await _upstream_error(resp)
@@ -152,7 +158,7 @@ class Relay:
             if out.started:
                 await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
             else:
-                raise _broken(backend) from None
+                raise _broken(call.backend) from None
         finally:
             resp.close()  # on a client disconnect this is what stops the engine generating
             _settle_counts(out, watcher)

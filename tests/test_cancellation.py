@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 
+import httpx
 import openai
 from support.live import http_get, wait_until
 
@@ -85,3 +86,25 @@ def test_disconnect_cancels_mock_upstream(mock_server, mock_engine):
     assert 3 <= record["completion_tokens"] < 20
     produced = mock_engine.stats()["tokens_generated"]
     assert produced - 1 <= record["completion_tokens"] <= produced
+
+
+def test_closing_right_after_done_is_not_a_disconnect(mock_server):
+    """A client that hangs up as soon as it reads [DONE] had the whole answer: billed in full."""
+    _, secret = mock_server.new_key("done-closer")
+    body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    ids = []
+    with httpx.Client(base_url=mock_server.base_url, timeout=10) as http:
+        for _ in range(20):
+            with http.stream(
+                "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+            ) as r:
+                for line in r.iter_lines():
+                    if line == "data: [DONE]":
+                        break  # close without reading the end of the chunked body
+                ids.append(r.headers["x-request-id"])
+    mock_server.record(ids[-1])  # the writer has caught up
+    records = {r["request_id"]: r for r in mock_server.usage("done-closer")["data"]}
+    for rid in ids:
+        record = records[rid]
+        assert record["client_disconnected"] is False
+        assert (record["usage_source"], record["completion_tokens"]) == ("engine", 20)

@@ -20,12 +20,23 @@ _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 class AsgiSink:
     """Writes one response to the ASGI `send`; knows whether the client went away."""
 
-    __slots__ = ("_rid", "_send", "disconnected", "finished", "started", "streaming")
+    __slots__ = (
+        "_rid",
+        "_send",
+        "cancellable",
+        "delivered",
+        "disconnected",
+        "finished",
+        "started",
+        "streaming",
+    )
 
     def __init__(self, send, request_id_header: tuple[bytes, bytes]) -> None:
         self._send = send
         self._rid = request_id_header
         self.disconnected = False
+        self.cancellable = False
+        self.delivered = False
         self.finished = False
         self.started = False
         self.streaming = False
@@ -105,23 +116,24 @@ class CompletionEndpoint:
             return
         gateway: Gateway = self.gateway_ref()
         ctx = RequestContext(request_id, self.endpoint, self.clock.now(), self.clock.monotonic())
-        watcher = asyncio.create_task(_watch_disconnect(receive, sink, ctx, asyncio.current_task()))
+        watcher = asyncio.create_task(_watch_disconnect(receive, sink, asyncio.current_task()))
         try:
             await gateway.handle(ctx, headers, body, self.parse, sink)
         finally:
             watcher.cancel()
 
 
-async def _watch_disconnect(receive, sink: AsgiSink, ctx: RequestContext, task: asyncio.Task) -> None:
+async def _watch_disconnect(receive, sink: AsgiSink, task: asyncio.Task) -> None:
     """The request body is read; the next message can only be the client going away."""
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-    if not sink.finished:
-        sink.disconnected = True
-        if ctx.stream:
-            task.cancel()  # stop relaying; the relay closes the upstream, the engine stops
+    if sink.finished or sink.delivered:
+        return  # the client had everything: closing now is not a disconnect
+    sink.disconnected = True
+    if sink.cancellable:
+        task.cancel()  # stop relaying; the relay closes the upstream, the engine stops
 
 
 def _too_big(limit: int) -> ApiError:

@@ -24,7 +24,9 @@ _ERROR_BODY_LIMIT = 64 * 1024
 class ClientSink(Protocol):
     """Where the answer goes: the HTTP layer implements it for its protocol."""
 
-    disconnected: bool
+    disconnected: bool  # set when the client went away before the answer was delivered
+    cancellable: bool  # the relay is waiting on the engine: a disconnect may cancel it now
+    delivered: bool  # the whole answer has been handed to the client
 
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None: ...
 
@@ -120,12 +122,15 @@ class Relay:
         await sink.start(200, b"application/json", len(body))
         out.started = True
         await sink.send(body)
+        sink.delivered = True
 
     async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
         watcher = StreamWatcher(forward_usage=include_usage)
-        resp = await self._post(call)
+        resp: aiohttp.ClientResponse | None = None
+        sink.cancellable = True
         try:
+            resp = await self._post(call)
             if resp.status != 200:
                 raise await _upstream_error(resp)
             out.status = 200
@@ -153,14 +158,17 @@ class Relay:
                 await sink.send(
                     sse_error("The backend stream ended unexpectedly", "server_error", out.error_code)
                 )
+            sink.delivered = True
         except (aiohttp.ClientError, TimeoutError):
             out.error_code = "upstream_disconnected"
-            if out.started:
-                await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
-            else:
+            if not out.started:
                 raise _broken(call.backend) from None
+            await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
+            sink.delivered = True
         finally:
-            resp.close()  # on a client disconnect this is what stops the engine generating
+            sink.cancellable = False
+            if resp is not None:
+                resp.close()  # on a client disconnect this is what stops the engine generating
             _settle_counts(out, watcher)
 
 

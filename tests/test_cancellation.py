@@ -108,3 +108,23 @@ def test_closing_right_after_done_is_not_a_disconnect(mock_server):
         record = records[rid]
         assert record["client_disconnected"] is False
         assert (record["usage_source"], record["completion_tokens"]) == ("engine", 20)
+
+
+def test_non_streaming_disconnect_is_billed_in_full(mock_server, mock_engine):
+    """Documented choice: a non-streaming generation runs to its end (bounded by max_tokens) and is
+    billed from the engine's usage, marked client_disconnected."""
+    _, secret = mock_server.new_key("nonstream-leaver")
+    body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}], "mock_chunk_delay_ms": 50}
+    with httpx.Client(base_url=mock_server.base_url, timeout=0.3) as http:
+        try:
+            http.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"})
+        except httpx.ReadTimeout:
+            pass  # the client gave up and closed the connection
+        else:
+            raise AssertionError("the mock answered before the client gave up")
+    usage = wait_until(
+        lambda: (u := mock_server.usage("nonstream-leaver"))["data"] and u, 5, 0.1, "the record"
+    )
+    (record,) = usage["data"]
+    assert record["client_disconnected"] is True
+    assert (record["status"], record["usage_source"], record["completion_tokens"]) == (200, "engine", 20)

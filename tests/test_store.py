@@ -283,6 +283,7 @@ def test_key_cache_follows_the_change_feed(engine: Engine, clock: FakeClock) -> 
     assert exc.value.status == 401
 
     assert cache.refresh() is True
+    assert store.loads == 1, "a new key must not reload the whole key table"
     rec = cache.authenticate(bearer(secret), None)
     assert (rec.id, rec.tenant_name, rec.zone, rec.rpm_limit, rec.revoked) == (
         info.id,
@@ -325,7 +326,7 @@ def test_key_cache_sees_changes_committed_out_of_id_order(postgres_server, clock
     always commit in order.)"""
     engine = open_database(postgres_server.create_database(f"t_{uuid4().hex[:12]}"))
     try:
-        store = TenantStore(engine)
+        store = CountingStore(engine)
         svc = TenancyService(store, "overseas", clock)
         tenant = svc.create_tenant("acme")
         cache = KeyCache(store)
@@ -353,7 +354,9 @@ def test_key_cache_sees_changes_committed_out_of_id_order(postgres_server, clock
             cache.authenticate(bearer(fast_secret), None)
             tx.commit()
 
+        loads = store.loads
         cache.refresh()
+        assert store.loads == loads + 1, "the late commit is detected and the table reloaded"
         try:
             rec = cache.authenticate(bearer(slow_secret), None)
         except ApiError as err:

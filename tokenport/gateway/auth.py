@@ -24,9 +24,26 @@ class KeyCache:
         self._head: tuple[int, int] | None = None
 
     def refresh(self) -> bool:
-        """Reload when the change feed moved; blocking (run it in a thread)."""
-        if self.store.latest_change() == self._head:
+        """Apply what the change feed says moved; blocking (run it in a thread).
+
+        Normally only the keys named by new change rows are reloaded. The whole table is reloaded
+        at start, and when the row count shows a change committed below the highest id already
+        seen (PostgreSQL hands out ids at insert, not at commit)."""
+        if self._head is None:
+            return self._reload_all()
+        head, rows = self.store.poll_changes(self._head[0])
+        if head == self._head:
             return False
+        if len(rows) != head[1] - self._head[1]:
+            return self._reload_all()
+        key_ids = {ref for _, kind, ref in rows if kind == "key"}
+        if key_ids:
+            for record in self.store.load_keys(key_ids):
+                self._by_hash[record.key_hash] = record  # one atomic item update each
+        self._head = head
+        return True
+
+    def _reload_all(self) -> bool:
         head, records = self.store.load_key_records()
         self._by_hash = {r.key_hash: r for r in records}  # swapped atomically
         self._head = head

@@ -109,38 +109,53 @@ class TenantStore:
 
     # --- what a running gateway polls ---
 
-    def latest_change(self) -> tuple[int, int]:
-        """(highest id, row count). Ids are taken at insert, not commit, so on PostgreSQL a change
-        can commit below the highest id already seen; the count still moves."""
-        with self.engine.connect() as conn:
-            return _head(conn)
+    def poll_changes(self, after_id: int) -> tuple[tuple[int, int], list[tuple[int, str, str]]]:
+        """The feed's head and its rows above `after_id`, read from one snapshot."""
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+        with conn, conn.begin():
+            head = _head(conn)
+            rows = conn.execute(
+                select(changes.c.id, changes.c.kind, changes.c.ref)
+                .where(changes.c.id > after_id, changes.c.id <= head[0])
+                .order_by(changes.c.id)
+            ).all()
+        return head, [(r.id, r.kind, r.ref) for r in rows]
 
     def load_key_records(self) -> tuple[tuple[int, int], list[KeyRecord]]:
-        """Every key with its tenant, and the change id the snapshot is consistent with."""
-        q = select(
-            api_keys.c.id,
-            api_keys.c.tenant_id,
-            api_keys.c.zone,
-            api_keys.c.key_hash,
-            api_keys.c.rpm_limit,
-            api_keys.c.revoked_at,
-            tenants.c.name.label("tenant_name"),
-        ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
+        """Every key with its tenant, and the feed head the snapshot is at least as new as."""
         with self.engine.begin() as conn:
             head = _head(conn)
-            records = [
-                KeyRecord(
-                    id=r.id,
-                    tenant_id=r.tenant_id,
-                    tenant_name=r.tenant_name,
-                    zone=r.zone,
-                    key_hash=r.key_hash,
-                    rpm_limit=r.rpm_limit,
-                    revoked=r.revoked_at is not None,
-                )
-                for r in conn.execute(q)
-            ]
-        return head, records
+            return head, [_key_record(r) for r in conn.execute(_KEY_RECORDS)]
+
+    def load_keys(self, key_ids: set[str]) -> list[KeyRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(_KEY_RECORDS.where(api_keys.c.id.in_(sorted(key_ids))))
+            return [_key_record(r) for r in rows]
+
+
+_KEY_RECORDS = select(
+    api_keys.c.id,
+    api_keys.c.tenant_id,
+    api_keys.c.zone,
+    api_keys.c.key_hash,
+    api_keys.c.rpm_limit,
+    api_keys.c.revoked_at,
+    tenants.c.name.label("tenant_name"),
+).join(tenants, tenants.c.id == api_keys.c.tenant_id)
+
+
+def _key_record(r) -> KeyRecord:
+    return KeyRecord(
+        id=r.id,
+        tenant_id=r.tenant_id,
+        tenant_name=r.tenant_name,
+        zone=r.zone,
+        key_hash=r.key_hash,
+        rpm_limit=r.rpm_limit,
+        revoked=r.revoked_at is not None,
+    )
 
 
 def _head(conn) -> tuple[int, int]:

@@ -18,7 +18,7 @@ def all_bytes_under(root: Path) -> list[tuple[Path, bytes]]:
 def test_canaries_appear_in_no_file_database_or_log(engine_server):
     _, secret = engine_server.new_key("canary-tenant")
     client = openai.OpenAI(base_url=engine_server.base_url + "/v1", api_key=secret, max_retries=0)
-    canaries = [f"CANARY{uuid.uuid4().hex}" for _ in range(5)]
+    canaries = [f"CANARY{uuid.uuid4().hex}" for _ in range(8)]
     completions: list[str] = []
 
     reply = client.chat.completions.create(
@@ -44,6 +44,32 @@ def test_canaries_appear_in_no_file_database_or_log(engine_server):
         client.chat.completions.create(
             model="smollm2-135m-instruct", messages=[{"role": canaries[4], "content": canaries[4]}]
         )
+    # Engine-side failures too: a tool with a broken schema, a schema llama.cpp cannot compile,
+    # and a raw grammar (which llama.cpp would print to stderr: the gateway refuses it).
+    client.chat.completions.create(
+        model="smollm2-135m-instruct",
+        max_tokens=2,
+        messages=[{"role": "user", "content": "x"}],
+        tools=[{"type": "function", "function": {"name": canaries[5], "parameters": canaries[5]}}],
+    )
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            max_tokens=2,
+            messages=[{"role": "user", "content": "x"}],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "s", "schema": {"type": canaries[6]}},
+            },
+        )
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.chat.completions.create(
+            model="smollm2-135m-instruct",
+            max_tokens=2,
+            messages=[{"role": "user", "content": "x"}],
+            extra_body={"grammar": f"root ::= {canaries[7]}"},
+        )
+    assert exc.value.param == "grammar"
     r = httpx.post(
         engine_server.base_url + "/v1/chat/completions",
         headers={"Authorization": f"Bearer {secret}"},
@@ -51,8 +77,8 @@ def test_canaries_appear_in_no_file_database_or_log(engine_server):
     )
     assert r.status_code == 400
 
-    # All five requests were authenticated, so all five are metered: wait for the writer.
-    wait_until(lambda: engine_server.usage("canary-tenant")["totals"]["requests"] == 5, 5, 0.1, "records")
+    # All eight requests were authenticated, so all eight are metered: wait for the writer.
+    wait_until(lambda: engine_server.usage("canary-tenant")["totals"]["requests"] == 8, 5, 0.1, "records")
     needles = [c.encode() for c in canaries]
     # Whole completions (long enough to be unique) must not be stored either.
     needles += [c.strip().encode() for c in completions if len(c.strip()) >= 24]

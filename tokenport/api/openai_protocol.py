@@ -81,6 +81,12 @@ def _check_common(body: dict) -> tuple[str, bool, bool]:
     _check_range(body, "presence_penalty", -2, 2)
     _check_range(body, "frequency_penalty", -2, 2)
     _check_int(body, "seed", -_MAX_INT - 1, _MAX_INT)
+    if "grammar" in body:
+        # llama.cpp's grammar parser prints a grammar it cannot parse to stderr: request content
+        # in the logs. Structured output goes through response_format (json_schema) instead.
+        raise bad_request(
+            "'grammar' is not accepted; use response_format with a json_schema", param="grammar"
+        )
     n = body.get("n")
     if n is not None and n != 1:
         raise bad_request("Only 'n': 1 is supported", param="n")

@@ -102,7 +102,7 @@ curl {base}/v1/chat/completions \\
   -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
   -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
 
-python - <<'PY'
+pip install openai && python - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{base}/v1", api_key="{secret}")
 reply = client.chat.completions.create(model="{model}", max_tokens=32,
@@ -200,7 +200,10 @@ def cmd_usage(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tokenport import __version__
+
     p = argparse.ArgumentParser(prog="tokenport", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tokenport {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(parent, name, func, help_):

@@ -199,6 +199,133 @@ def cmd_usage(args) -> int:
     return 0
 
 
+def _billing(args):
+    from tokenport.billing.service import BillingService
+    from tokenport.store.billing import BillingStore
+
+    svc, engine = _service(args)
+    return BillingService(BillingStore(engine), svc)
+
+
+def _when(value: str | None, what: str, end_of_day: bool = False):
+    """ISO 8601 with a zone; a bare date means midnight UTC (or the end of that day)."""
+    from datetime import UTC, date, datetime, time, timedelta
+
+    from tokenport.tenancy.service import InvalidInput
+
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidInput(f"{what} must be an ISO 8601 date or timestamp") from None
+    if dt.tzinfo is None:
+        raise InvalidInput(f"{what} must include a timezone (e.g. 2026-01-01T00:00:00Z)")
+    return dt.astimezone(UTC)
+
+
+def cmd_prices_set(args) -> int:
+    from tokenport.api.views import price_view
+
+    price = _billing(args).set_price(
+        args.model,
+        args.input,
+        args.output,
+        args.cached,
+        args.reasoning,
+        args.free,
+        _when(args.effective_from, "--from"),
+    )
+    view = price_view(price)
+    p = view["usd_per_million"]
+    _print(
+        view,
+        args.json,
+        [
+            f"{price.model}: from {view['effective_from']}: "
+            + (
+                "free"
+                if price.free
+                else f"input {p['input']}, cached {p['cached']}, output {p['output']} USD/M"
+            )
+        ],
+    )
+    return 0
+
+
+def cmd_prices_list(args) -> int:
+    from tokenport.api.views import price_view
+
+    book = _billing(args).price_book()
+    items = [price_view(p) for m in book.models() for p in book.history(m)]
+    _print(
+        items,
+        args.json,
+        [
+            f"{i['model']:28} from {i['effective_from']}  "
+            + (
+                "free"
+                if i["free"]
+                else "in {input} cached {cached} out {output} USD/M".format(**i["usd_per_million"])
+            )
+            for i in items
+        ],
+    )
+    return 0
+
+
+def cmd_credits_grant(args) -> int:
+    from tokenport.api.views import lot_view
+
+    lot = _billing(args).grant(
+        args.tenant, args.amount_usd, _when(args.expires, "--expires", True), args.promo
+    )
+    view = lot_view(lot)
+    _print(
+        view,
+        args.json,
+        [
+            f"granted {view['amount_usd']} USD ({'promotional' if lot.promo else 'paid'}) "
+            f"to {args.tenant} as {lot.id}, expires {view['expires_at'] or 'never'}"
+        ],
+    )
+    return 0
+
+
+def cmd_credits_expire(args) -> int:
+    posted = _billing(args).expire_due()
+    _print({"expired": posted}, args.json, [f"{len(posted)} expiry transactions posted"])
+    return 0
+
+
+def cmd_balance(args) -> int:
+    from tokenport.api.views import balance_view
+
+    view = balance_view(_billing(args).balance(args.tenant))
+    lines = [f"{view['tenant']}: {view['available_usd']} USD available"]
+    lines += [
+        f"  {lot['id']}  {'promo' if lot['promo'] else 'paid ':5}  {lot['remaining_usd']:>20} of "
+        f"{lot['amount_usd']}  expires {lot['expires_at'] or 'never'}"
+        + ("  (expired)" if lot["expired"] else "")
+        for lot in view["lots"]
+    ]
+    _print(view, args.json, lines)
+    return 0
+
+
+def cmd_ledger_verify(args) -> int:
+    problems = _billing(args).verify()
+    _print(
+        {"ok": not problems, "problems": problems},
+        args.json,
+        problems or ["ledger verified: every invariant holds"],
+    )
+    return 1 if problems else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenport import __version__
 
@@ -234,6 +361,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("key_id")
     c = command(keys, "list", cmd_keys_list, "list a tenant's keys")
     c.add_argument("--tenant", required=True)
+    c.add_argument("--json", action="store_true")
+
+    prices = sub.add_parser("prices", help="the price book").add_subparsers(dest="sub", required=True)
+    c = command(prices, "set", cmd_prices_set, "set a model's price from a moment on (history is kept)")
+    c.add_argument("model")
+    c.add_argument("--input", help="USD per million uncached input tokens")
+    c.add_argument("--output", help="USD per million output tokens")
+    c.add_argument("--cached", help="USD per million cached input tokens (default: the input price)")
+    c.add_argument("--reasoning", help="USD per million reasoning tokens (default: the output price)")
+    c.add_argument("--free", action="store_true", help="explicitly free: served without credit")
+    c.add_argument("--from", dest="effective_from", help="ISO 8601 start (default: now)")
+    c.add_argument("--json", action="store_true")
+    c = command(prices, "list", cmd_prices_list, "every price, with history")
+    c.add_argument("--json", action="store_true")
+
+    credits = sub.add_parser("credits", help="prepaid credits").add_subparsers(dest="sub", required=True)
+    c = command(credits, "grant", cmd_credits_grant, "grant credit to a tenant")
+    c.add_argument("tenant")
+    c.add_argument("amount_usd")
+    c.add_argument("--expires", help="ISO 8601 timestamp, or a date (credit usable through that day, UTC)")
+    c.add_argument("--promo", action="store_true", help="promotional credit (burned before paid credit)")
+    c.add_argument("--json", action="store_true")
+    c = command(credits, "expire", cmd_credits_expire, "post expiry entries for expired credit")
+    c.add_argument("--json", action="store_true")
+
+    c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")
+    c.add_argument("tenant")
+    c.add_argument("--json", action="store_true")
+
+    ledger = sub.add_parser("ledger", help="the double-entry ledger").add_subparsers(
+        dest="sub", required=True
+    )
+    c = command(ledger, "verify", cmd_ledger_verify, "check every ledger invariant (exit 1 on a violation)")
     c.add_argument("--json", action="store_true")
 
     c = command(sub, "usage", cmd_usage, "per-request usage records and totals")

@@ -35,3 +35,46 @@ def key_view(k: KeyInfo, secret: str | None = None) -> dict:
 
 def usage_view(row: dict) -> dict:
     return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in row.items() if k != "tenant_id"}
+
+
+def price_view(p) -> dict:
+    from tokenport.billing.money import price_to_usd_per_m
+
+    return {
+        "model": p.model,
+        "effective_from": _iso(p.effective_from),
+        "free": p.free,
+        "usd_per_million": {
+            "input": price_to_usd_per_m(p.input),
+            "cached": price_to_usd_per_m(p.cached),
+            "output": price_to_usd_per_m(p.output),
+            "reasoning": price_to_usd_per_m(p.reasoning) if p.reasoning is not None else None,
+        },
+    }
+
+
+def lot_view(lot, remaining: int | None = None, expired: bool | None = None) -> dict:
+    from tokenport.billing.money import nano_to_usd
+
+    view = {
+        "id": lot.id,
+        "promo": lot.promo,
+        "amount_usd": nano_to_usd(lot.amount),
+        "amount_nano_usd": lot.amount,
+        "created_at": _iso(lot.created_at),
+        "expires_at": _iso(lot.expires_at),
+    }
+    if remaining is not None:
+        view |= {"remaining_usd": nano_to_usd(remaining), "remaining_nano_usd": remaining, "expired": expired}
+    return view
+
+
+def balance_view(b) -> dict:
+    from tokenport.billing.money import nano_to_usd
+
+    return {
+        "tenant": b.tenant,
+        "available_usd": nano_to_usd(b.available),
+        "available_nano_usd": b.available,
+        "lots": [lot_view(i.lot, i.remaining, i.expired) for i in b.lots],
+    }

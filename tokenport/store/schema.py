@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -98,4 +99,56 @@ changes = Table(
     Column("kind", String(32), nullable=False),
     Column("ref", String(64), nullable=False),
     Column("at", UTCDateTime(), nullable=False),
+)
+
+# --- billing ------------------------------------------------------------------------------------
+
+# Effective-dated prices; history kept. Prices are pico-USD per token (= micro-USD per M tokens).
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(128), nullable=False),
+    Column("effective_from", UTCDateTime(), nullable=False),
+    Column("input", BigInteger, nullable=False),
+    Column("cached", BigInteger, nullable=False),
+    Column("output", BigInteger, nullable=False),
+    Column("reasoning", BigInteger, nullable=True),
+    Column("free", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("model", "effective_from", name="uq_prices_model_from"),
+)
+
+credit_lots = Table(
+    "credit_lots",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),  # nano-USD granted
+    Column("promo", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=True),
+)
+
+# Append-only. seq orders the ledger; request_id makes a usage charge unique; reverses makes a
+# reversal unique per original.
+ledger_transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),
+    Column("tenant_id", String(32), nullable=False, index=True),
+    Column("request_id", String(40), nullable=True, unique=True),
+    Column("reverses", String(40), nullable=True, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tx_seq", BigInteger, ForeignKey("ledger_transactions.seq"), nullable=False, index=True),
+    Column("account", String(64), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),  # nano-USD
 )

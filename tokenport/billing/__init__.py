@@ -1,0 +1,1 @@
+"""Money: prices, the double-entry ledger, credits. Plain Python, no I/O."""

@@ -1,0 +1,287 @@
+"""Append-only double-entry ledger in nano-USD.
+
+Accounts (the balance of an account is the sum of its entries):
+- `lot:<id>`            one grant of credit to a tenant (what the tenant can spend); never < 0
+- `funding:paid`        money received for paid credit (goes negative as credit is sold)
+- `funding:promo`       promotional credit given away (goes negative as promos are granted)
+- `revenue:usage`       tokens sold
+- `revenue:breakage`    paid credit that expired unused
+
+Every transaction sums to zero. Mistakes are corrected by a reversal (the negated entries),
+never by editing. A usage debit names its request id and can exist once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+
+FUNDING_PAID = "funding:paid"
+FUNDING_PROMO = "funding:promo"
+REVENUE_USAGE = "revenue:usage"
+REVENUE_BREAKAGE = "revenue:breakage"
+KINDS = ("grant", "usage", "expiry", "reversal")
+
+
+class LedgerError(ValueError):
+    pass
+
+
+class InsufficientFunds(LedgerError):
+    pass
+
+
+class DuplicateCharge(LedgerError):
+    pass
+
+
+def lot_account(lot_id: str) -> str:
+    return f"lot:{lot_id}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    account: str
+    amount: int  # nano-USD; positive adds to the account's balance
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: str
+    kind: str
+    tenant_id: str
+    entries: tuple[Entry, ...]
+    created_at: datetime
+    request_id: str | None = None  # usage: the request it charges (unique)
+    reverses: str | None = None  # reversal: the transaction it cancels
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.kind not in KINDS:
+            p.append(f"unknown kind {self.kind!r}")
+        if not self.entries:
+            p.append("no entries")
+        if any(not isinstance(e.amount, int) or isinstance(e.amount, bool) for e in self.entries):
+            p.append("non-integer amount")
+        elif sum(e.amount for e in self.entries) != 0:
+            p.append(f"entries sum to {sum(e.amount for e in self.entries)}, not 0")
+        if any(e.amount == 0 for e in self.entries):
+            p.append("zero entry")
+        if self.kind == "usage" and not self.request_id:
+            p.append("usage without a request id")
+        if self.kind == "reversal" and not self.reverses:
+            p.append("reversal without the transaction it reverses")
+        return p
+
+    def check(self) -> Transaction:
+        if problems := self.problems():
+            raise LedgerError(f"transaction {self.id}: " + "; ".join(problems))
+        return self
+
+
+@dataclass(frozen=True)
+class Lot:
+    """A grant of credit. Its balance lives in the ledger (account `lot:<id>`)."""
+
+    id: str
+    tenant_id: str
+    amount: int
+    promo: bool
+    created_at: datetime
+    expires_at: datetime | None = None
+
+    @property
+    def account(self) -> str:
+        return lot_account(self.id)
+
+    def burn_key(self) -> tuple:
+        """Soonest expiry first (never-expiring last), promotional before paid, then oldest."""
+        return (
+            self.expires_at is None,
+            self.expires_at or self.created_at,
+            not self.promo,
+            self.created_at,
+            self.id,
+        )
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+# --- building transactions ---------------------------------------------------------------------
+
+
+def grant_tx(tx_id: str, lot: Lot) -> Transaction:
+    if lot.amount <= 0:
+        raise LedgerError("a grant must be positive")
+    source = FUNDING_PROMO if lot.promo else FUNDING_PAID
+    entries = (Entry(source, -lot.amount), Entry(lot.account, lot.amount))
+    return Transaction(tx_id, "grant", lot.tenant_id, entries, lot.created_at).check()
+
+
+def usage_tx(
+    tx_id: str, tenant_id: str, request_id: str, allocation: list[tuple[str, int]], at: datetime
+) -> Transaction:
+    """Debit the lots (as allocated by `Ledger.allocate`) and credit usage revenue."""
+    total = sum(amount for _, amount in allocation)
+    entries = tuple(Entry(lot_account(lot_id), -amount) for lot_id, amount in allocation if amount)
+    if total:
+        entries += (Entry(REVENUE_USAGE, total),)
+    return Transaction(tx_id, "usage", tenant_id, entries, at, request_id=request_id)
+
+
+def expiry_tx(tx_id: str, lot: Lot, remaining: int, at: datetime) -> Transaction:
+    sink = FUNDING_PROMO if lot.promo else REVENUE_BREAKAGE
+    entries = (Entry(lot.account, -remaining), Entry(sink, remaining))
+    return Transaction(tx_id, "expiry", lot.tenant_id, entries, at).check()
+
+
+def reversal_tx(tx_id: str, original: Transaction, at: datetime) -> Transaction:
+    entries = tuple(Entry(e.account, -e.amount) for e in original.entries)
+    return Transaction(tx_id, "reversal", original.tenant_id, entries, at, reverses=original.id).check()
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+
+@dataclass
+class Ledger:
+    """Transactions, lots and the balances derived from them. The store persists both."""
+
+    transactions: list[Transaction] = field(default_factory=list)
+    lots: dict[str, Lot] = field(default_factory=dict)
+    _balances: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    _by_request: dict[str, str] = field(default_factory=dict)
+    _by_id: dict[str, Transaction] = field(default_factory=dict)
+    _reversed: set[str] = field(default_factory=set)
+    _lots_by_tenant: dict[str, list[Lot]] = field(default_factory=lambda: defaultdict(list))
+
+    def add_lot(self, lot: Lot) -> None:
+        if lot.id in self.lots:
+            raise LedgerError(f"lot {lot.id} already exists")
+        self.lots[lot.id] = lot
+        self._lots_by_tenant[lot.tenant_id].append(lot)
+
+    def post(self, tx: Transaction) -> None:
+        """Apply a transaction; refuses anything that would break an invariant."""
+        tx.check()
+        if tx.id in self._by_id:
+            raise LedgerError(f"transaction {tx.id} already posted")
+        if tx.request_id is not None and tx.request_id in self._by_request:
+            raise DuplicateCharge(f"request {tx.request_id} is already charged")
+        if tx.kind == "reversal":
+            original = self._by_id.get(tx.reverses or "")
+            if original is None or tx.reverses in self._reversed:
+                raise LedgerError(f"cannot reverse {tx.reverses}")
+        for e in tx.entries:
+            if e.account.startswith("lot:"):
+                lot = self.lots.get(e.account[4:])
+                if lot is None or lot.tenant_id != tx.tenant_id:
+                    raise LedgerError(f"{e.account} is not a lot of tenant {tx.tenant_id}")
+                if self._balances[e.account] + e.amount < 0:
+                    raise InsufficientFunds(f"{e.account} would go below zero")
+        self._apply(tx)
+
+    def _apply(self, tx: Transaction) -> None:
+        for e in tx.entries:
+            self._balances[e.account] += e.amount
+        self.transactions.append(tx)
+        self._by_id[tx.id] = tx
+        if tx.request_id is not None:
+            self._by_request[tx.request_id] = tx.id
+        if tx.reverses:
+            self._reversed.add(tx.reverses)
+
+    def charged(self, request_id: str) -> bool:
+        return request_id in self._by_request
+
+    def balance(self, account: str) -> int:
+        return self._balances.get(account, 0)
+
+    def tenant_lots(self, tenant_id: str) -> list[Lot]:
+        return list(self._lots_by_tenant.get(tenant_id, ()))
+
+    def tenant_balance(self, tenant_id: str, now: datetime | None = None) -> int:
+        """What the tenant can spend: unexpired lots' balances."""
+        return sum(
+            self.balance(lot.account)
+            for lot in self.tenant_lots(tenant_id)
+            if now is None or not lot.expired(now)
+        )
+
+    def allocate(self, tenant_id: str, amount: int, now: datetime) -> list[tuple[str, int]]:
+        """Which lots pay `amount`, in burn order."""
+        out: list[tuple[str, int]] = []
+        left = amount
+        for lot in sorted(self.tenant_lots(tenant_id), key=Lot.burn_key):
+            if left <= 0:
+                break
+            available = self.balance(lot.account)
+            if lot.expired(now) or available <= 0:
+                continue
+            take = min(available, left)
+            out.append((lot.id, take))
+            left -= take
+        if left > 0:
+            raise InsufficientFunds(f"tenant {tenant_id} is short by {left} nano-USD")
+        return out
+
+    def expiries_due(self, now: datetime) -> list[tuple[Lot, int]]:
+        return [
+            (lot, self.balance(lot.account))
+            for lot in self.lots.values()
+            if lot.expired(now) and self.balance(lot.account) > 0
+        ]
+
+
+def verify(transactions: list[Transaction], lots: list[Lot]) -> list[str]:
+    """Every invariant, recomputed from scratch; an empty list means the ledger is sound."""
+    problems: list[str] = []
+    lot_by_id = {lot.id: lot for lot in lots}
+    balances: dict[str, int] = defaultdict(int)
+    seen_ids: set[str] = set()
+    charged: dict[str, str] = {}
+    by_id: dict[str, Transaction] = {}
+    reversed_: set[str] = set()
+    for tx in transactions:
+        problems += [f"transaction {tx.id}: {p}" for p in tx.problems()]
+        if tx.id in seen_ids:
+            problems.append(f"transaction {tx.id} appears twice")
+        seen_ids.add(tx.id)
+        by_id[tx.id] = tx
+        if tx.request_id is not None:
+            if tx.request_id in charged:
+                problems.append(f"request {tx.request_id} charged twice ({charged[tx.request_id]}, {tx.id})")
+            charged[tx.request_id] = tx.id
+        if tx.kind == "reversal":
+            original = by_id.get(tx.reverses or "")
+            if original is None:
+                problems.append(f"reversal {tx.id} of unknown transaction {tx.reverses}")
+            elif sorted((e.account, -e.amount) for e in original.entries) != sorted(
+                (e.account, e.amount) for e in tx.entries
+            ):
+                problems.append(f"reversal {tx.id} does not negate {tx.reverses}")
+            if tx.reverses in reversed_:
+                problems.append(f"transaction {tx.reverses} reversed twice")
+            reversed_.add(tx.reverses or "")
+        for e in tx.entries:
+            if e.account.startswith("lot:"):
+                lot = lot_by_id.get(e.account[4:])
+                if lot is None:
+                    problems.append(f"transaction {tx.id} names unknown {e.account}")
+                elif lot.tenant_id != tx.tenant_id:
+                    problems.append(f"transaction {tx.id} moves {e.account} of another tenant")
+            balances[e.account] += e.amount
+            if e.account.startswith("lot:") and balances[e.account] < 0:
+                problems.append(f"{e.account} went below zero at transaction {tx.id}")
+    grants: dict[str, list[int]] = defaultdict(list)
+    for tx in transactions:
+        if tx.kind == "grant":
+            for e in tx.entries:
+                if e.account.startswith("lot:"):
+                    grants[e.account].append(e.amount)
+    for lot in lots:
+        if grants.get(lot.account) != [lot.amount]:
+            problems.append(f"lot {lot.id} does not have exactly one grant of its amount")
+    return problems

@@ -1,0 +1,65 @@
+"""Money is integers.
+
+- Ledger amounts are **nano-USD** (1e-9 USD): a signed 64-bit column holds $9.2 billion.
+- Prices are **pico-USD per token** (1e-12 USD), which is the same number as micro-USD per million
+  tokens: $0.30 / M tokens is 300_000. tokens x price is exact; a request's cost is rounded once
+  (half to even) from pico- to nano-USD, so it is exact to 1 nano-USD.
+"""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+NANO_PER_USD = 10**9
+PICO_PER_NANO = 1000
+PRICE_PER_USD_PER_M = 10**6  # 1 USD per million tokens = 1e6 pico-USD per token
+
+
+class MoneyError(ValueError):
+    pass
+
+
+def _decimal(text: str | int | float | Decimal, what: str) -> Decimal:
+    try:
+        value = Decimal(str(text))
+    except InvalidOperation:
+        raise MoneyError(f"{what} must be a decimal number, got {text!r}") from None
+    if not value.is_finite():
+        raise MoneyError(f"{what} must be finite")
+    return value
+
+
+def usd_to_nano(text: str | int | Decimal, what: str = "amount") -> int:
+    """'12.50' -> 12_500_000_000. Refuses anything finer than 1 nano-USD rather than round it."""
+    value = _decimal(text, what) * NANO_PER_USD
+    if value != value.to_integral_value():
+        raise MoneyError(f"{what} has more than 9 decimal places")
+    return int(value)
+
+
+def usd_per_m_to_price(text: str | int | Decimal, what: str = "price") -> int:
+    """USD per million tokens -> pico-USD per token ('0.30' -> 300_000)."""
+    value = _decimal(text, what)
+    if value < 0:
+        raise MoneyError(f"{what} cannot be negative")
+    scaled = value * PRICE_PER_USD_PER_M
+    if scaled != scaled.to_integral_value():
+        raise MoneyError(f"{what} has more than 6 decimal places (USD per million tokens)")
+    return int(scaled)
+
+
+def pico_to_nano(pico: int) -> int:
+    """Round once, half to even."""
+    return int((Decimal(pico) / PICO_PER_NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def nano_to_usd(nano: int) -> str:
+    """Exact decimal string: 12_500_000_000 -> '12.500000000'."""
+    sign = "-" if nano < 0 else ""
+    whole, frac = divmod(abs(nano), NANO_PER_USD)
+    return f"{sign}{whole}.{frac:09d}"
+
+
+def price_to_usd_per_m(price: int) -> str:
+    whole, frac = divmod(price, PRICE_PER_USD_PER_M)
+    return f"{whole}.{frac:06d}"

@@ -1,0 +1,125 @@
+"""Repository for prices, credit lots and the ledger."""
+
+from __future__ import annotations
+
+from itertools import groupby
+
+from sqlalchemy import Engine, and_, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction
+from tokenport.billing.prices import Price
+from tokenport.store.schema import changes, credit_lots, ledger_entries, ledger_transactions, prices
+
+
+class BillingStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # --- prices ---
+
+    def insert_price(self, price: Price, at) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(prices).values(**price.__dict__, created_at=at))
+                conn.execute(insert(changes).values(kind="price", ref=price.model[:64], at=at))
+        except IntegrityError as exc:
+            raise LedgerError(
+                f"{price.model} already has a price from {price.effective_from.isoformat()}"
+            ) from exc
+
+    def load_prices(self) -> list[Price]:
+        cols = [c for c in prices.c if c.name not in ("id", "created_at")]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(*cols).order_by(prices.c.model, prices.c.effective_from))
+            return [Price(**r._mapping) for r in rows]
+
+    # --- ledger ---
+
+    def post(self, tx: Transaction, lot: Lot | None = None) -> None:
+        """One transaction (and the lot it creates), atomically. A second charge of the same
+        request id, or a second reversal of the same transaction, is refused by the database."""
+        tx.check()
+        try:
+            with self.engine.begin() as conn:
+                if lot is not None:
+                    conn.execute(insert(credit_lots).values(**lot.__dict__))
+                seq = conn.execute(
+                    insert(ledger_transactions)
+                    .values(
+                        id=tx.id,
+                        kind=tx.kind,
+                        tenant_id=tx.tenant_id,
+                        request_id=tx.request_id,
+                        reverses=tx.reverses,
+                        created_at=tx.created_at,
+                    )
+                    .returning(ledger_transactions.c.seq)
+                ).scalar_one()
+                conn.execute(
+                    insert(ledger_entries),
+                    [{"tx_seq": seq, "account": e.account, "amount": e.amount} for e in tx.entries],
+                )
+                conn.execute(insert(changes).values(kind="ledger", ref=tx.tenant_id, at=tx.created_at))
+        except IntegrityError as exc:
+            if tx.request_id is not None:
+                raise DuplicateCharge(f"request {tx.request_id} is already charged") from exc
+            raise LedgerError(f"transaction {tx.id} conflicts with the ledger") from exc
+
+    def load_lots(self, tenant_id: str | None = None) -> list[Lot]:
+        q = select(credit_lots).order_by(credit_lots.c.created_at, credit_lots.c.id)
+        if tenant_id is not None:
+            q = q.where(credit_lots.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            return [Lot(**r._mapping) for r in conn.execute(q)]
+
+    def load_transactions(self, tenant_id: str | None = None) -> list[Transaction]:
+        """In ledger order."""
+        t, e = ledger_transactions, ledger_entries
+        q = select(t, e.c.account, e.c.amount).join(e, e.c.tx_seq == t.c.seq).order_by(t.c.seq, e.c.id)
+        if tenant_id is not None:
+            q = q.where(t.c.tenant_id == tenant_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        out = []
+        for _, group in groupby(rows, key=lambda r: r.seq):
+            group = list(group)
+            first = group[0]
+            out.append(
+                Transaction(
+                    id=first.id,
+                    kind=first.kind,
+                    tenant_id=first.tenant_id,
+                    entries=tuple(Entry(r.account, int(r.amount)) for r in group),
+                    created_at=first.created_at,
+                    request_id=first.request_id,
+                    reverses=first.reverses,
+                )
+            )
+        return out
+
+    def orphans(self) -> list[str]:
+        """Transactions without entries (the join in load_transactions cannot see them)."""
+        t, e = ledger_transactions, ledger_entries
+        q = select(t.c.id).outerjoin(e, e.c.tx_seq == t.c.seq).where(e.c.id.is_(None))
+        with self.engine.connect() as conn:
+            return [r.id for r in conn.execute(q)]
+
+    def account_balances(self, accounts: list[str]) -> dict[str, int]:
+        if not accounts:
+            return {}
+        q = (
+            select(ledger_entries.c.account, func.sum(ledger_entries.c.amount))
+            .where(ledger_entries.c.account.in_(accounts))
+            .group_by(ledger_entries.c.account)
+        )
+        with self.engine.connect() as conn:
+            found = {a: int(s) for a, s in conn.execute(q)}
+        return {a: found.get(a, 0) for a in accounts}
+
+    def charged(self, request_id: str) -> bool:
+        q = select(ledger_transactions.c.id).where(
+            and_(ledger_transactions.c.request_id == request_id, ledger_transactions.c.kind == "usage")
+        )
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None

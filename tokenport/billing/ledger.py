@@ -6,6 +6,7 @@ Accounts (the balance of an account is the sum of its entries):
 - `funding:promo`       promotional credit given away (goes negative as promos are granted)
 - `revenue:usage`       tokens sold
 - `revenue:breakage`    paid credit that expired unused
+- `receivable:<tenant>` what a tenant owes beyond its credit (only if a hold was too small)
 
 Every transaction sums to zero. Mistakes are corrected by a reversal (the negated entries),
 never by editing. A usage debit names its request id and can exist once.
@@ -120,12 +121,24 @@ def grant_tx(tx_id: str, lot: Lot) -> Transaction:
     return Transaction(tx_id, "grant", lot.tenant_id, entries, lot.created_at).check()
 
 
+def receivable_account(tenant_id: str) -> str:
+    return f"receivable:{tenant_id}"
+
+
 def usage_tx(
-    tx_id: str, tenant_id: str, request_id: str, allocation: list[tuple[str, int]], at: datetime
+    tx_id: str,
+    tenant_id: str,
+    request_id: str,
+    allocation: list[tuple[str, int]],
+    at: datetime,
+    shortfall: int = 0,
 ) -> Transaction:
-    """Debit the lots (as allocated by `Ledger.allocate`) and credit usage revenue."""
-    total = sum(amount for _, amount in allocation)
+    """Debit the lots (as allocated by `Ledger.allocate`), and the tenant's receivable for any
+    shortfall, and credit usage revenue."""
+    total = sum(amount for _, amount in allocation) + shortfall
     entries = tuple(Entry(lot_account(lot_id), -amount) for lot_id, amount in allocation if amount)
+    if shortfall:
+        entries += (Entry(receivable_account(tenant_id), -shortfall),)
     if total:
         entries += (Entry(REVENUE_USAGE, total),)
     return Transaction(tx_id, "usage", tenant_id, entries, at, request_id=request_id)
@@ -181,6 +194,8 @@ class Ledger:
                     raise LedgerError(f"{e.account} is not a lot of tenant {tx.tenant_id}")
                 if self._balances[e.account] + e.amount < 0:
                     raise InsufficientFunds(f"{e.account} would go below zero")
+            elif e.account.startswith("receivable:") and e.account != receivable_account(tx.tenant_id):
+                raise LedgerError(f"{e.account} is not the receivable of tenant {tx.tenant_id}")
         self._apply(tx)
 
     def _apply(self, tx: Transaction) -> None:
@@ -272,6 +287,8 @@ def verify(transactions: list[Transaction], lots: list[Lot]) -> list[str]:
                     problems.append(f"transaction {tx.id} names unknown {e.account}")
                 elif lot.tenant_id != tx.tenant_id:
                     problems.append(f"transaction {tx.id} moves {e.account} of another tenant")
+            elif e.account.startswith("receivable:") and e.account != receivable_account(tx.tenant_id):
+                problems.append(f"transaction {tx.id} moves another tenant's {e.account}")
             balances[e.account] += e.amount
             if e.account.startswith("lot:") and balances[e.account] < 0:
                 problems.append(f"{e.account} went below zero at transaction {tx.id}")

@@ -37,34 +37,33 @@ class BillingStore:
     # --- ledger ---
 
     def post(self, tx: Transaction, lot: Lot | None = None) -> None:
-        """One transaction (and the lot it creates), atomically. A second charge of the same
-        request id, or a second reversal of the same transaction, is refused by the database."""
+        """One transaction (and the lot it creates), atomically, with a change-feed row so that
+        running servers apply it. A second charge of the same request id, or a second reversal of
+        the same transaction, is refused by the database."""
         tx.check()
         try:
             with self.engine.begin() as conn:
                 if lot is not None:
                     conn.execute(insert(credit_lots).values(**lot.__dict__))
-                seq = conn.execute(
-                    insert(ledger_transactions)
-                    .values(
-                        id=tx.id,
-                        kind=tx.kind,
-                        tenant_id=tx.tenant_id,
-                        request_id=tx.request_id,
-                        reverses=tx.reverses,
-                        created_at=tx.created_at,
-                    )
-                    .returning(ledger_transactions.c.seq)
-                ).scalar_one()
-                conn.execute(
-                    insert(ledger_entries),
-                    [{"tx_seq": seq, "account": e.account, "amount": e.amount} for e in tx.entries],
-                )
-                conn.execute(insert(changes).values(kind="ledger", ref=tx.tenant_id, at=tx.created_at))
+                write_transactions(conn, [tx])
+                conn.execute(insert(changes).values(kind="ledger", ref=tx.id, at=tx.created_at))
         except IntegrityError as exc:
             if tx.request_id is not None:
                 raise DuplicateCharge(f"request {tx.request_id} is already charged") from exc
             raise LedgerError(f"transaction {tx.id} conflicts with the ledger") from exc
+
+    def load_transaction(self, tx_id: str) -> tuple[Transaction | None, Lot | None]:
+        """One transaction, and the lot it granted if it is a grant."""
+        txs = self._transactions(ledger_transactions.c.id == tx_id)
+        if not txs:
+            return None, None
+        lot = None
+        if txs[0].kind == "grant":
+            lot_ids = [e.account[4:] for e in txs[0].entries if e.account.startswith("lot:")]
+            with self.engine.connect() as conn:
+                row = conn.execute(select(credit_lots).where(credit_lots.c.id.in_(lot_ids))).first()
+            lot = Lot(**row._mapping) if row else None
+        return txs[0], lot
 
     def load_lots(self, tenant_id: str | None = None) -> list[Lot]:
         q = select(credit_lots).order_by(credit_lots.c.created_at, credit_lots.c.id)
@@ -75,10 +74,14 @@ class BillingStore:
 
     def load_transactions(self, tenant_id: str | None = None) -> list[Transaction]:
         """In ledger order."""
+        where = ledger_transactions.c.tenant_id == tenant_id if tenant_id is not None else None
+        return self._transactions(where)
+
+    def _transactions(self, where) -> list[Transaction]:
         t, e = ledger_transactions, ledger_entries
-        q = select(t, e.c.account, e.c.amount).join(e, e.c.tx_seq == t.c.seq).order_by(t.c.seq, e.c.id)
-        if tenant_id is not None:
-            q = q.where(t.c.tenant_id == tenant_id)
+        q = select(t, e.c.account, e.c.amount).join(e, e.c.tx_id == t.c.id).order_by(t.c.seq, e.c.id)
+        if where is not None:
+            q = q.where(where)
         with self.engine.connect() as conn:
             rows = conn.execute(q).all()
         out = []
@@ -98,10 +101,19 @@ class BillingStore:
             )
         return out
 
+    def lot_balances(self) -> tuple[list[Lot], dict[str, int]]:
+        """Every lot and every account balance: what a gateway process starts from."""
+        q = select(ledger_entries.c.account, func.sum(ledger_entries.c.amount)).group_by(
+            ledger_entries.c.account
+        )
+        with self.engine.connect() as conn:
+            balances = {a: int(s) for a, s in conn.execute(q)}
+        return self.load_lots(), balances
+
     def orphans(self) -> list[str]:
         """Transactions without entries (the join in load_transactions cannot see them)."""
         t, e = ledger_transactions, ledger_entries
-        q = select(t.c.id).outerjoin(e, e.c.tx_seq == t.c.seq).where(e.c.id.is_(None))
+        q = select(t.c.id).outerjoin(e, e.c.tx_id == t.c.id).where(e.c.id.is_(None))
         with self.engine.connect() as conn:
             return [r.id for r in conn.execute(q)]
 
@@ -123,3 +135,27 @@ class BillingStore:
         )
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
+
+
+def write_transactions(conn, txs: list[Transaction]) -> None:
+    """Insert transactions and their entries (inside the caller's database transaction)."""
+    if not txs:
+        return
+    conn.execute(
+        insert(ledger_transactions),
+        [
+            {
+                "id": tx.id,
+                "kind": tx.kind,
+                "tenant_id": tx.tenant_id,
+                "request_id": tx.request_id,
+                "reverses": tx.reverses,
+                "created_at": tx.created_at,
+            }
+            for tx in txs
+        ],
+    )
+    conn.execute(
+        insert(ledger_entries),
+        [{"tx_id": tx.id, "account": e.account, "amount": e.amount} for tx in txs for e in tx.entries],
+    )

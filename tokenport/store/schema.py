@@ -148,7 +148,7 @@ ledger_entries = Table(
     "ledger_entries",
     metadata,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("tx_seq", BigInteger, ForeignKey("ledger_transactions.seq"), nullable=False, index=True),
+    Column("tx_id", String(40), ForeignKey("ledger_transactions.id"), nullable=False, index=True),
     Column("account", String(64), nullable=False, index=True),
     Column("amount", BigInteger, nullable=False),  # nano-USD
 )

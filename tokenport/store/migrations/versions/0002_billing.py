@@ -54,7 +54,7 @@ def upgrade() -> None:
         "ledger_entries",
         sa.Column("id", _SEQ, primary_key=True, autoincrement=True),
         sa.Column(
-            "tx_seq", sa.BigInteger, sa.ForeignKey("ledger_transactions.seq"), nullable=False, index=True
+            "tx_id", sa.String(40), sa.ForeignKey("ledger_transactions.id"), nullable=False, index=True
         ),
         sa.Column("account", sa.String(64), nullable=False, index=True),
         sa.Column("amount", sa.BigInteger, nullable=False),

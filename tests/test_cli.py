@@ -122,7 +122,8 @@ def test_keys_create_list_revoke(cli: Cli) -> None:
     # the database holds the hash, never the secret
     engine = open_database(f"sqlite:///{cli.home / 'tokenport.db'}")
     try:
-        _, records = TenantStore(engine).load_key_records()
+        with engine.connect() as conn:
+            records = TenantStore(engine).load_key_records(conn)
     finally:
         engine.dispose()
     mine = {r.id: r for r in records}[key["id"]]

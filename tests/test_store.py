@@ -17,9 +17,11 @@ from tokenport.api import admin
 from tokenport.api.views import usage_view
 from tokenport.clock import FakeClock
 from tokenport.gateway.auth import KeyCache
+from tokenport.gateway.changes import ChangeFeed
 from tokenport.gateway.errors import ApiError
 from tokenport.store import writer as writer_module
 from tokenport.store.db import open_database
+from tokenport.store.feed import FeedStore
 from tokenport.store.schema import api_keys, changes, tenants
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
@@ -157,7 +159,8 @@ def test_tenant_zone_is_immutable_and_keys_inherit_it(svc: TenancyService, engin
         assert (
             conn.execute(select(api_keys.c.zone).where(api_keys.c.id == info.id)).scalar_one() == "domestic"
         )
-    _, records = svc.store.load_key_records()
+    with engine.connect() as conn:
+        records = svc.store.load_key_records(conn)
     assert [(r.zone, r.tenant_name) for r in records] == [("domestic", "acme")]
 
 
@@ -269,32 +272,44 @@ def alembic_head() -> str:
 
 class CountingStore(TenantStore):
     loads = 0
+    key_loads = 0
 
-    def load_key_records(self):
+    def load_key_records(self, conn):
         self.loads += 1
-        return super().load_key_records()
+        return super().load_key_records(conn)
+
+    def load_keys(self, key_ids):
+        self.key_loads += 1
+        return super().load_keys(key_ids)
 
 
 def bearer(secret: str) -> bytes:
     return f"Bearer {secret}".encode()
 
 
+def following(store: TenantStore) -> tuple[KeyCache, ChangeFeed]:
+    cache = KeyCache(store)
+    feed = ChangeFeed(FeedStore(store.engine), [cache])
+    feed.start()
+    return cache, feed
+
+
 def test_key_cache_follows_the_change_feed(engine: Engine, clock: FakeClock) -> None:
     store = CountingStore(engine)
     svc = TenancyService(store, "overseas", clock)
-    cache = KeyCache(store)
-    assert cache.refresh() is True  # first load, even of an empty database
-    assert cache.refresh() is False
-    assert store.loads == 1
+    cache, feed = following(store)  # first load, even of an empty database
+    feed.poll_now()
+    assert (store.loads, store.key_loads) == (1, 0)
 
     svc.create_tenant("acme", "domestic")
     info, secret = svc.create_key("acme", rpm_limit=5)
-    with pytest.raises(ApiError) as exc:  # not seen before a refresh
+    with pytest.raises(ApiError) as exc:  # not seen before a poll
         cache.authenticate(bearer(secret), None)
     assert exc.value.status == 401
 
-    assert cache.refresh() is True
+    feed.poll_now()
     assert store.loads == 1, "a new key must not reload the whole key table"
+    assert store.key_loads == 1
     rec = cache.authenticate(bearer(secret), None)
     assert (rec.id, rec.tenant_name, rec.zone, rec.rpm_limit, rec.revoked) == (
         info.id,
@@ -312,21 +327,21 @@ def test_key_cache_follows_the_change_feed(engine: Engine, clock: FakeClock) -> 
         cache.authenticate(None, None)
     assert exc.value.status == 401
 
-    # Nothing moved in the feed: no reload, even if a row changed behind the feed's back.
-    loads = store.loads
+    # Nothing moved in the feed: nothing reloaded, even if a row changed behind the feed's back.
     with engine.begin() as conn:
         conn.execute(update(api_keys).where(api_keys.c.id == info.id).values(rpm_limit=99))
-    assert cache.refresh() is False
-    assert store.loads == loads
+    feed.poll_now()
+    assert (store.loads, store.key_loads) == (1, 1)
     assert cache.authenticate(bearer(secret), None).rpm_limit == 5
 
     svc.revoke_key(info.id)
     assert cache.authenticate(bearer(secret), None).id == info.id  # still the old table
-    assert cache.refresh() is True
+    feed.poll_now()
     with pytest.raises(ApiError) as exc:
         cache.authenticate(bearer(secret), None)
     assert (exc.value.status, exc.value.code) == (403, "key_revoked")
-    assert cache.refresh() is False
+    feed.poll_now()
+    assert (store.loads, store.key_loads) == (1, 2), "each change is applied exactly once"
 
 
 @pytest.mark.postgres
@@ -340,8 +355,7 @@ def test_key_cache_sees_changes_committed_out_of_id_order(postgres_server, clock
         store = CountingStore(engine)
         svc = TenancyService(store, "overseas", clock)
         tenant = svc.create_tenant("acme")
-        cache = KeyCache(store)
-        cache.refresh()
+        cache, feed = following(store)
 
         slow_secret = "tpk_" + "S" * 40
         with engine.connect() as slow:  # writer 1: takes its change id first, commits last
@@ -361,18 +375,19 @@ def test_key_cache_sees_changes_committed_out_of_id_order(postgres_server, clock
             )
             slow.execute(changes.insert().values(kind="key", ref="key_slow", at=clock.now()))
             _, fast_secret = svc.create_key("acme")  # writer 2: a later id, committed first
-            assert cache.refresh() is True
+            feed.poll_now()
             cache.authenticate(bearer(fast_secret), None)
             tx.commit()
 
-        loads = store.loads
-        cache.refresh()
-        assert store.loads == loads + 1, "the late commit is detected and the table reloaded"
+        feed.poll_now()
         try:
             rec = cache.authenticate(bearer(slow_secret), None)
         except ApiError as err:
             pytest.fail(f"a key committed after a later-numbered change is never loaded ({err.status})")
         assert rec.id == "key_slow"
+        assert store.loads == 1, "found in the look-back window, without reloading the whole table"
+        feed.poll_now()
+        assert store.key_loads == 2, "each change is applied exactly once"
     finally:
         engine.dispose()
 

@@ -82,20 +82,31 @@ def _first_run_demo(runtime, settings: Settings) -> None:
     """On an empty database: a demo tenant and key, and ready-to-paste examples."""
     if runtime.tenant_store.count_tenants():
         return
+    from tokenport.billing.service import BillingService
+    from tokenport.store.billing import BillingStore
+
     runtime.tenancy.create_tenant("demo")
     info, secret = runtime.tenancy.create_key("demo", "created on first run")
+    billing = BillingService(BillingStore(runtime.db), runtime.tenancy, runtime.clock)
     model = (
         settings.engine.model_id
         if settings.engine.enabled
         else (settings.backends[0].models[0] if settings.backends else "MODEL")
     )
+    priced = ""
+    if settings.engine.enabled and billing.price_book().at(model, runtime.clock.now()) is None:
+        billing.set_price(model, "0.02", "0.04")
+        priced = f"Priced {model} at $0.02 / $0.04 per million input / output tokens (tokenport prices).\n"
+    billing.grant("demo", "1", promo=True)
     base = f"http://{settings.host}:{settings.port}"
     print(
         f"""
-First run: created tenant 'demo' and API key {info.id} (shown once, keep it):
+First run: created tenant 'demo' with $1 of promotional credit, and API key {info.id}
+(shown once, keep it):
 
     {secret}
 
+{priced}
 Try it (once the model is loaded):
 
 curl {base}/v1/chat/completions \\
@@ -296,7 +307,15 @@ def cmd_credits_grant(args) -> int:
 
 
 def cmd_credits_expire(args) -> int:
-    posted = _billing(args).expire_due()
+    import math
+    from datetime import timedelta
+
+    from tokenport.tenancy.service import InvalidInput
+
+    grace = args.grace_minutes
+    if not (math.isfinite(grace) and 0 <= grace <= 525_600):
+        raise InvalidInput("--grace-minutes must be between 0 and 525600 (a year)")
+    posted = _billing(args).expire_due(timedelta(minutes=grace))
     _print({"expired": posted}, args.json, [f"{len(posted)} expiry transactions posted"])
     return 0
 
@@ -384,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--promo", action="store_true", help="promotional credit (burned before paid credit)")
     c.add_argument("--json", action="store_true")
     c = command(credits, "expire", cmd_credits_expire, "post expiry entries for expired credit")
+    c.add_argument(
+        "--grace-minutes",
+        type=float,
+        default=31,
+        help="only lots expired longer ago than this (default 31: requests that started before "
+        "the expiry may still be settling, for up to the 30-minute hold lifetime)",
+    )
     c.add_argument("--json", action="store_true")
 
     c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")

@@ -25,6 +25,7 @@ class BackendConfig:
     models: tuple[str, ...]
     kind: str = "openai"  # how to ask the engine for per-chunk token counts
     api_key: str | None = None
+    context: int = 131072  # the models' context window, in tokens: bounds what a request can cost
 
 
 @dataclass(frozen=True)
@@ -142,4 +143,5 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         models=models,
         kind=kind,
         api_key=raw.get("api_key") or None,
+        context=int(raw.get("context", 131072)),
     )

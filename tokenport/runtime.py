@@ -13,12 +13,17 @@ from tokenport.config import Settings
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
+from tokenport.gateway.billing import BillingState
+from tokenport.gateway.changes import ChangeFeed
+from tokenport.gateway.charging import Charging
 from tokenport.gateway.lifecycle import Gateway
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
+from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
+from tokenport.store.feed import FeedStore
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
 from tokenport.store.writer import BatchWriter
@@ -37,9 +42,11 @@ class Runtime:
         self.usage_store = UsageStore(self.db)
         self.tenancy = TenancyService(self.tenant_store, settings.default_zone, self.clock)
         self.metrics = Metrics()
-        self.keys = KeyCache(self.tenant_store, settings.key_refresh_ms / 1000)
+        self.keys = KeyCache(self.tenant_store)
+        self.billing = BillingState(BillingStore(self.db))
+        self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
         self.writer = BatchWriter(
-            self.usage_store.insert_many,
+            self.usage_store.write_settlements,
             settings.usage_flush_ms / 1000,
             settings.usage_batch_size,
             is_transient=is_transient,
@@ -56,18 +63,20 @@ class Runtime:
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self.keys.refresh()
+        self.feed.start()  # keys, prices and balances, from one snapshot
         self.writer.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             auto_decompress=False,
         )
         relay = Relay(self.session, self.clock.monotonic)
-        settler = Settler(self.writer, self.metrics, self.clock)
+        charging = Charging(self.billing)
+        settler = Settler(self.writer, self.metrics, self.clock, charging)
         limiter = RateLimiter(self.clock, self.settings.default_rpm)
-        self.gateway = Gateway(self.keys, limiter, self.pool, relay, settler)
+        self.gateway = Gateway(self.keys, limiter, self.pool, charging, relay, settler)
         self._tasks = [
-            asyncio.create_task(self.keys.run(), name="key-refresh"),
+            asyncio.create_task(self.feed.run(), name="change-feed"),
+            asyncio.create_task(self._expire_holds(), name="hold-expiry"),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
             ),
@@ -75,6 +84,11 @@ class Runtime:
         if self.engine is not None:
             self._tasks.append(asyncio.create_task(self._start_engine(), name="engine"))
         self.started = True
+
+    async def _expire_holds(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.billing.accountant.expire_holds(self.clock.now())
 
     async def _start_engine(self) -> None:
         assert self.engine is not None and self.session is not None

@@ -15,6 +15,15 @@ from pathlib import Path
 from typing import Any
 
 ADMIN_TOKEN = "test-admin-token"
+# The models the tests use: free ones (metering and protocol tests need no credit) and one priced
+# model for billing tests: $0.30 / M input, $0.03 / M cached, $1.20 / M output.
+PAID_MODEL_PRICE = ["--input", "0.30", "--cached", "0.03", "--output", "1.20"]
+DEFAULT_PRICES = {
+    "smollm2-135m-instruct": ["--free"],
+    "mock-model": ["--free"],
+    "domestic-model": ["--free"],
+    "paid-model": PAID_MODEL_PRICE,
+}
 VENV_BIN = Path(sys.executable).parent
 TOKENPORT = str(VENV_BIN / "tokenport")
 
@@ -151,7 +160,9 @@ def start_server(
     env_extra: dict[str, str] | None = None,
     ready_timeout: float = 180,
     wait_healthy: bool = True,
+    prices: dict[str, list[str]] | None = None,
 ) -> LiveServer:
+    """`tokenport serve` in `home`, once healthy; `prices` (default: DEFAULT_PRICES) are set first."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = {"server": {"admin_token": ADMIN_TOKEN, "health_interval_s": 0.5}, **config}
@@ -162,6 +173,10 @@ def start_server(
     (home / "tokenport.toml").write_text(to_toml(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENPORT_")}
     env.update({"TOKENPORT_HOME": str(home), **(env_extra or {})})
+    for model, args in (
+        DEFAULT_PRICES if prices is None else prices
+    ).items():  # the price book, before the server starts
+        subprocess.run([TOKENPORT, "prices", "set", model, *args], env=env, check=True, capture_output=True)
     log_path = home / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -221,7 +236,7 @@ def mock_config(mock_url: str) -> dict:
     return {
         "engine": {"enabled": False},
         "backends": [
-            {"name": "mock", "url": mock_url, "models": ["mock-model"], "kind": "llamacpp"},
+            {"name": "mock", "url": mock_url, "models": ["mock-model", "paid-model"], "kind": "llamacpp"},
             {"name": "dead", "url": f"http://127.0.0.1:{free_port()}", "models": ["dead-model"]},
             {"name": "dom", "url": mock_url, "zone": "domestic", "models": ["domestic-model"]},
         ],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 FUNDING_PAID = "funding:paid"
 FUNDING_PROMO = "funding:promo"
@@ -35,6 +35,9 @@ class InsufficientFunds(LedgerError):
 
 class DuplicateCharge(LedgerError):
     pass
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # a placeholder sort key for "never expires"
 
 
 def lot_account(lot_id: str) -> str:
@@ -98,13 +101,8 @@ class Lot:
 
     def burn_key(self) -> tuple:
         """Soonest expiry first (never-expiring last), promotional before paid, then oldest."""
-        return (
-            self.expires_at is None,
-            self.expires_at or self.created_at,
-            not self.promo,
-            self.created_at,
-            self.id,
-        )
+        never = self.expires_at is None
+        return (never, _EPOCH if never else self.expires_at, not self.promo, self.created_at, self.id)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
@@ -169,6 +167,21 @@ class Ledger:
     _by_id: dict[str, Transaction] = field(default_factory=dict)
     _reversed: set[str] = field(default_factory=set)
     _lots_by_tenant: dict[str, list[Lot]] = field(default_factory=lambda: defaultdict(list))
+    _granted: set[str] = field(default_factory=set)
+
+    @classmethod
+    def restore(cls, lots: list[Lot], balances: dict[str, int]) -> Ledger:
+        """A ledger resumed from stored balances (a gateway process starting up): the history
+        stays in the store; only what is needed to admit and settle is in memory."""
+        ledger = cls()
+        for lot in lots:
+            ledger.add_lot(lot)
+        ledger._balances.update(balances)
+        ledger._granted.update(lot.account for lot in lots)  # a lot is stored with its grant
+        return ledger
+
+    def knows(self, tx_id: str) -> bool:
+        return tx_id in self._by_id
 
     def add_lot(self, lot: Lot) -> None:
         if lot.id in self.lots:
@@ -187,20 +200,27 @@ class Ledger:
             original = self._by_id.get(tx.reverses or "")
             if original is None or tx.reverses in self._reversed:
                 raise LedgerError(f"cannot reverse {tx.reverses}")
+        deltas: dict[str, int] = defaultdict(int)  # an account named twice is checked as a whole
         for e in tx.entries:
-            if e.account.startswith("lot:"):
-                lot = self.lots.get(e.account[4:])
+            deltas[e.account] += e.amount
+        for account, delta in deltas.items():
+            if account.startswith("lot:"):
+                lot = self.lots.get(account[4:])
                 if lot is None or lot.tenant_id != tx.tenant_id:
-                    raise LedgerError(f"{e.account} is not a lot of tenant {tx.tenant_id}")
-                if self._balances[e.account] + e.amount < 0:
-                    raise InsufficientFunds(f"{e.account} would go below zero")
-            elif e.account.startswith("receivable:") and e.account != receivable_account(tx.tenant_id):
-                raise LedgerError(f"{e.account} is not the receivable of tenant {tx.tenant_id}")
+                    raise LedgerError(f"{account} is not a lot of tenant {tx.tenant_id}")
+                if self._balances[account] + delta < 0:
+                    raise InsufficientFunds(f"{account} would go below zero")
+                if tx.kind == "grant" and account in self._granted:
+                    raise LedgerError(f"{account} has already been granted")
+            elif account.startswith("receivable:") and account != receivable_account(tx.tenant_id):
+                raise LedgerError(f"{account} is not the receivable of tenant {tx.tenant_id}")
         self._apply(tx)
 
     def _apply(self, tx: Transaction) -> None:
         for e in tx.entries:
             self._balances[e.account] += e.amount
+            if tx.kind == "grant" and e.account.startswith("lot:"):
+                self._granted.add(e.account)
         self.transactions.append(tx)
         self._by_id[tx.id] = tx
         if tx.request_id is not None:

@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 
 NANO_PER_USD = 10**9
 PICO_PER_NANO = 1000
 PRICE_PER_USD_PER_M = 10**6  # 1 USD per million tokens = 1e6 pico-USD per token
+INT64_MAX = 2**63 - 1  # the database columns are signed 64-bit
 
 
 class MoneyError(ValueError):
@@ -29,23 +30,28 @@ def _decimal(text: str | int | float | Decimal, what: str) -> Decimal:
     return value
 
 
+def _scaled(text: str | int | Decimal, scale: int, what: str, places: str) -> int:
+    """text x scale as an exact integer: never rounded, never beyond a signed 64-bit column."""
+    with localcontext() as ctx:
+        ctx.prec = 200  # exact for anything that can fit, so nothing is rounded on the way
+        value = _decimal(text, what) * scale
+        if value != value.to_integral_value():
+            raise MoneyError(f"{what} has more than {places}")
+    if abs(value) > INT64_MAX:
+        raise MoneyError(f"{what} is too large")
+    return int(value)
+
+
 def usd_to_nano(text: str | int | Decimal, what: str = "amount") -> int:
     """'12.50' -> 12_500_000_000. Refuses anything finer than 1 nano-USD rather than round it."""
-    value = _decimal(text, what) * NANO_PER_USD
-    if value != value.to_integral_value():
-        raise MoneyError(f"{what} has more than 9 decimal places")
-    return int(value)
+    return _scaled(text, NANO_PER_USD, what, "9 decimal places")
 
 
 def usd_per_m_to_price(text: str | int | Decimal, what: str = "price") -> int:
     """USD per million tokens -> pico-USD per token ('0.30' -> 300_000)."""
-    value = _decimal(text, what)
-    if value < 0:
+    if _decimal(text, what) < 0:
         raise MoneyError(f"{what} cannot be negative")
-    scaled = value * PRICE_PER_USD_PER_M
-    if scaled != scaled.to_integral_value():
-        raise MoneyError(f"{what} has more than 6 decimal places (USD per million tokens)")
-    return int(scaled)
+    return _scaled(text, PRICE_PER_USD_PER_M, what, "6 decimal places (USD per million tokens)")
 
 
 def pico_to_nano(pico: int) -> int:

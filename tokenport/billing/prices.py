@@ -37,6 +37,7 @@ class BillableTokens:
     @classmethod
     def from_openai(cls, prompt: int, cached: int, completion: int, reasoning: int = 0) -> BillableTokens:
         """OpenAI: prompt_tokens includes cached_tokens; completion_tokens includes reasoning."""
+        prompt, completion = max(prompt, 0), max(completion, 0)
         cached = min(max(cached, 0), prompt)
         reasoning = min(max(reasoning, 0), completion)
         return cls(input=prompt - cached, cached=cached, output=completion - reasoning, reasoning=reasoning)

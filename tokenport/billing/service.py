@@ -4,7 +4,7 @@ expiry and verification."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from tokenport.billing.ledger import (
     Ledger,
@@ -117,17 +117,24 @@ class BillingService:
         items.sort(key=lambda i: i.lot.burn_key())
         return Balance(tenant.name, tenant.id, available, items)
 
-    def expire_due(self) -> list[str]:
-        """Move the remainder of every expired lot out of the tenant's reach, by ledger entry."""
+    def expire_due(self, grace: timedelta = timedelta(0)) -> list[str]:
+        """Move the remainder of every lot expired more than `grace` ago out of the tenant's reach,
+        by ledger entry. Each lot's expiry has a fixed transaction id, so overlapping runs expire a
+        lot once. A grace period lets requests that started before the expiry settle first."""
+        if grace < timedelta(0):
+            raise InvalidInput("the grace period cannot be negative")
         now = self.clock.now()
         lots = self.store.load_lots()
         balances = self.store.account_balances([lot_account(lot.id) for lot in lots])
         posted = []
         for lot in lots:
             remaining = balances[lot.account]
-            if lot.expired(now) and remaining > 0:
-                tx = expiry_tx(new_id("tx"), lot, remaining, now)
-                self.store.post(tx)
+            if lot.expired(now - grace) and remaining > 0:
+                tx = expiry_tx(f"exp_{lot.id}", lot, remaining, now)
+                try:
+                    self.store.post(tx)
+                except LedgerError:  # another run expired it first
+                    continue
                 posted.append(tx.id)
         return posted
 

@@ -39,6 +39,7 @@ class EmbeddedEngine:
             zone=zone,
             models=(cfg.model_id,),
             kind="llamacpp",
+            context=cfg.n_ctx,
         )
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None

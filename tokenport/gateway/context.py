@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from tokenport.billing.prices import Price
 from tokenport.tenancy.keys import KeyRecord
 
 
@@ -20,3 +21,4 @@ class RequestContext:
     backend: str | None = None
     stream: bool = False
     client_disconnected: bool = False
+    price: Price | None = None  # set once the request is admitted and money is held

@@ -1,6 +1,6 @@
 """The request lifecycle, in one place:
 
-    authenticate → resolve zone → admit → route → stream → settle
+    authenticate → resolve zone → admit (limits) → route → admit (money) → stream → settle
 
 Each step lives in its own module; this one only sequences them and makes sure every request
 that got past authentication is settled exactly once, whatever happens.
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 
 from tokenport.api.openai_protocol import ParsedRequest
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import BackendPool
+from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
@@ -26,9 +28,16 @@ UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completion
 
 class Gateway:
     def __init__(
-        self, keys: KeyCache, limiter: RateLimiter, pool: BackendPool, relay: Relay, settler: Settler
+        self,
+        keys: KeyCache,
+        limiter: RateLimiter,
+        pool: BackendPool,
+        charging: Charging,
+        relay: Relay,
+        settler: Settler,
     ) -> None:
         self.keys = keys
+        self.charging = charging
         self.limiter = limiter
         self.pool = pool
         self.relay = relay
@@ -53,8 +62,23 @@ class Gateway:
             self.limiter.admit(key.id, key.rpm_limit)
             backend = self.pool.route(req.model, ctx.zone)
             ctx.backend = backend.name
+            ctx.price = price = self.charging.admit(
+                ctx.request_id,
+                key.tenant_id,
+                req.model,
+                req.body,
+                len(raw_body),
+                backend.config.context,
+                ctx.started_at,
+            )
             payload = upstream_payload(req.body, req.stream, backend.config.kind)
-            call = UpstreamCall(backend, UPSTREAM_PATHS[req.endpoint], payload, ctx.request_id)
+            call = UpstreamCall(
+                backend,
+                UPSTREAM_PATHS[req.endpoint],
+                payload,
+                ctx.request_id,
+                None if price.free else partial(Charging.usage_fields, price),
+            )
             backend.in_flight += 1
             try:
                 if req.stream:

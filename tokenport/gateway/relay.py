@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +53,7 @@ class UpstreamCall:
     path: str
     payload: bytes
     request_id: str  # sent as x-request-id, so engine logs line up with usage records
+    usage_fields: Callable[[Counts], dict] | None = None  # added to the client's usage (the cost)
 
 
 def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
@@ -115,6 +117,9 @@ class Relay:
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if isinstance(usage, dict):
             out.counts, out.usage_source = usage_counts(usage), SOURCE_ENGINE
+            if call.usage_fields is not None:
+                usage.update(call.usage_fields(out.counts))
+                body = orjson.dumps(obj)
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if choices and isinstance(choices[0], dict):
             out.finish_reason = choices[0].get("finish_reason")
@@ -126,7 +131,7 @@ class Relay:
 
     async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
-        watcher = StreamWatcher(forward_usage=include_usage)
+        watcher = StreamWatcher(forward_usage=include_usage, usage_fields=call.usage_fields)
         resp: aiohttp.ClientResponse | None = None
         sink.cancellable = True
         try:

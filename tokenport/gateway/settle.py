@@ -1,9 +1,10 @@
-"""Settle: turn a finished request into its usage record and metrics (billing, audit and energy
-hook in here later). Never blocks: the record goes to the batched writer."""
+"""Settle: turn a finished request into its charge, usage record and metrics (audit and energy
+hook in here later). Never blocks: record and ledger transaction go to the batched writer."""
 
 from __future__ import annotations
 
 from tokenport.clock import Clock
+from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.relay import Outcome
@@ -12,8 +13,9 @@ from tokenport.store.writer import BatchWriter
 
 
 class Settler:
-    def __init__(self, writer: BatchWriter, metrics: Metrics, clock: Clock) -> None:
+    def __init__(self, writer: BatchWriter, metrics: Metrics, clock: Clock, charging: Charging) -> None:
         self.writer = writer
+        self.charging = charging
         self.metrics = metrics
         self.clock = clock
 
@@ -31,6 +33,12 @@ class Settler:
         )
         if ctx.key is None:  # unauthenticated: nobody to meter
             return None
+        finished_at = self.clock.now()
+        cost = tx = None
+        if ctx.price is not None:  # admitted: money was held; charge what was used, release the rest
+            cost, tx = self.charging.settle(
+                ctx.request_id, ctx.key.tenant_id, ctx.price, counts, ctx.started_at, finished_at
+            )
         record = UsageRecord(
             request_id=ctx.request_id,
             tenant_id=ctx.key.tenant_id,
@@ -50,8 +58,9 @@ class Settler:
             ttft_ms=round(ttft * 1000) if ttft is not None else None,
             duration_ms=round((now - ctx.t0) * 1000),
             client_disconnected=ctx.client_disconnected,
+            cost_nano_usd=cost.nano if cost is not None else None,
             started_at=ctx.started_at,
-            finished_at=self.clock.now(),
+            finished_at=finished_at,
         )
-        self.writer.submit(record.row())
+        self.writer.submit({"usage": record.row(), "tx": tx})  # one database transaction for both
         return record

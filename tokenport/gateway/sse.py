@@ -7,6 +7,7 @@ error events). Progress counts come from cheap byte searches.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -37,8 +38,9 @@ def usage_counts(usage: dict) -> Counts:
 
 
 class StreamWatcher:
-    def __init__(self, forward_usage: bool) -> None:
+    def __init__(self, forward_usage: bool, usage_fields: Callable[[Counts], dict] | None = None) -> None:
         self.forward_usage = forward_usage  # the client asked for usage itself
+        self.usage_fields = usage_fields  # what to add to the final usage the client sees
         self.final: Counts | None = None  # the engine's own final usage
         self._progress: Counts | None = None  # running counts reported per chunk
         self._timings_event: bytes | None = None  # the latest llama.cpp timings, parsed on demand
@@ -92,6 +94,9 @@ class StreamWatcher:
         else:  # running usage on a content chunk (vLLM continuous stats)
             self._progress, self._timings_event = usage_counts(usage), None
         if self.forward_usage:
+            if finished and self.usage_fields is not None and self.final is not None:
+                usage.update(self.usage_fields(self.final))
+                return b"data: " + orjson.dumps(obj) + b"\n\n"
             return event
         if not choices:
             return None  # the usage chunk the gateway asked for on the client's behalf

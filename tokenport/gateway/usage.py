@@ -32,6 +32,7 @@ class UsageRecord:
     ttft_ms: int | None
     duration_ms: int
     client_disconnected: bool
+    cost_nano_usd: int | None
     started_at: datetime
     finished_at: datetime
 

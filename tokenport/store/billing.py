@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import groupby
 
-from sqlalchemy import Engine, and_, func, insert, select
+from sqlalchemy import Connection, Engine, and_, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction
@@ -28,11 +30,11 @@ class BillingStore:
                 f"{price.model} already has a price from {price.effective_from.isoformat()}"
             ) from exc
 
-    def load_prices(self) -> list[Price]:
+    def load_prices(self, conn=None) -> list[Price]:
         cols = [c for c in prices.c if c.name not in ("id", "created_at")]
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(*cols).order_by(prices.c.model, prices.c.effective_from))
-            return [Price(**r._mapping) for r in rows]
+        q = select(*cols).order_by(prices.c.model, prices.c.effective_from)
+        with _conn(self.engine, conn) as c:
+            return [Price(**r._mapping) for r in c.execute(q)]
 
     # --- ledger ---
 
@@ -65,12 +67,12 @@ class BillingStore:
             lot = Lot(**row._mapping) if row else None
         return txs[0], lot
 
-    def load_lots(self, tenant_id: str | None = None) -> list[Lot]:
+    def load_lots(self, tenant_id: str | None = None, conn=None) -> list[Lot]:
         q = select(credit_lots).order_by(credit_lots.c.created_at, credit_lots.c.id)
         if tenant_id is not None:
             q = q.where(credit_lots.c.tenant_id == tenant_id)
-        with self.engine.connect() as conn:
-            return [Lot(**r._mapping) for r in conn.execute(q)]
+        with _conn(self.engine, conn) as c:
+            return [Lot(**r._mapping) for r in c.execute(q)]
 
     def load_transactions(self, tenant_id: str | None = None) -> list[Transaction]:
         """In ledger order."""
@@ -101,14 +103,14 @@ class BillingStore:
             )
         return out
 
-    def lot_balances(self) -> tuple[list[Lot], dict[str, int]]:
+    def lot_balances(self, conn=None) -> tuple[list[Lot], dict[str, int]]:
         """Every lot and every account balance: what a gateway process starts from."""
         q = select(ledger_entries.c.account, func.sum(ledger_entries.c.amount)).group_by(
             ledger_entries.c.account
         )
-        with self.engine.connect() as conn:
-            balances = {a: int(s) for a, s in conn.execute(q)}
-        return self.load_lots(), balances
+        with _conn(self.engine, conn) as c:
+            balances = {a: int(s) for a, s in c.execute(q)}
+            return self.load_lots(conn=c), balances
 
     def orphans(self) -> list[str]:
         """Transactions without entries (the join in load_transactions cannot see them)."""
@@ -159,3 +161,13 @@ def write_transactions(conn, txs: list[Transaction]) -> None:
         insert(ledger_entries),
         [{"tx_id": tx.id, "account": e.account, "amount": e.amount} for tx in txs for e in tx.entries],
     )
+
+
+@contextmanager
+def _conn(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
+    """The caller's connection (a snapshot), or a fresh one."""
+    if conn is not None:
+        yield conn
+    else:
+        with engine.connect() as fresh:
+            yield fresh

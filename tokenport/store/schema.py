@@ -86,6 +86,7 @@ usage = Table(
     Column("ttft_ms", Integer, nullable=True),
     Column("duration_ms", Integer, nullable=False),
     Column("client_disconnected", Boolean, nullable=False),
+    Column("cost_nano_usd", BigInteger, nullable=True),  # what was charged; null: not billed
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),

@@ -109,25 +109,9 @@ class TenantStore:
 
     # --- what a running gateway polls ---
 
-    def poll_changes(self, after_id: int) -> tuple[tuple[int, int], list[tuple[int, str, str]]]:
-        """The feed's head and its rows above `after_id`, read from one snapshot."""
-        conn = self.engine.connect()
-        if self.engine.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn, conn.begin():
-            head = _head(conn)
-            rows = conn.execute(
-                select(changes.c.id, changes.c.kind, changes.c.ref)
-                .where(changes.c.id > after_id, changes.c.id <= head[0])
-                .order_by(changes.c.id)
-            ).all()
-        return head, [(r.id, r.kind, r.ref) for r in rows]
-
-    def load_key_records(self) -> tuple[tuple[int, int], list[KeyRecord]]:
-        """Every key with its tenant, and the feed head the snapshot is at least as new as."""
-        with self.engine.begin() as conn:
-            head = _head(conn)
-            return head, [_key_record(r) for r in conn.execute(_KEY_RECORDS)]
+    def load_key_records(self, conn) -> list[KeyRecord]:
+        """Every key with its tenant, read on the caller's (snapshot) connection."""
+        return [_key_record(r) for r in conn.execute(_KEY_RECORDS)]
 
     def load_keys(self, key_ids: set[str]) -> list[KeyRecord]:
         with self.engine.connect() as conn:
@@ -156,8 +140,3 @@ def _key_record(r) -> KeyRecord:
         rpm_limit=r.rpm_limit,
         revoked=r.revoked_at is not None,
     )
-
-
-def _head(conn) -> tuple[int, int]:
-    row = conn.execute(select(func.coalesce(func.max(changes.c.id), 0), func.count())).one()
-    return int(row[0]), int(row[1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +13,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
-from tokenport.store.schema import tenants, usage
+from tokenport.store.billing import write_transactions
+from tokenport.store.schema import ledger_transactions, tenants, usage
 
 _TOTAL_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens")
 
@@ -29,6 +31,22 @@ class UsageStore:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(self._insert, rows)
+
+    def write_settlements(self, items: list[dict]) -> None:
+        """Usage records and their ledger transactions, in one database transaction. Idempotent:
+        a batch retried after a commit that did happen writes nothing twice."""
+        rows = [i["usage"] for i in items]
+        txs = [i["tx"] for i in items if i.get("tx") is not None]
+        with self.engine.begin() as conn:
+            conn.execute(self._insert, rows)
+            if txs:
+                ids = [tx.id for tx in txs]
+                known = set(
+                    conn.execute(
+                        select(ledger_transactions.c.id).where(ledger_transactions.c.id.in_(ids))
+                    ).scalars()
+                )
+                write_transactions(conn, [tx for tx in txs if tx.id not in known])
 
     def query(
         self, tenant_name: str | None = None, since: datetime | None = None, limit: int | None = None
@@ -81,9 +99,16 @@ class DeadLetterFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __call__(self, row: dict, exc: Exception) -> None:
-        entry = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
-        entry["_error"] = type(exc).__name__
+    def __call__(self, item: dict, exc: Exception) -> None:
+        entry = {"error": type(exc).__name__, **item}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(json.dumps(entry) + "\n")
+            f.write(json.dumps(entry, default=_plain) + "\n")
+
+
+def _plain(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    return str(value)

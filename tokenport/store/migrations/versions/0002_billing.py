@@ -1,4 +1,4 @@
-"""Billing: price book, credit lots, double-entry ledger.
+"""Billing: price book, credit lots, double-entry ledger, the cost on each usage record.
 
 Revision ID: 0002
 Revises: 0001
@@ -60,8 +60,13 @@ def upgrade() -> None:
         sa.Column("amount", sa.BigInteger, nullable=False),
     )
 
+    with op.batch_alter_table("usage") as batch:
+        batch.add_column(sa.Column("cost_nano_usd", sa.BigInteger, nullable=True))
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("usage") as batch:
+        batch.drop_column("cost_nano_usd")
     op.drop_table("ledger_entries")
     op.drop_table("ledger_transactions")
     op.drop_table("credit_lots")

@@ -1,0 +1,46 @@
+"""The billing state of a gateway process: the accountant (prices, ledger balances, holds),
+restored from the store at start and kept current by the change feed (grants, expiries,
+reversals and price changes made by the CLI or the admin API)."""
+
+from __future__ import annotations
+
+import logging
+
+from tokenport.billing.accountant import Accountant
+from tokenport.billing.ledger import Ledger, LedgerError
+from tokenport.billing.prices import PriceBook
+from tokenport.store.billing import BillingStore
+
+log = logging.getLogger("tokenport.billing")
+
+
+class BillingState:
+    def __init__(self, store: BillingStore) -> None:
+        self.store = store
+        self.accountant = Accountant(Ledger(), PriceBook())
+
+    def load(self, conn) -> None:
+        lots, balances = self.store.lot_balances(conn)
+        self.accountant = Accountant(Ledger.restore(lots, balances), PriceBook(self.store.load_prices(conn)))
+
+    def apply(self, rows):
+        ledger_ids = [ref for _, kind, ref in rows if kind == "ledger"]
+        prices = self.store.load_prices() if any(kind == "price" for _, kind, _ in rows) else None
+        loaded = [self.store.load_transaction(tx_id) for tx_id in ledger_ids]
+        if prices is None and not loaded:
+            return None
+
+        def on_loop() -> None:  # the request path mutates the ledger on the loop: so do we
+            acct = self.accountant
+            if prices is not None:
+                acct.book = PriceBook(prices)
+            for tx, lot in loaded:
+                if lot is not None and lot.id not in acct.ledger.lots:
+                    acct.ledger.add_lot(lot)
+                if tx is not None and not acct.ledger.knows(tx.id):
+                    try:
+                        acct.ledger.post(tx)
+                    except LedgerError as exc:  # verify will name it; keep serving
+                        log.error("cannot apply ledger transaction %s: %s", tx.id, type(exc).__name__)
+
+        return on_loop

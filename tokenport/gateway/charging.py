@@ -1,0 +1,85 @@
+"""Admit (money) and settle: the gateway's side of the accountant.
+
+Admission quotes the model's price and holds the most the request can cost; it answers
+403 `model_not_priced` or 429 `insufficient_quota` (with `x-should-retry: false`) before any
+upstream call. Settlement prices the engine's own counts and posts the charge.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
+from tokenport.billing.ledger import Transaction
+from tokenport.billing.money import nano_to_usd
+from tokenport.billing.prices import BillableTokens, Cost, Price
+from tokenport.gateway.billing import BillingState
+from tokenport.gateway.errors import ApiError
+from tokenport.gateway.sse import Counts
+from tokenport.tenancy.keys import new_id
+
+
+class Charging:
+    def __init__(self, state: BillingState) -> None:
+        self.state = state
+
+    def admit(
+        self,
+        request_id: str,
+        tenant_id: str,
+        model: str,
+        body: dict,
+        body_size: int,
+        context: int,
+        at: datetime,
+    ) -> Price:
+        acct = self.state.accountant
+        try:
+            price = acct.quote(model, at)
+        except ModelNotPriced:
+            raise ApiError(
+                403,
+                f"The model '{model}' has no price in force, so it cannot be served",
+                "permission_error",
+                "model_not_priced",
+                "model",
+            ) from None
+        # Prompt tokens are at most the body's bytes (a token covers at least one byte).
+        max_out = body.get("max_tokens") or body.get("max_completion_tokens") or context
+        amount = max_cost(price, min(body_size, context), min(max_out, context))
+        try:
+            acct.reserve(request_id, tenant_id, amount, at)
+        except InsufficientQuota as exc:
+            raise ApiError(
+                429,
+                f"Insufficient credit: this request may cost up to {nano_to_usd(exc.needed)} USD and "
+                f"{nano_to_usd(exc.available)} USD is available. Add credit, or lower max_tokens.",
+                "insufficient_quota",
+                "insufficient_quota",
+            ) from None
+        return price
+
+    @staticmethod
+    def usage_fields(price: Price, counts: Counts) -> dict:
+        """What the client's `usage` object gains: the cost, exact, in two spellings."""
+        from tokenport.billing.prices import cost_of
+
+        cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
+        return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
+
+    def settle(
+        self,
+        request_id: str,
+        tenant_id: str,
+        price: Price,
+        counts: Counts | None,
+        started_at: datetime,
+        at: datetime,
+    ) -> tuple[Cost | None, Transaction | None]:
+        if counts is None:
+            self.state.accountant.release(request_id)
+            return None, None
+        tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
+        return self.state.accountant.settle(
+            new_id("tx"), request_id, tenant_id, price, tokens, started_at, at
+        )

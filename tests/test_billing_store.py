@@ -357,11 +357,8 @@ def test_expire_due_posts_one_expiry_per_expired_lot(
 def test_expire_due_grace_and_unexpired_credit(
     billing: BillingService, store: BillingStore, clock: FakeClock, acme: Tenant
 ) -> None:
-    """BUG (billing/service.py BillingService.expire_due): `grace` is not validated there; only
-    the CLI checks --grace-minutes. expire_due(grace=-2h) tests `lot.expired(now - grace)`, i.e.
-    `expires_at <= now + 2h`, and posts an expiry for credit that is valid for another hour.
-    The service is the layer the admin API will share, so it must refuse a negative grace
-    (raise InvalidInput when grace < timedelta(0))."""
+    """A negative grace is refused by the service itself (regression: only the CLI checked it,
+    and expire_due(grace=-2h) expired credit valid for another hour)."""
     lot = billing.grant("acme", "5", expires_at=clock.now() + timedelta(hours=1))
     # a negative grace must not move the cut-off into the future and take credit still valid
     try:
@@ -378,6 +375,34 @@ def test_expire_due_grace_and_unexpired_credit(
     clock.advance(30 * 60 + 1)
     assert len(billing.expire_due(grace=timedelta(minutes=31))) == 1
     assert store.account_balances([lot.account]) == {lot.account: 0}
+
+
+def test_a_lot_can_expire_again_after_its_expiry_was_reversed(
+    engine: Engine,
+    billing: BillingService,
+    store: BillingStore,
+    tenancy: TenancyService,
+    clock: FakeClock,
+    acme: Tenant,
+) -> None:
+    """BUG (billing/service.py BillingService.expire_due): the expiry transaction id is fixed
+    (`exp_<lot id>`) and a conflict is swallowed (`except LedgerError: continue`), so once an
+    expiry has been reversed (the documented way to correct a mistaken one, e.g. posted by a host
+    whose clock ran ahead) the lot can never be expired again: its remainder stays in an expired
+    lot for ever, neither spendable nor breakage, and expire_due reports nothing. Fix: derive
+    the id from the lot and the number of its expiries already reversed (exp_<lot>, then
+    exp_<lot>_2, ...), or look the existing expiry up and only skip when it is unreversed."""
+    lot = billing.grant("acme", "5", expires_at=clock.now() + timedelta(hours=1))
+    ahead = FakeClock(clock.now() + timedelta(hours=2))  # a host whose clock runs two hours ahead
+    (mistake,) = BillingService(BillingStore(engine), tenancy, ahead).expire_due()
+    wrong, _ = store.load_transaction(mistake)
+    store.post(reversal_tx("tx_undo", wrong, clock.now()))  # corrected by reversal
+    assert billing.balance("acme").available == 5 * USD
+
+    clock.advance(2 * 3600)  # now it really has expired
+    assert len(billing.expire_due()) == 1
+    assert store.account_balances([lot.account]) == {lot.account: 0}
+    assert billing.verify() == []
 
 
 # --- verify ---------------------------------------------------------------------------------------

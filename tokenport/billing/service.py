@@ -129,14 +129,23 @@ class BillingService:
         posted = []
         for lot in lots:
             remaining = balances[lot.account]
-            if lot.expired(now - grace) and remaining > 0:
-                tx = expiry_tx(f"exp_{lot.id}", lot, remaining, now)
-                try:
-                    self.store.post(tx)
-                except LedgerError:  # another run expired it first
-                    continue
-                posted.append(tx.id)
+            if lot.expired(now - grace) and remaining > 0 and (tx_id := self._expire(lot, remaining, now)):
+                posted.append(tx_id)
         return posted
+
+    def _expire(self, lot: Lot, remaining: int, now: datetime) -> str | None:
+        """Post the lot's expiry. Its id is fixed (`exp_<lot>`, then `exp_<lot>_2`, … after a
+        reversal), so a concurrent run conflicts instead of expiring the lot twice."""
+        n = 1
+        while True:
+            tx_id = f"exp_{lot.id}" if n == 1 else f"exp_{lot.id}_{n}"
+            try:
+                self.store.post(expiry_tx(tx_id, lot, remaining, now))
+                return tx_id
+            except LedgerError:
+                if not self.store.is_reversed(tx_id):
+                    return None  # another run expired it first
+                n += 1
 
     # --- integrity ---
 

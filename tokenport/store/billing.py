@@ -50,9 +50,14 @@ class BillingStore:
                 write_transactions(conn, [tx])
                 conn.execute(insert(changes).values(kind="ledger", ref=tx.id, at=tx.created_at))
         except IntegrityError as exc:
-            if tx.request_id is not None:
+            if tx.request_id is not None and self.charged(tx.request_id):
                 raise DuplicateCharge(f"request {tx.request_id} is already charged") from exc
             raise LedgerError(f"transaction {tx.id} conflicts with the ledger") from exc
+
+    def is_reversed(self, tx_id: str) -> bool:
+        q = select(ledger_transactions.c.id).where(ledger_transactions.c.reverses == tx_id)
+        with self.engine.connect() as conn:
+            return conn.execute(q).first() is not None
 
     def load_transaction(self, tx_id: str) -> tuple[Transaction | None, Lot | None]:
         """One transaction, and the lot it granted if it is a grant."""

@@ -34,6 +34,8 @@ import loadgen
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mock-model"
 PROMPT_TOKENS, MAX_TOKENS = 10, 20  # the mock's defaults; requests ask for max_tokens 20
+PRICE_ARGS = ("--input", "0.30", "--output", "1.20")  # USD per million tokens
+COST_NANO = PROMPT_TOKENS * 300 + MAX_TOKENS * 1200  # per request: 10 x $0.30/M + 20 x $1.20/M
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -267,7 +269,18 @@ def metering_check(home: Path, cfg: Path, via_gw: list[loadgen.Result]) -> str:
     seen = ", ".join(f"{k} {totals.get(k)}" for k in want)
     verdict = "exact match" if same else f"MISMATCH, expected {want}"
     extra = f" ({failed} client-side errors may be recorded too)" if failed and not same else ""
-    return f"- metering check: gateway recorded {seen} for {ok} successful requests: {verdict}{extra}"
+    line = f"- metering check: gateway recorded {seen} for {ok} successful requests: {verdict}{extra}"
+    try:
+        bal = cli_json(home, "balance", "bench", "--config", str(cfg), "--json")
+        charged = 1_000_000 * 10**9 - bal["available_nano_usd"]
+        ledger = cli_json(home, "ledger", "verify", "--config", str(cfg), "--json")
+    except (RuntimeError, KeyError, json.JSONDecodeError) as exc:
+        return line + f"\n- billing check: could not read the ledger ({exc})"
+    billed = "exact" if charged == ok * COST_NANO else f"MISMATCH, expected {ok * COST_NANO}"
+    return line + (
+        f"\n- billing check: charged {charged} nano-USD for {ok} requests at {COST_NANO} each: {billed}; "
+        f"ledger verify: {'ok' if ledger.get('ok') else ledger.get('problems')}"
+    )
 
 
 # ---------------------------------------------------------------- report
@@ -395,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         # tenant and key first: the CLI migrates the fresh database before the server opens it
         cli_json(home, "tenants", "create", "bench", "--config", str(cfg), "--json")
         key = cli_json(home, "keys", "create", "--tenant", "bench", "--config", str(cfg), "--json")["key"]
+        # Governed: a priced model and prepaid credit, so every request is held and settled.
+        cli_json(home, "prices", "set", MODEL, *PRICE_ARGS, "--config", str(cfg), "--json")
+        cli_json(home, "credits", "grant", "bench", "1000000", "--config", str(cfg), "--json")
         gateway = start_gateway(home, cfg, port)
         wait_health(gw_url, gateway, timeout=60)
         wait_key_works(gw_url, key, timeout=30)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenport.billing.accountant import Accountant, InsufficientQuota, ModelNotPriced, max_cost
-from tokenport.billing.ledger import Ledger, Lot, grant_tx, verify
+from tokenport.billing.ledger import Ledger, Lot, grant_tx, reversal_tx, verify
 from tokenport.billing.prices import BillableTokens, Price, PriceBook
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -126,3 +126,23 @@ def test_interleaved_requests_never_overdraw(balance, requests):
         e.amount for tx in a.ledger.transactions if tx.kind == "usage" for e in tx.entries if e.amount > 0
     )
     assert a.ledger.tenant_balance("t") == balance - spent >= 0
+
+
+def test_a_running_gateway_keeps_balances_not_history():
+    """A restored ledger (what a gateway process holds) does not grow with every request, and
+    still applies reversals made elsewhere (the store checked them)."""
+    lot = Lot("lot0", "t", 10_000_000, False, T0)
+    ledger = Ledger.restore([lot], {"lot:lot0": 10_000_000, "funding:paid": -10_000_000})
+    a = Accountant(ledger, PriceBook([PRICE]))
+    for i in range(100):
+        a.reserve(f"r{i}", "t", 100_000, T0)
+        a.settle(f"x{i}", f"r{i}", "t", PRICE, BillableTokens(output=10), T0, T0)
+    assert ledger.transactions == [] and not ledger.charged("r0")
+    assert ledger.balance("lot:lot0") == 10_000_000 - 100 * 12_000
+    from tokenport.billing.ledger import Entry, Transaction
+
+    original = Transaction(
+        "x0", "usage", "t", (Entry("lot:lot0", -12_000), Entry("revenue:usage", 12_000)), T0, "r0"
+    )
+    ledger.post(reversal_tx("rev0", original, T0))
+    assert ledger.balance("lot:lot0") == 10_000_000 - 99 * 12_000

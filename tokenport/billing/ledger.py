@@ -168,20 +168,20 @@ class Ledger:
     _reversed: set[str] = field(default_factory=set)
     _lots_by_tenant: dict[str, list[Lot]] = field(default_factory=lambda: defaultdict(list))
     _granted: set[str] = field(default_factory=set)
+    # False in a running gateway: balances only, so memory does not grow with every request.
+    # Uniqueness of charges and reversals is then the store's job (unique constraints).
+    history: bool = True
 
     @classmethod
     def restore(cls, lots: list[Lot], balances: dict[str, int]) -> Ledger:
         """A ledger resumed from stored balances (a gateway process starting up): the history
         stays in the store; only what is needed to admit and settle is in memory."""
-        ledger = cls()
+        ledger = cls(history=False)
         for lot in lots:
             ledger.add_lot(lot)
         ledger._balances.update(balances)
         ledger._granted.update(lot.account for lot in lots)  # a lot is stored with its grant
         return ledger
-
-    def knows(self, tx_id: str) -> bool:
-        return tx_id in self._by_id
 
     def add_lot(self, lot: Lot) -> None:
         if lot.id in self.lots:
@@ -196,7 +196,7 @@ class Ledger:
             raise LedgerError(f"transaction {tx.id} already posted")
         if tx.request_id is not None and tx.request_id in self._by_request:
             raise DuplicateCharge(f"request {tx.request_id} is already charged")
-        if tx.kind == "reversal":
+        if tx.kind == "reversal" and self.history:
             original = self._by_id.get(tx.reverses or "")
             if original is None or tx.reverses in self._reversed:
                 raise LedgerError(f"cannot reverse {tx.reverses}")
@@ -221,6 +221,8 @@ class Ledger:
             self._balances[e.account] += e.amount
             if tx.kind == "grant" and e.account.startswith("lot:"):
                 self._granted.add(e.account)
+        if not self.history:
+            return
         self.transactions.append(tx)
         self._by_id[tx.id] = tx
         if tx.request_id is not None:

@@ -612,3 +612,28 @@ def test_writer_dead_letters_only_the_row_the_database_refuses(
     assert {r["request_id"] for r in store.query()} == {r["request_id"] for r in good}
     lines = dead.read_text().splitlines()
     assert len(lines) == 1 and '"req_bad"' in lines[0] and "IntegrityError" in lines[0]
+
+
+def test_usage_grouped_by_day_model_and_key(svc: TenancyService, engine: Engine) -> None:
+    t = svc.create_tenant("acme")
+    other = svc.create_tenant("other")
+    store = UsageStore(engine)
+    rows = [
+        usage_row("req_a", t.id, T0, model="m1", key_id="k1", cost_nano_usd=100),
+        usage_row("req_b", t.id, T0 + timedelta(hours=1), model="m2", key_id="k1", cost_nano_usd=None),
+        usage_row("req_c", t.id, T0 + timedelta(days=1), model="m1", key_id="k2", cost_nano_usd=50),
+        usage_row("req_d", other.id, T0, model="m1", key_id="k9", cost_nano_usd=7),
+    ]
+    store.insert_many(rows)
+    by_day = store.grouped(t.id, "day")
+    assert [(r["day"], r["requests"], r["cost_nano_usd"]) for r in by_day] == [
+        (T0.date().isoformat(), 2, 100),
+        ((T0 + timedelta(days=1)).date().isoformat(), 1, 50),
+    ]
+    assert [(r["model"], r["requests"]) for r in store.grouped(t.id, "model")] == [("m1", 2), ("m2", 1)]
+    assert [(r["key"], r["completion_tokens"]) for r in store.grouped(t.id, "key")] == [
+        ("k1", 40),
+        ("k2", 20),
+    ]
+    window = store.grouped(t.id, "model", T0 + timedelta(minutes=30), T0 + timedelta(days=1))
+    assert [(r["model"], r["requests"]) for r in window] == [("m2", 1)]  # [start, end)

@@ -8,6 +8,7 @@ import logging
 
 import aiohttp
 
+from tokenport.billing.service import BillingService
 from tokenport.clock import Clock, SystemClock
 from tokenport.config import Settings
 from tokenport.engines.embedded import EmbeddedEngine
@@ -44,6 +45,7 @@ class Runtime:
         self.metrics = Metrics()
         self.keys = KeyCache(self.tenant_store)
         self.billing = BillingState(BillingStore(self.db))
+        self.billing_service = BillingService(BillingStore(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
         self.writer = BatchWriter(
             self.usage_store.write_settlements,

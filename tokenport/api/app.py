@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenport.api import admin, ops
+from tokenport.api import account, admin, ops
 from tokenport.api.errors import openai_error_body
 from tokenport.api.middleware import RequestIdMiddleware
 from tokenport.api.openai_routes import completion_endpoints
@@ -54,6 +54,7 @@ class TokenportApp:
             Route("/metrics", ops.metrics, methods=["GET"]),
             Route("/v1/models", ops.models, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
+            *account.routes,
             *admin.routes,
         ]
         self.starlette = Starlette(

@@ -89,6 +89,20 @@ SPEC = {
             "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
         },
         "/v1/models": {"get": _op("Models served in the key's zone", "openai")},
+        "/v1/account/balance": {
+            "get": _op("The key's tenant: available credit, lots in burn order", "account")
+        },
+        "/v1/account/usage": {
+            "get": _op(
+                "The key's tenant: usage and cost grouped by day, model or key",
+                "account",
+                params=[
+                    _q("group_by", "day (default), model or key"),
+                    _q("start", "ISO 8601, inclusive"),
+                    _q("end", "ISO 8601, exclusive"),
+                ],
+            )
+        },
         "/health": {
             "get": {
                 "summary": "200 when ready, 503 while the engine loads",

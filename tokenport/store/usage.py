@@ -7,7 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Date, Engine, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
@@ -75,6 +75,19 @@ class UsageStore:
             row = conn.execute(q).one()
         return {k: int(v) for k, v in row._mapping.items()}
 
+    def grouped(self, tenant_id: str, group_by: str, start=None, end=None) -> list[dict]:
+        """One tenant's usage summed by day, model or key, over [start, end)."""
+        q = grouped_query(self.engine.dialect.name, tenant_id, group_by, start, end)
+        with self.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        return [
+            {
+                group_by: str(r[0]) if r[0] is not None else None,
+                **{k: int(v) for k, v in r._mapping.items() if k != group_by},
+            }
+            for r in rows
+        ]
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(usage)).scalar_one()
@@ -112,3 +125,24 @@ def _plain(value):
     if dataclasses.is_dataclass(value):
         return dataclasses.asdict(value)
     return str(value)
+
+
+def _day(dialect: str):
+    return func.date(usage.c.started_at) if dialect == "sqlite" else cast(usage.c.started_at, Date)
+
+
+def grouped_query(dialect: str, tenant_id: str, group_by: str, start, end):
+    key = {"day": _day(dialect), "model": usage.c.model, "key": usage.c.key_id}[group_by].label(group_by)
+    q = select(
+        key,
+        func.count().label("requests"),
+        func.coalesce(func.sum(usage.c.prompt_tokens), 0).label("prompt_tokens"),
+        func.coalesce(func.sum(usage.c.cached_tokens), 0).label("cached_tokens"),
+        func.coalesce(func.sum(usage.c.completion_tokens), 0).label("completion_tokens"),
+        func.coalesce(func.sum(usage.c.cost_nano_usd), 0).label("cost_nano_usd"),
+    ).where(usage.c.tenant_id == tenant_id)
+    if start is not None:
+        q = q.where(usage.c.started_at >= start)
+    if end is not None:
+        q = q.where(usage.c.started_at < end)
+    return q.group_by(key).order_by(key)

@@ -1,0 +1,76 @@
+"""The customer's own view, with its API key: `/v1/account/balance` and `/v1/account/usage`.
+A key sees its own tenant only. Reads run in a thread (they touch the database)."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokenport.api.admin import parse_since
+from tokenport.api.errors import openai_error_body
+from tokenport.api.views import balance_view
+from tokenport.billing.money import nano_to_usd
+from tokenport.gateway.errors import ApiError, bad_request
+from tokenport.tenancy.service import InvalidInput
+
+GROUPS = ("day", "model", "key")
+
+
+def _error(err: ApiError) -> Response:
+    return Response(openai_error_body(err), err.status, media_type="application/json", headers=err.headers)
+
+
+def _key(request: Request):
+    rt = request.app.state.runtime
+    h = request.headers
+    return rt.keys.authenticate(
+        h.get("authorization", "").encode("latin-1") or None, h.get("x-api-key", "").encode("latin-1") or None
+    )
+
+
+async def balance(request: Request) -> Response:
+    try:
+        key = _key(request)
+    except ApiError as err:
+        return _error(err)
+    rt = request.app.state.runtime
+    view = await run_in_threadpool(lambda: balance_view(rt.billing_service.balance(key.tenant_name)))
+    view["held_usd"] = nano_to_usd(
+        rt.billing.accountant.held(key.tenant_id)
+    )  # money held by requests in flight
+    return Response(orjson.dumps(view), media_type="application/json")
+
+
+async def usage(request: Request) -> Response:
+    try:
+        key = _key(request)
+        q = request.query_params
+        group_by = q.get("group_by", "day")
+        if group_by not in GROUPS:
+            raise bad_request(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
+        try:
+            start, end = parse_since(q.get("start")), parse_since(q.get("end"))
+        except InvalidInput as exc:
+            raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
+    except ApiError as err:
+        return _error(err)
+    rt = request.app.state.runtime
+    rows = await run_in_threadpool(rt.usage_store.grouped, key.tenant_id, group_by, start, end)
+    for r in rows:
+        r["cost_usd"] = nano_to_usd(r["cost_nano_usd"])
+    totals = {
+        k: sum(r[k] for r in rows)
+        for k in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_nano_usd")
+    }
+    totals["cost_usd"] = nano_to_usd(totals["cost_nano_usd"])
+    body = {"object": "list", "group_by": group_by, "data": rows, "totals": totals}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+routes = [
+    Route("/v1/account/balance", balance, methods=["GET"]),
+    Route("/v1/account/usage", usage, methods=["GET"]),
+]

@@ -12,7 +12,7 @@ from datetime import datetime
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
 from tokenport.billing.ledger import Transaction
 from tokenport.billing.money import nano_to_usd
-from tokenport.billing.prices import BillableTokens, Cost, Price
+from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import Counts
@@ -62,8 +62,6 @@ class Charging:
     @staticmethod
     def usage_fields(price: Price, counts: Counts) -> dict:
         """What the client's `usage` object gains: the cost, exact, in two spellings."""
-        from tokenport.billing.prices import cost_of
-
         cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
         return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
 

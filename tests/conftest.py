@@ -38,6 +38,25 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return server.create_database(f"t_{uuid4().hex[:12]}")
 
 
+@pytest.fixture
+def engine(database_url: str):
+    """A migrated database (SQLite, then PostgreSQL), disposed of afterwards."""
+    from tokenport.store.db import open_database
+
+    eng = open_database(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def clock():
+    from datetime import UTC, datetime
+
+    from tokenport.clock import FakeClock
+
+    return FakeClock(datetime(2026, 3, 1, 12, 0, tzinfo=UTC))  # T0 of the store tests
+
+
 # --- live servers -------------------------------------------------------------------------
 
 from support.live import LiveServer, MockProcess, mock_config, start_mock, start_server  # noqa: E402

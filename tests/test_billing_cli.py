@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support.cli import Cli
 
 from tokenport.billing.ledger import Lot, grant_tx
 from tokenport.store.billing import BillingStore
@@ -18,38 +17,6 @@ from tokenport.store.db import open_database
 
 TOKENPORT = str(Path(sys.executable).parent / "tokenport")
 USD = 10**9
-
-
-class Cli:
-    def __init__(self, home: Path) -> None:
-        self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENPORT_")}
-        self.env["TOKENPORT_HOME"] = str(home)
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([TOKENPORT, *args], env=self.env, capture_output=True, text=True, timeout=60)
-
-    def ok(self, *args: str) -> str:
-        res = self.run(*args)
-        assert res.returncode == 0, f"tokenport {' '.join(args)} failed ({res.returncode}): {res.stderr}"
-        assert "Traceback" not in res.stderr, res.stderr
-        return res.stdout
-
-    def json(self, *args: str):
-        return json.loads(self.ok(*args, "--json"))
-
-    def fails(self, *args: str) -> str:
-        """A command that must fail cleanly: non-zero exit, one error line, no traceback."""
-        res = self.run(*args)
-        assert res.returncode != 0, f"tokenport {' '.join(args)} succeeded: {res.stdout}"
-        assert "Traceback" not in res.stderr, res.stderr
-        assert res.stderr.startswith("tokenport: error:"), res.stderr
-        assert res.stdout == ""
-        return res.stderr
-
-    @property
-    def db(self) -> Path:
-        return self.home / "tokenport.db"
 
 
 @pytest.fixture
@@ -122,9 +89,9 @@ def test_prices_set_and_list(cli: Cli) -> None:
         ("smollm2-135m-instruct", free["effective_from"]),
     ]
     assert listed[3] == p and listed[1] == first and listed[2] == mid and listed[4] == free
-    human = cli.ok("prices", "list")
+    human = cli.out("prices", "list")
     assert "qwen3-32b" in human and "USD/M" in human and "free" in human
-    assert "input 0.300000, cached 0.030000, output 1.200000 USD/M" in cli.ok(
+    assert "input 0.300000, cached 0.030000, output 1.200000 USD/M" in cli.out(
         "prices", "set", "other", "--input", "0.3", "--output", "1.2", "--cached", "0.03"
     )
 
@@ -151,7 +118,7 @@ def test_prices_set_refuses_bad_input(cli: Cli) -> None:
 
 
 def test_credits_grant_and_balance(cli: Cli) -> None:
-    cli.ok("tenants", "create", "acme")
+    cli.out("tenants", "create", "acme")
     paid = cli.json("credits", "grant", "acme", "10")
     assert paid["id"].startswith("lot_")
     assert (paid["promo"], paid["amount_usd"], paid["amount_nano_usd"], paid["expires_at"]) == (
@@ -168,7 +135,7 @@ def test_credits_grant_and_balance(cli: Cli) -> None:
     assert soon["expires_at"] == "2098-06-30T12:00:00Z"
     tiny = cli.json("credits", "grant", "acme", "0.000000001", "--expires", "2098-06-30T12:00:00Z")
     assert tiny["amount_nano_usd"] == 1 and tiny["amount_usd"] == "0.000000001"
-    human = cli.ok("credits", "grant", "acme", "1", "--promo", "--expires", "2099-01-01")
+    human = cli.out("credits", "grant", "acme", "1", "--promo", "--expires", "2099-01-01")
     assert "granted 1.000000000 USD (promotional) to acme" in human and "2099-01-02T00:00:00Z" in human
 
     bal = cli.json("balance", "acme")
@@ -192,7 +159,7 @@ def test_credits_grant_and_balance(cli: Cli) -> None:
             lot["remaining_nano_usd"] == lot["amount_nano_usd"] and lot["remaining_usd"] == lot["amount_usd"]
         )
         assert lot["expired"] is False
-    assert "18.500000001 USD available" in cli.ok("balance", "acme")
+    assert "18.500000001 USD available" in cli.out("balance", "acme")
 
     assert "positive" in cli.fails("credits", "grant", "acme", "0")
     assert "future" in cli.fails("credits", "grant", "acme", "1", "--expires", "2020-01-01")
@@ -227,7 +194,7 @@ def _expiries(cli: Cli) -> dict[str, list[tuple[str, int]]]:
 
 
 def test_credits_expire(cli: Cli) -> None:
-    cli.ok("tenants", "create", "acme")
+    cli.out("tenants", "create", "acme")
     forever = cli.json("credits", "grant", "acme", "1")
     _grant_in_the_past(cli, "lot_old", 3 * USD, timedelta(days=1), promo=False)
     _grant_in_the_past(cli, "lot_recent", 2 * USD, timedelta(minutes=5), promo=True)
@@ -244,10 +211,12 @@ def test_credits_expire(cli: Cli) -> None:
     assert len(expired) == 1
     assert _expiries(cli) == {expired[0]: [("lot:lot_old", -3 * USD), ("revenue:breakage", 3 * USD)]}
     # without the grace, only the recent lot is left: the old one is not expired twice
-    assert "1 expiry transactions posted" in cli.ok("credits", "expire", "--grace-minutes", "0")
+    assert "1 expiry transactions posted" in cli.out("credits", "expire", "--grace-minutes", "0")
     recent = [tx for tx in _expiries(cli) if tx != expired[0]]
     assert _expiries(cli)[recent[0]] == [("lot:lot_recent", -2 * USD), ("funding:promo", 2 * USD)]
-    assert "0 expiry transactions posted" in cli.ok("credits", "expire", "--grace-minutes", "0")  # idempotent
+    assert "0 expiry transactions posted" in cli.out(
+        "credits", "expire", "--grace-minutes", "0"
+    )  # idempotent
 
     bal = cli.json("balance", "acme")
     assert bal["available_nano_usd"] == USD
@@ -263,7 +232,7 @@ def test_credits_expire_never_takes_unexpired_credit(cli: Cli) -> None:
     """--grace-minutes is validated: a negative grace would move the cut-off into the future
     (`lot.expired(now - grace)`) and send credit still valid for an hour to breakage; 'nan' and
     '1e20' ended in a traceback (ValueError / OverflowError from timedelta)."""
-    cli.ok("tenants", "create", "acme")
+    cli.out("tenants", "create", "acme")
     in_an_hour = (datetime.now(UTC) + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
     cli.json("credits", "grant", "acme", "5", "--expires", in_an_hour)
     wrong = []
@@ -280,7 +249,7 @@ def test_credits_expire_never_takes_unexpired_credit(cli: Cli) -> None:
 
 
 def test_ledger_verify_detects_tampering(cli: Cli) -> None:
-    cli.ok("tenants", "create", "acme")
+    cli.out("tenants", "create", "acme")
     lot = cli.json("credits", "grant", "acme", "10")
     res = cli.run("ledger", "verify")
     assert res.returncode == 0 and "every invariant holds" in res.stdout, res.stdout + res.stderr

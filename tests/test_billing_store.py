@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -29,7 +28,6 @@ from tokenport.billing.prices import Price, PriceBook
 from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
 from tokenport.store.billing import BillingStore
-from tokenport.store.db import open_database
 from tokenport.store.schema import credit_lots, ledger_entries, ledger_transactions
 from tokenport.store.tenants import Tenant, TenantStore
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
@@ -37,18 +35,6 @@ from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 USD = 10**9
 DAY = timedelta(days=1)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    eng = open_database(database_url)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(T0)
 
 
 @pytest.fixture

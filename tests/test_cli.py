@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from support.live import TOKENPORT, LiveServer, wait_until
+from support.cli import Cli
+from support.live import LiveServer, wait_until
 
 from tokenport.store.db import open_database
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import hash_key
-
-
-class Cli:
-    def __init__(self, home: Path, env_extra: dict[str, str] | None = None) -> None:
-        self.home = home
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENPORT_")}
-        self.env.update({"TOKENPORT_HOME": str(home), **(env_extra or {})})
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([TOKENPORT, *args], env=self.env, capture_output=True, text=True, timeout=60)
-
-    def ok(self, *args: str) -> subprocess.CompletedProcess:
-        res = self.run(*args)
-        assert res.returncode == 0, f"tokenport {' '.join(args)} failed ({res.returncode}): {res.stderr}"
-        return res
-
-    def json(self, *args: str):
-        return json.loads(self.ok(*args, "--json").stdout)
-
-    def fails(self, *args: str) -> str:
-        """Runs a command that must fail cleanly; returns its stderr."""
-        res = self.run(*args)
-        assert res.returncode != 0, f"tokenport {' '.join(args)} succeeded: {res.stdout}"
-        assert "Traceback" not in res.stderr, res.stderr
-        assert res.stderr.startswith("tokenport: error:"), res.stderr
-        assert res.stdout == ""
-        return res.stderr
 
 
 @pytest.fixture

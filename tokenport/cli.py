@@ -345,6 +345,51 @@ def cmd_ledger_verify(args) -> int:
     return 1 if problems else 0
 
 
+def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
+    from tokenport.billing.invoices import render_csv, render_html
+
+    if as_json or fmt == "json":
+        print(json.dumps(doc, indent=2))
+    elif fmt == "csv":
+        print(render_csv(doc), end="")
+    elif fmt == "html":
+        print(render_html(doc), end="")
+    else:
+        head = f"{doc['number']}  {doc['tenant']['name']}  {doc['period']}"
+        print(f"{head}  {doc['total_usd']} USD  ({doc['status']})")
+        for line in doc["lines"]:
+            print(f"  {line['model']:28} {line['requests']:>8} requests  {line['amount_usd']:>16} USD")
+
+
+def cmd_invoices_issue(args) -> int:
+    _render_invoice(_billing(args).issue_invoice(args.tenant, args.period), args.format, args.json)
+    return 0
+
+
+def cmd_invoices_show(args) -> int:
+    _render_invoice(_billing(args).invoice(args.invoice_id), args.format, args.json)
+    return 0
+
+
+def cmd_invoices_list(args) -> int:
+    items = _billing(args).list_invoices(args.tenant)
+    _print(
+        items,
+        args.json,
+        [
+            f"{i['id']}  {i['number']:32} {i['period']}  {i['total_usd']:>16} USD  {i['status']}"
+            for i in items
+        ],
+    )
+    return 0
+
+
+def cmd_invoices_void(args) -> int:
+    doc = _billing(args).void_invoice(args.invoice_id, args.reason)
+    print(f"voided {doc['number']}: {args.reason}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from tokenport import __version__
 
@@ -415,6 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")
     c.add_argument("tenant")
     c.add_argument("--json", action="store_true")
+
+    inv = sub.add_parser("invoices", help="monthly invoices").add_subparsers(dest="sub", required=True)
+    formats = ("text", "json", "csv", "html")
+    c = command(inv, "issue", cmd_invoices_issue, "issue a tenant's invoice for a past month (idempotent)")
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--period", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=formats, default="text")
+    c.add_argument("--json", action="store_true")
+    c = command(inv, "show", cmd_invoices_show, "show an issued invoice")
+    c.add_argument("invoice_id")
+    c.add_argument("--format", choices=formats, default="text")
+    c.add_argument("--json", action="store_true")
+    c = command(inv, "list", cmd_invoices_list, "list invoices")
+    c.add_argument("--tenant")
+    c.add_argument("--json", action="store_true")
+    c = command(inv, "void", cmd_invoices_void, "void an invoice (a new document; the invoice is not edited)")
+    c.add_argument("invoice_id")
+    c.add_argument("--reason", required=True)
 
     ledger = sub.add_parser("ledger", help="the double-entry ledger").add_subparsers(
         dest="sub", required=True

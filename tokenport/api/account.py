@@ -12,9 +12,10 @@ from starlette.routing import Route
 from tokenport.api.admin import parse_since
 from tokenport.api.errors import openai_error_body
 from tokenport.api.views import balance_view
+from tokenport.billing.invoices import render_csv, render_html
 from tokenport.billing.money import nano_to_usd
 from tokenport.gateway.errors import ApiError, bad_request
-from tokenport.tenancy.service import InvalidInput
+from tokenport.tenancy.service import InvalidInput, NotFound
 
 GROUPS = ("day", "model", "key")
 
@@ -70,7 +71,38 @@ async def usage(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+async def invoices(request: Request) -> Response:
+    try:
+        key = _key(request)
+    except ApiError as err:
+        return _error(err)
+    rt = request.app.state.runtime
+    items = await run_in_threadpool(rt.billing_service.list_invoices, key.tenant_name)
+    return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
+
+
+async def invoice(request: Request) -> Response:
+    try:
+        key = _key(request)
+    except ApiError as err:
+        return _error(err)
+    rt = request.app.state.runtime
+    invoice_id = request.path_params["invoice_id"]
+    try:
+        doc = await run_in_threadpool(rt.billing_service.invoice, invoice_id, key.tenant_id)
+    except NotFound:  # another tenant's invoice is indistinguishable from none
+        return _error(ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found"))
+    fmt = request.query_params.get("format", "json")
+    if fmt == "csv":
+        return Response(render_csv(doc), media_type="text/csv")
+    if fmt == "html":
+        return Response(render_html(doc), media_type="text/html")
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
 routes = [
+    Route("/v1/account/invoices", invoices, methods=["GET"]),
+    Route("/v1/account/invoices/{invoice_id}", invoice, methods=["GET"]),
     Route("/v1/account/balance", balance, methods=["GET"]),
     Route("/v1/account/usage", usage, methods=["GET"]),
 ]

@@ -89,6 +89,20 @@ SPEC = {
             "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
         },
         "/v1/models": {"get": _op("Models served in the key's zone", "openai")},
+        "/v1/account/invoices": {"get": _op("The key's tenant's invoices", "account")},
+        "/v1/account/invoices/{invoice_id}": {
+            "get": {
+                **_op(
+                    "One invoice (JSON; ?format=csv or html)",
+                    "account",
+                    params=[_q("format", "json, csv or html")],
+                ),
+                "parameters": [
+                    {"name": "invoice_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _q("format", "json, csv or html"),
+                ],
+            }
+        },
         "/v1/account/balance": {
             "get": _op("The key's tenant: available credit, lots in burn order", "account")
         },

@@ -3,9 +3,11 @@ expiry and verification."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from tokenport.billing.invoices import InvoiceError, build_invoice, period_bounds
 from tokenport.billing.ledger import (
     Ledger,
     LedgerError,
@@ -15,12 +17,14 @@ from tokenport.billing.ledger import (
     lot_account,
     verify,
 )
-from tokenport.billing.money import MoneyError, usd_per_m_to_price, usd_to_nano
+from tokenport.billing.money import MoneyError, nano_to_usd, usd_per_m_to_price, usd_to_nano
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import Clock, SystemClock
 from tokenport.store.billing import BillingStore
+from tokenport.store.invoices import InvoiceConflict, InvoiceStore, canonical
+from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import new_id
-from tokenport.tenancy.service import InvalidInput, TenancyService
+from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class BillingService:
         self.store = store
         self.tenancy = tenancy
         self.clock = clock or SystemClock()
+        self.invoices = InvoiceStore(store.engine)
+        self.usage = UsageStore(store.engine)
 
     # --- prices ---
 
@@ -147,6 +153,61 @@ class BillingService:
                     return None  # another run expired it first
                 n += 1
 
+    # --- invoices ---
+
+    def issue_invoice(self, tenant_name: str, period: str) -> dict:
+        """The tenant's invoice for a month. Issuing again returns the same document; after a void,
+        a new document (the next generation) is issued. Documents are never edited."""
+        tenant = self.tenancy.tenant(tenant_name)
+        try:
+            start, end = period_bounds(period)
+        except InvoiceError as exc:
+            raise InvalidInput(str(exc)) from None
+        now = self.clock.now()
+        if end > now:
+            raise InvalidInput(f"the period {period} has not ended yet")
+        existing = self.invoices.for_period(tenant.id, period)
+        if existing and existing[-1]["voided_at"] is None:
+            return _document(existing[-1])
+        generation = len(existing) + 1
+        rows = self.usage.query(tenant.name, start, until=end)
+        charges = self.store.usage_charges(tenant.id, {r["request_id"] for r in rows})
+        lots = {lot.id: lot for lot in self.store.load_lots(tenant.id)}
+        doc = build_invoice(
+            invoice_id=new_id("inv"),
+            number=f"TP-{period.replace('-', '')}-{tenant.id[-8:]}-{generation}",
+            tenant={"id": tenant.id, "name": tenant.name, "zone": tenant.zone},
+            period=period,
+            usage_rows=rows,
+            book=self.price_book(),
+            charges=charges,
+            lots=lots,
+            issued_at=now,
+        )
+        try:
+            self.invoices.insert(doc, tenant.id, generation, now)
+        except InvoiceConflict:  # issued concurrently: the other run's document stands
+            return _document(self.invoices.for_period(tenant.id, period)[-1])
+        return {**doc, "status": "issued"}
+
+    def invoice(self, invoice_id: str, tenant_id: str | None = None) -> dict:
+        row = self.invoices.get(invoice_id)
+        if row is None or (tenant_id is not None and row["tenant_id"] != tenant_id):
+            raise NotFound(f"no invoice {invoice_id!r}")
+        return _document(row)
+
+    def list_invoices(self, tenant_name: str | None = None) -> list[dict]:
+        tenant_id = self.tenancy.tenant(tenant_name).id if tenant_name else None
+        return [_summary(r) for r in self.invoices.list(tenant_id)]
+
+    def void_invoice(self, invoice_id: str, reason: str) -> dict:
+        if not reason or len(reason) > 500:
+            raise InvalidInput("a void needs a reason (at most 500 characters)")
+        self.invoice(invoice_id)
+        if not self.invoices.void(invoice_id, reason, self.clock.now()):
+            raise InvalidInput(f"invoice {invoice_id} is already void")
+        return self.invoice(invoice_id)
+
     # --- integrity ---
 
     def verify(self) -> list[str]:
@@ -161,3 +222,26 @@ class BillingService:
         for tx in self.store.load_transactions():
             ledger.post(tx)
         return ledger
+
+
+def _document(row: dict) -> dict:
+    doc = json.loads(row["document"])
+    assert canonical(doc) == row["document"]
+    status = (
+        {"status": "void", "void": {"reason": row["reason"], "voided_at": row["voided_at"].isoformat()}}
+        if row.get("voided_at")
+        else {"status": "issued"}
+    )
+    return {**doc, **status, "sha256": row["sha256"]}
+
+
+def _summary(row: dict) -> dict:
+    return {
+        "id": row["id"],
+        "number": row["number"],
+        "period": row["period"],
+        "total_usd": nano_to_usd(row["total_nano_usd"]),
+        "total_nano_usd": row["total_nano_usd"],
+        "issued_at": row["issued_at"].isoformat(),
+        "status": "void" if row["voided_at"] else "issued",
+    }

@@ -79,6 +79,12 @@ class BillingStore:
         with _conn(self.engine, conn) as c:
             return [Lot(**r._mapping) for r in c.execute(q)]
 
+    def usage_charges(self, tenant_id: str, request_ids: set[str]) -> list[Transaction]:
+        """The usage transactions charging these requests."""
+        t = ledger_transactions
+        txs = self._transactions((t.c.tenant_id == tenant_id) & (t.c.kind == "usage"))
+        return [tx for tx in txs if tx.request_id in request_ids]
+
     def load_transactions(self, tenant_id: str | None = None) -> list[Transaction]:
         """In ledger order."""
         where = ledger_transactions.c.tenant_id == tenant_id if tenant_id is not None else None

@@ -15,6 +15,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 from sqlalchemy.types import TypeDecorator
@@ -152,4 +153,28 @@ ledger_entries = Table(
     Column("tx_id", String(40), ForeignKey("ledger_transactions.id"), nullable=False, index=True),
     Column("account", String(64), nullable=False, index=True),
     Column("amount", BigInteger, nullable=False),  # nano-USD
+)
+
+# Issued documents are immutable; a void is a document of its own (never an edit).
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("generation", Integer, nullable=False),  # 1, then 2 after a void, ...
+    Column("number", String(64), nullable=False, unique=True),
+    Column("total_nano_usd", BigInteger, nullable=False),
+    Column("document", Text, nullable=False),  # canonical JSON
+    Column("sha256", String(64), nullable=False),
+    Column("issued_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("tenant_id", "period", "generation", name="uq_invoices_generation"),
+)
+
+invoice_voids = Table(
+    "invoice_voids",
+    metadata,
+    Column("invoice_id", String(32), ForeignKey("invoices.id"), primary_key=True),
+    Column("reason", String(500), nullable=False),
+    Column("voided_at", UTCDateTime(), nullable=False),
 )

@@ -49,7 +49,11 @@ class UsageStore:
                 write_transactions(conn, [tx for tx in txs if tx.id not in known])
 
     def query(
-        self, tenant_name: str | None = None, since: datetime | None = None, limit: int | None = None
+        self,
+        tenant_name: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        until: datetime | None = None,
     ) -> list[dict]:
         q = (
             select(usage, tenants.c.name.label("tenant"))
@@ -57,6 +61,8 @@ class UsageStore:
             .order_by(usage.c.started_at, usage.c.request_id)
         )
         q = _filter(q, tenant_name, since)
+        if until is not None:
+            q = q.where(usage.c.started_at < until)
         if limit:
             q = q.limit(limit)
         with self.engine.connect() as conn:

@@ -24,7 +24,7 @@ async def health(request: Request) -> Response:
     body: dict = {"status": "ok" if ready else "unavailable", "backends": backends}
     if rt.engine is not None:
         body["engine"] = rt.engine.state()
-        if not ready and body["engine"]["state"] == "loading":
+        if not ready and body["engine"]["state"] != "failed":  # loaded, first health check pending
             body["status"] = "loading"
     return _json(body, 200 if ready else 503)
 

@@ -148,7 +148,9 @@ def cmd_keys_create(args) -> int:
     from tokenport.api.views import key_view
 
     svc, _ = _service(args)
-    info, secret = svc.create_key(args.tenant, args.label, args.rpm)
+    info, secret = svc.create_key(
+        args.tenant, args.label, args.rpm, args.tpm, args.budget_usd, args.budget_period
+    )
     _print(
         key_view(info, secret),
         args.json,
@@ -420,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tenant", required=True)
     c.add_argument("--label")
     c.add_argument("--rpm", type=int, help="requests per minute limit for this key")
+    c.add_argument("--tpm", type=int, help="tokens per minute limit for this key (prompt + completion)")
+    c.add_argument("--budget-usd", help="most this key may spend per budget period")
+    c.add_argument("--budget-period", choices=("day", "month"), help="the budget's period (UTC)")
     c.add_argument("--json", action="store_true")
     c = command(keys, "revoke", cmd_keys_revoke, "revoke an API key")
     c.add_argument("key_id")

@@ -44,7 +44,7 @@ class Runtime:
         self.tenancy = TenancyService(self.tenant_store, settings.default_zone, self.clock)
         self.metrics = Metrics()
         self.keys = KeyCache(self.tenant_store)
-        self.billing = BillingState(BillingStore(self.db))
+        self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)
         self.billing_service = BillingService(BillingStore(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
         self.writer = BatchWriter(
@@ -73,8 +73,8 @@ class Runtime:
         )
         relay = Relay(self.session, self.clock.monotonic)
         charging = Charging(self.billing)
-        settler = Settler(self.writer, self.metrics, self.clock, charging)
         limiter = RateLimiter(self.clock, self.settings.default_rpm)
+        settler = Settler(self.writer, self.metrics, self.clock, charging, limiter)
         self.gateway = Gateway(self.keys, limiter, self.pool, charging, relay, settler)
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),

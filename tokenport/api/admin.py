@@ -78,7 +78,14 @@ def create_key(rt, request, body):
     tenant = body.get("tenant")
     if not isinstance(tenant, str):
         raise InvalidInput("'tenant' is required")
-    info, secret = rt.tenancy.create_key(tenant, body.get("label"), body.get("rpm_limit"))
+    info, secret = rt.tenancy.create_key(
+        tenant,
+        body.get("label"),
+        body.get("rpm_limit"),
+        body.get("tpm_limit"),
+        body.get("budget_usd"),
+        body.get("budget_period"),
+    )
     return 201, key_view(info, secret)
 
 

@@ -12,6 +12,12 @@ def _iso(dt: datetime | None) -> str | None:
     return utc_iso(dt) if dt else None
 
 
+def _usd(nano: int | None) -> str | None:
+    from tokenport.billing.money import nano_to_usd
+
+    return nano_to_usd(nano) if nano is not None else None
+
+
 def tenant_view(t: Tenant) -> dict:
     return {"id": t.id, "name": t.name, "zone": t.zone, "created_at": _iso(t.created_at)}
 
@@ -24,6 +30,9 @@ def key_view(k: KeyInfo, secret: str | None = None) -> dict:
         "label": k.label,
         "prefix": k.prefix,
         "rpm_limit": k.rpm_limit,
+        "tpm_limit": k.tpm_limit,
+        "budget_usd": _usd(k.budget_nano_usd),
+        "budget_period": k.budget_period,
         "created_at": _iso(k.created_at),
         "revoked_at": _iso(k.revoked_at),
         "revoked": k.revoked_at is not None,

@@ -7,21 +7,33 @@ from __future__ import annotations
 import logging
 
 from tokenport.billing.accountant import Accountant
+from tokenport.billing.budgets import KeyBudgets, period_start
 from tokenport.billing.ledger import Ledger, LedgerError
 from tokenport.billing.prices import PriceBook
+from tokenport.clock import Clock
 from tokenport.store.billing import BillingStore
+from tokenport.store.usage import UsageStore
 
 log = logging.getLogger("tokenport.billing")
 
 
 class BillingState:
-    def __init__(self, store: BillingStore) -> None:
+    def __init__(self, store: BillingStore, usage: UsageStore, clock: Clock) -> None:
         self.store = store
+        self.usage = usage
+        self.clock = clock
         self.accountant = Accountant(Ledger(), PriceBook())
+        self.budgets = KeyBudgets()
 
     def load(self, conn) -> None:
         lots, balances = self.store.lot_balances(conn)
         self.accountant = Accountant(Ledger.restore(lots, balances), PriceBook(self.store.load_prices(conn)))
+        now = self.clock.now()
+        self.budgets = KeyBudgets()
+        for period in ("day", "month"):  # what each key has spent so far this day and month
+            start = period_start(period, now)
+            for key_id, spent in self.usage.spend_by_key(conn, start).items():
+                self.budgets.restore(key_id, period, start, spent)
 
     def apply(self, rows):
         ledger_ids = [ref for _, kind, ref in rows if kind == "ledger"]

@@ -7,16 +7,18 @@ upstream call. Settlement prices the engine's own counts and posts the charge.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
+from tokenport.billing.budgets import BudgetExceeded
 from tokenport.billing.ledger import Transaction
 from tokenport.billing.money import nano_to_usd
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import Counts
-from tokenport.tenancy.keys import new_id
+from tokenport.tenancy.keys import KeyRecord, new_id
 
 
 class Charging:
@@ -26,7 +28,7 @@ class Charging:
     def admit(
         self,
         request_id: str,
-        tenant_id: str,
+        key: KeyRecord,
         model: str,
         body: dict,
         body_size: int,
@@ -48,8 +50,22 @@ class Charging:
         max_out = body.get("max_tokens") or body.get("max_completion_tokens") or context
         amount = max_cost(price, min(body_size, context), min(max_out, context))
         try:
-            acct.reserve(request_id, tenant_id, amount, at)
+            self.state.budgets.reserve(key.id, request_id, key.budget_nano_usd, key.budget_period, amount, at)
+        except BudgetExceeded as exc:
+            wait = max(1, math.ceil((exc.resets_at - at).total_seconds()))
+            raise ApiError(
+                429,
+                f"This key's {key.budget_period}ly budget of {nano_to_usd(exc.budget)} USD would be exceeded "
+                f"(spent or held: {nano_to_usd(exc.spent)} USD; this request may cost up to "
+                f"{nano_to_usd(exc.needed)} USD). It resets at {exc.resets_at.isoformat()}.",
+                "insufficient_quota",
+                "budget_exceeded",
+                headers={"retry-after": str(wait)},
+            ) from None
+        try:
+            acct.reserve(request_id, key.tenant_id, amount, at)
         except InsufficientQuota as exc:
+            self.state.budgets.settle(key.id, request_id, None, 0, at)  # release the budget hold
             raise ApiError(
                 429,
                 f"Insufficient credit: this request may cost up to {nano_to_usd(exc.needed)} USD and "
@@ -68,16 +84,20 @@ class Charging:
     def settle(
         self,
         request_id: str,
-        tenant_id: str,
+        key: KeyRecord,
         price: Price,
         counts: Counts | None,
         started_at: datetime,
         at: datetime,
     ) -> tuple[Cost | None, Transaction | None]:
+        """Charge what was used and release the holds (credit and key budget)."""
+        cost = tx = None
         if counts is None:
             self.state.accountant.release(request_id)
-            return None, None
-        tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
-        return self.state.accountant.settle(
-            new_id("tx"), request_id, tenant_id, price, tokens, started_at, at
-        )
+        else:
+            tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
+            cost, tx = self.state.accountant.settle(
+                new_id("tx"), request_id, key.tenant_id, price, tokens, started_at, at
+            )
+        self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
+        return cost, tx

@@ -60,11 +60,12 @@ class Gateway:
             req = parse(raw_body)
             ctx.model, ctx.stream = req.model, req.stream
             self.limiter.admit(key.id, key.rpm_limit)
+            self.limiter.admit_tokens(key.id, key.tpm_limit)
             backend = self.pool.route(req.model, ctx.zone)
             ctx.backend = backend.name
             ctx.price = price = self.charging.admit(
                 ctx.request_id,
-                key.tenant_id,
+                key,
                 req.model,
                 req.body,
                 len(raw_body),

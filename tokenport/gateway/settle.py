@@ -7,15 +7,19 @@ from tokenport.clock import Clock
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
+from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
 from tokenport.gateway.usage import SOURCE_NONE, UsageRecord
 from tokenport.store.writer import BatchWriter
 
 
 class Settler:
-    def __init__(self, writer: BatchWriter, metrics: Metrics, clock: Clock, charging: Charging) -> None:
+    def __init__(
+        self, writer: BatchWriter, metrics: Metrics, clock: Clock, charging: Charging, limiter: RateLimiter
+    ) -> None:
         self.writer = writer
         self.charging = charging
+        self.limiter = limiter
         self.metrics = metrics
         self.clock = clock
 
@@ -37,8 +41,10 @@ class Settler:
         cost = tx = None
         if ctx.price is not None:  # admitted: money was held; charge what was used, release the rest
             cost, tx = self.charging.settle(
-                ctx.request_id, ctx.key.tenant_id, ctx.price, counts, ctx.started_at, finished_at
+                ctx.request_id, ctx.key, ctx.price, counts, ctx.started_at, finished_at
             )
+        if counts is not None and ctx.key.tpm_limit:
+            self.limiter.record_tokens(ctx.key.id, counts.prompt + counts.completion)
         record = UsageRecord(
             request_id=ctx.request_id,
             tenant_id=ctx.key.tenant_id,

@@ -61,6 +61,9 @@ api_keys = Table(
     Column("prefix", String(32), nullable=False),  # shown in listings; the secret is never stored
     Column("key_hash", String(64), nullable=False, unique=True),  # SHA-256 hex of the secret
     Column("rpm_limit", Integer, nullable=True),
+    Column("tpm_limit", Integer, nullable=True),  # tokens per minute
+    Column("budget_nano_usd", BigInteger, nullable=True),  # spend cap per budget period
+    Column("budget_period", String(8), nullable=True),  # "day" | "month" (UTC)
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
 )

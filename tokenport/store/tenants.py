@@ -34,6 +34,9 @@ class KeyInfo:
     rpm_limit: int | None
     created_at: datetime
     revoked_at: datetime | None
+    tpm_limit: int | None = None
+    budget_nano_usd: int | None = None
+    budget_period: str | None = None
 
 
 def _tenant(row) -> Tenant:
@@ -103,6 +106,9 @@ class TenantStore:
                     rpm_limit=r.rpm_limit,
                     created_at=r.created_at,
                     revoked_at=r.revoked_at,
+                    tpm_limit=r.tpm_limit,
+                    budget_nano_usd=r.budget_nano_usd,
+                    budget_period=r.budget_period,
                 )
                 for r in conn.execute(q)
             ]
@@ -126,6 +132,9 @@ _KEY_RECORDS = select(
     api_keys.c.key_hash,
     api_keys.c.rpm_limit,
     api_keys.c.revoked_at,
+    api_keys.c.tpm_limit,
+    api_keys.c.budget_nano_usd,
+    api_keys.c.budget_period,
     tenants.c.name.label("tenant_name"),
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 
@@ -139,4 +148,7 @@ def _key_record(r) -> KeyRecord:
         key_hash=r.key_hash,
         rpm_limit=r.rpm_limit,
         revoked=r.revoked_at is not None,
+        tpm_limit=r.tpm_limit,
+        budget_nano_usd=r.budget_nano_usd,
+        budget_period=r.budget_period,
     )

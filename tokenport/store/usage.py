@@ -94,6 +94,14 @@ class UsageStore:
             for r in rows
         ]
 
+    def spend_by_key(self, conn, since: datetime) -> dict[str, int]:
+        q = (
+            select(usage.c.key_id, func.sum(usage.c.cost_nano_usd))
+            .where(usage.c.started_at >= since, usage.c.cost_nano_usd.is_not(None))
+            .group_by(usage.c.key_id)
+        )
+        return {k: int(v) for k, v in conn.execute(q)}
+
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(usage)).scalar_one()

@@ -34,6 +34,9 @@ class KeyRecord:
     key_hash: str
     rpm_limit: int | None
     revoked: bool
+    tpm_limit: int | None = None
+    budget_nano_usd: int | None = None
+    budget_period: str | None = None  # "day" | "month"
 
 
 def new_id(kind: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from tokenport.billing.money import MoneyError, usd_to_nano
 from tokenport.clock import Clock, SystemClock
 from tokenport.store.tenants import Conflict, KeyInfo, Tenant, TenantStore
 from tokenport.tenancy.keys import NAME_RE, ZONE_RE, generate_key, new_id
@@ -45,16 +46,33 @@ class TenancyService:
         return tenant
 
     def create_key(
-        self, tenant_name: str, label: str | None = None, rpm_limit: int | None = None
+        self,
+        tenant_name: str,
+        label: str | None = None,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
+        budget_usd: str | None = None,
+        budget_period: str | None = None,
     ) -> tuple[KeyInfo, str]:
         """Returns the key's public record and its secret, which is not kept anywhere."""
         tenant = self.tenant(tenant_name)
         if label is not None and (not isinstance(label, str) or len(label) > 256):
             raise InvalidInput("label must be a string of at most 256 characters")
-        if rpm_limit is not None and (
-            not isinstance(rpm_limit, int) or isinstance(rpm_limit, bool) or not 0 < rpm_limit <= 10**7
-        ):
-            raise InvalidInput("rpm_limit must be a positive integer")
+        for name, value, top in (("rpm_limit", rpm_limit, 10**7), ("tpm_limit", tpm_limit, 10**9)):
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= top
+            ):
+                raise InvalidInput(f"{name} must be a positive integer")
+        budget = None
+        if budget_usd is not None or budget_period is not None:
+            if budget_period not in ("day", "month") or budget_usd is None:
+                raise InvalidInput("a budget needs an amount in USD and a period: day or month")
+            try:
+                budget = usd_to_nano(str(budget_usd), "budget")
+            except MoneyError as exc:
+                raise InvalidInput(str(exc)) from None
+            if budget <= 0:
+                raise InvalidInput("the budget must be positive")
         key = generate_key()
         now = self.clock.now()
         values = dict(
@@ -65,6 +83,9 @@ class TenancyService:
             prefix=key.prefix,
             key_hash=key.key_hash,
             rpm_limit=rpm_limit,
+            tpm_limit=tpm_limit,
+            budget_nano_usd=budget,
+            budget_period=budget_period if budget else None,
             created_at=now,
             revoked_at=None,
         )
@@ -78,6 +99,9 @@ class TenancyService:
             rpm_limit=rpm_limit,
             created_at=now,
             revoked_at=None,
+            tpm_limit=tpm_limit,
+            budget_nano_usd=budget,
+            budget_period=budget_period if budget else None,
         )
         return info, key.secret
 

@@ -196,3 +196,16 @@ def test_customer_sees_its_invoices_only(mock_server):
         ).json()["data"]
         == []
     )
+
+
+def test_cny_rate_per_period_converts_for_internal_reports(billed):
+    billing, _ = billed
+    for bad_period, bad_rate in (("2026-11", "0"), ("2026-11", "-7"), ("2026-11", "7.1234567"), ("Nov", "7")):
+        with pytest.raises(InvalidInput):
+            billing.set_fx_rate(bad_period, bad_rate)
+    assert billing.set_fx_rate("2026-11", "7.1") == 7_100_000
+    assert billing.fx_rates() == {"2026-11": 7_100_000}
+    doc = billing.issue_invoice("acme", "2026-11")
+    # 0.002566 USD x 7.1 = 0.0182186 CNY, to the micro-CNY, half to even
+    assert doc["internal"] == {"cny_per_usd": "7.100000", "total_cny": "0.018219"}
+    assert doc["currency"] == "USD" and doc["total_usd"] == "0.002566000"

@@ -363,6 +363,18 @@ def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
             print(f"  {line['model']:28} {line['requests']:>8} requests  {line['amount_usd']:>16} USD")
 
 
+def cmd_fx_set(args) -> int:
+    micro = _billing(args).set_fx_rate(args.period, args.cny_per_usd)
+    print(f"{args.period}: {micro / 10**6:.6f} CNY per USD")
+    return 0
+
+
+def cmd_fx_list(args) -> int:
+    rates = {p: f"{m / 10**6:.6f}" for p, m in sorted(_billing(args).fx_rates().items())}
+    _print(rates, args.json, [f"{p}  {r} CNY per USD" for p, r in rates.items()])
+    return 0
+
+
 def cmd_invoices_issue(args) -> int:
     _render_invoice(_billing(args).issue_invoice(args.tenant, args.period), args.format, args.json)
     return 0
@@ -464,6 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")
     c.add_argument("tenant")
+    c.add_argument("--json", action="store_true")
+
+    fx = sub.add_parser("fx", help="the CNY/USD rate per month").add_subparsers(dest="sub", required=True)
+    c = command(fx, "set", cmd_fx_set, "record the CNY/USD rate for a month")
+    c.add_argument("--period", required=True, help="YYYY-MM")
+    c.add_argument("--cny-per-usd", required=True)
+    c = command(fx, "list", cmd_fx_list, "the recorded rates")
     c.add_argument("--json", action="store_true")
 
     inv = sub.add_parser("invoices", help="monthly invoices").add_subparsers(dest="sub", required=True)

@@ -59,6 +59,22 @@ def pico_to_nano(pico: int) -> int:
     return int((Decimal(pico) / PICO_PER_NANO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
+def rate_to_micro(text: str, what: str = "rate") -> int:
+    """A positive exchange rate with at most 6 decimals, as an integer: '7.1234' -> 7_123_400."""
+    value = _scaled(text, 10**6, what, "6 decimal places")
+    if value <= 0:
+        raise MoneyError(f"{what} must be positive")
+    return value
+
+
+def nano_usd_to_cny(nano: int, cny_per_usd_micro: int) -> str:
+    """USD (nano) at a rate (micro-CNY per USD) -> CNY, exact to the fen's 1/10,000, as a string."""
+    micro_cny = (Decimal(nano) * cny_per_usd_micro / 10**9).quantize(Decimal(1), rounding=ROUND_HALF_EVEN)
+    sign = "-" if micro_cny < 0 else ""
+    whole, frac = divmod(abs(int(micro_cny)), 10**6)
+    return f"{sign}{whole}.{frac:06d}"
+
+
 def nano_to_usd(nano: int) -> str:
     """Exact decimal string: 12_500_000_000 -> '12.500000000'."""
     sign = "-" if nano < 0 else ""

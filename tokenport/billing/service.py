@@ -17,7 +17,14 @@ from tokenport.billing.ledger import (
     lot_account,
     verify,
 )
-from tokenport.billing.money import MoneyError, nano_to_usd, usd_per_m_to_price, usd_to_nano
+from tokenport.billing.money import (
+    MoneyError,
+    nano_to_usd,
+    nano_usd_to_cny,
+    rate_to_micro,
+    usd_per_m_to_price,
+    usd_to_nano,
+)
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import Clock, SystemClock
 from tokenport.store.billing import BillingStore
@@ -153,6 +160,20 @@ class BillingService:
                     return None  # another run expired it first
                 n += 1
 
+    # --- exchange rates ---
+
+    def set_fx_rate(self, period: str, cny_per_usd: str) -> int:
+        try:
+            period_bounds(period)
+            micro = rate_to_micro(cny_per_usd, "the CNY/USD rate")
+        except (InvoiceError, MoneyError) as exc:
+            raise InvalidInput(str(exc)) from None
+        self.store.set_fx_rate(period, micro, self.clock.now())
+        return micro
+
+    def fx_rates(self) -> dict[str, int]:
+        return self.store.fx_rates()
+
     # --- invoices ---
 
     def issue_invoice(self, tenant_name: str, period: str) -> dict:
@@ -184,6 +205,12 @@ class BillingService:
             lots=lots,
             issued_at=now,
         )
+        rate = self.store.fx_rates().get(period)
+        if rate is not None:  # for the operator's internal reports; the invoice is in USD
+            doc["internal"] = {
+                "cny_per_usd": f"{rate / 10**6:.6f}",
+                "total_cny": nano_usd_to_cny(doc["total_nano_usd"], rate),
+            }
         try:
             self.invoices.insert(doc, tenant.id, generation, now)
         except InvoiceConflict:  # issued concurrently: the other run's document stands

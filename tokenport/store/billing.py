@@ -6,12 +6,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import groupby
 
-from sqlalchemy import Connection, Engine, and_, func, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction
 from tokenport.billing.prices import Price
-from tokenport.store.schema import changes, credit_lots, ledger_entries, ledger_transactions, prices
+from tokenport.store.schema import (
+    changes,
+    credit_lots,
+    fx_rates,
+    ledger_entries,
+    ledger_transactions,
+    prices,
+)
 
 
 class BillingStore:
@@ -141,6 +148,16 @@ class BillingStore:
         with self.engine.connect() as conn:
             found = {a: int(s) for a, s in conn.execute(q)}
         return {a: found.get(a, 0) for a in accounts}
+
+    def set_fx_rate(self, period: str, micro: int, at) -> None:
+        """One rate per period; setting it again replaces it (documents already issued keep theirs)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(fx_rates).where(fx_rates.c.period == period))
+            conn.execute(insert(fx_rates).values(period=period, cny_per_usd_micro=micro, set_at=at))
+
+    def fx_rates(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            return {r.period: int(r.cny_per_usd_micro) for r in conn.execute(select(fx_rates))}
 
     def charged(self, request_id: str) -> bool:
         q = select(ledger_transactions.c.id).where(

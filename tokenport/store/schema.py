@@ -181,3 +181,12 @@ invoice_voids = Table(
     Column("reason", String(500), nullable=False),
     Column("voided_at", UTCDateTime(), nullable=False),
 )
+
+# The operator's CNY/USD rate per month, for internal cost reports (electricity is paid in CNY).
+fx_rates = Table(
+    "fx_rates",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("cny_per_usd_micro", BigInteger, nullable=False),  # 7.123456 CNY per USD = 7_123_456
+    Column("set_at", UTCDateTime(), nullable=False),
+)

@@ -363,6 +363,53 @@ def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
             print(f"  {line['model']:28} {line['requests']:>8} requests  {line['amount_usd']:>16} USD")
 
 
+def _plan_view(plan, tenants: list[str] | None = None) -> dict:
+    from tokenport.billing.money import nano_to_usd
+
+    view = {
+        "name": plan.name,
+        "fee_usd": nano_to_usd(plan.fee_nano),
+        "unit": plan.unit,
+        "five_hour_limit": plan.five_hour_limit,
+        "weekly_limit": plan.weekly_limit,
+        "multipliers": {m: p / 1000 for m, p in plan.multipliers},
+        "overage": plan.overage,
+    }
+    if tenants is not None:
+        view["tenants"] = tenants
+    return view
+
+
+def cmd_plans_create(args) -> int:
+    plan = _billing(args).create_plan(
+        args.name, args.fee_usd, args.five_hour, args.weekly, args.unit, args.multiplier, args.overage
+    )
+    _print(_plan_view(plan), args.json, [f"created plan {plan.name}"])
+    return 0
+
+
+def cmd_plans_list(args) -> int:
+    items = [_plan_view(p, t) for p, t in _billing(args).list_plans()]
+    _print(
+        items,
+        args.json,
+        [
+            f"{i['name']:16} {i['fee_usd']} USD/month  {i['five_hour_limit']} {i['unit']}/5h  "
+            f"{i['weekly_limit']} {i['unit']}/week  overage {i['overage']}  "
+            f"tenants: {', '.join(i['tenants']) or '-'}"
+            for i in items
+        ],
+    )
+    return 0
+
+
+def cmd_plans_assign(args) -> int:
+    plan = None if args.plan == "none" else args.plan
+    _billing(args).assign_plan(args.tenant, plan)
+    print(f"{args.tenant}: plan {plan or '(none)'}")
+    return 0
+
+
 def cmd_fx_set(args) -> int:
     micro = _billing(args).set_fx_rate(args.period, args.cny_per_usd)
     print(f"{args.period}: {micro / 10**6:.6f} CNY per USD")
@@ -477,6 +524,27 @@ def build_parser() -> argparse.ArgumentParser:
     c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")
     c.add_argument("tenant")
     c.add_argument("--json", action="store_true")
+
+    plans = sub.add_parser("plans", help="coding-style plans").add_subparsers(dest="sub", required=True)
+    c = command(plans, "create", cmd_plans_create, "create a plan")
+    c.add_argument("name")
+    c.add_argument("--fee-usd", required=True, help="monthly fee")
+    c.add_argument("--five-hour", type=int, required=True, help="weighted units per rolling 5 hours")
+    c.add_argument("--weekly", type=int, required=True, help="weighted units per rolling 7 days")
+    c.add_argument("--unit", choices=("tokens", "requests"), default="tokens")
+    c.add_argument("--multiplier", action="append", default=[], help="MODEL=FACTOR (repeatable)")
+    c.add_argument(
+        "--overage",
+        choices=("block", "charge"),
+        default="block",
+        help="past a limit: refuse (429), or charge the prepaid balance",
+    )
+    c.add_argument("--json", action="store_true")
+    c = command(plans, "list", cmd_plans_list, "plans and their tenants")
+    c.add_argument("--json", action="store_true")
+    c = command(plans, "assign", cmd_plans_assign, "put a tenant on a plan ('none' to take it off)")
+    c.add_argument("tenant")
+    c.add_argument("plan")
 
     fx = sub.add_parser("fx", help="the CNY/USD rate per month").add_subparsers(dest="sub", required=True)
     c = command(fx, "set", cmd_fx_set, "record the CNY/USD rate for a month")

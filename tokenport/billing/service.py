@@ -25,12 +25,14 @@ from tokenport.billing.money import (
     usd_per_m_to_price,
     usd_to_nano,
 )
+from tokenport.billing.plans import OVERAGE, UNITS, Plan, parse_multipliers
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import Clock, SystemClock
 from tokenport.store.billing import BillingStore
 from tokenport.store.invoices import InvoiceConflict, InvoiceStore, canonical
+from tokenport.store.plans import PlanConflict, PlanStore
 from tokenport.store.usage import UsageStore
-from tokenport.tenancy.keys import new_id
+from tokenport.tenancy.keys import NAME_RE, new_id
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 
 
@@ -55,6 +57,7 @@ class BillingService:
         self.tenancy = tenancy
         self.clock = clock or SystemClock()
         self.invoices = InvoiceStore(store.engine)
+        self.plan_store = PlanStore(store.engine)
         self.usage = UsageStore(store.engine)
 
     # --- prices ---
@@ -159,6 +162,49 @@ class BillingService:
                 if not self.store.is_reversed(tx_id):
                     return None  # another run expired it first
                 n += 1
+
+    # --- plans ---
+
+    def create_plan(
+        self,
+        name: str,
+        fee_usd: str,
+        five_hour: int,
+        weekly: int,
+        unit: str = "tokens",
+        multipliers: list[str] | None = None,
+        overage: str = "block",
+    ) -> Plan:
+        if not NAME_RE.fullmatch(name or "") or len(name) > 64:
+            raise InvalidInput("a plan name is 1-64 letters, digits, '.', '_' or '-'")
+        if unit not in UNITS or overage not in OVERAGE:
+            raise InvalidInput(f"unit must be one of {UNITS}; overage one of {OVERAGE}")
+        if not (0 < five_hour <= 10**15 and 0 < weekly <= 10**15):
+            raise InvalidInput("the 5-hour and weekly limits must be positive")
+        try:
+            fee = usd_to_nano(fee_usd, "fee")
+            mults = parse_multipliers(multipliers or [])
+        except (MoneyError, ValueError) as exc:
+            raise InvalidInput(str(exc)) from None
+        if fee < 0:
+            raise InvalidInput("the fee cannot be negative")
+        plan = Plan(name, fee, unit, five_hour, weekly, mults, overage)
+        try:
+            self.plan_store.create(plan, self.clock.now())
+        except PlanConflict as exc:
+            raise InvalidInput(str(exc)) from None
+        return plan
+
+    def list_plans(self) -> list[tuple[Plan, list[str]]]:
+        plans, assigned = self.plan_store.load()
+        names = {t.id: t.name for t in self.tenancy.list_tenants()}
+        return [(p, sorted(names[t] for t, n in assigned.items() if n == p.name)) for p in plans.values()]
+
+    def assign_plan(self, tenant_name: str, plan_name: str | None) -> None:
+        tenant = self.tenancy.tenant(tenant_name)
+        if plan_name is not None and plan_name not in self.plan_store.load()[0]:
+            raise NotFound(f"no plan named {plan_name!r}")
+        self.plan_store.assign(tenant.id, plan_name, self.clock.now())
 
     # --- exchange rates ---
 

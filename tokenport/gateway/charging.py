@@ -14,6 +14,7 @@ from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_
 from tokenport.billing.budgets import BudgetExceeded
 from tokenport.billing.ledger import Transaction
 from tokenport.billing.money import nano_to_usd
+from tokenport.billing.plans import Plan, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
@@ -34,7 +35,8 @@ class Charging:
         body_size: int,
         context: int,
         at: datetime,
-    ) -> Price:
+    ) -> tuple[Price, Plan | None]:
+        """The price, and the plan when the tenant's plan covers the request (nothing is held then)."""
         acct = self.state.accountant
         try:
             price = acct.quote(model, at)
@@ -46,6 +48,21 @@ class Charging:
                 "model_not_priced",
                 "model",
             ) from None
+        plan = self.state.plan_for(key.tenant_id)
+        if plan is not None:
+            windows = self.state.plan_usage.windows(plan, key.tenant_id, at)
+            if not any(w.exhausted for w in windows):
+                return price, plan
+            if plan.overage == "block":
+                wait = retry_after(windows, at)
+                raise ApiError(
+                    429,
+                    f"The '{plan.name}' plan's usage limit is reached; it resets in {wait} s.",
+                    "rate_limit_error",
+                    "plan_quota_exceeded",
+                    headers={"retry-after": str(wait), **ratelimit_headers(windows, at)},
+                )
+            # overage "charge": past the plan's limits the prepaid balance pays, as below
         # Prompt tokens are at most the body's bytes (a token covers at least one byte).
         max_out = body.get("max_tokens") or body.get("max_completion_tokens") or context
         amount = max_cost(price, min(body_size, context), min(max_out, context))
@@ -73,13 +90,21 @@ class Charging:
                 "insufficient_quota",
                 "insufficient_quota",
             ) from None
-        return price
+        return price, None
 
     @staticmethod
     def usage_fields(price: Price, counts: Counts) -> dict:
         """What the client's `usage` object gains: the cost, exact, in two spellings."""
         cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
         return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
+
+    def settle_plan(self, key: KeyRecord, plan: Plan, model: str, counts: Counts | None, at: datetime) -> int:
+        """Count a plan-covered request against the plan's windows; nothing is charged."""
+        if counts is None:
+            return 0
+        units = plan.units(model, counts.prompt + counts.completion)
+        self.state.plan_usage.add(key.tenant_id, units, at)
+        return units
 
     def settle(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from tokenport.billing.plans import Plan
 from tokenport.billing.prices import Price
 from tokenport.tenancy.keys import KeyRecord
 
@@ -22,3 +23,4 @@ class RequestContext:
     stream: bool = False
     client_disconnected: bool = False
     price: Price | None = None  # set once the request is admitted and money is held
+    plan: Plan | None = None  # set when the tenant's plan covers the request instead

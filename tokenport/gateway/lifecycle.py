@@ -63,7 +63,7 @@ class Gateway:
             self.limiter.admit_tokens(key.id, key.tpm_limit)
             backend = self.pool.route(req.model, ctx.zone)
             ctx.backend = backend.name
-            ctx.price = price = self.charging.admit(
+            ctx.price, ctx.plan = price, plan = self.charging.admit(
                 ctx.request_id,
                 key,
                 req.model,
@@ -78,7 +78,7 @@ class Gateway:
                 UPSTREAM_PATHS[req.endpoint],
                 payload,
                 ctx.request_id,
-                None if price.free else partial(Charging.usage_fields, price),
+                None if price.free or plan else partial(Charging.usage_fields, price),
             )
             backend.in_flight += 1
             try:

@@ -38,8 +38,10 @@ class Settler:
         if ctx.key is None:  # unauthenticated: nobody to meter
             return None
         finished_at = self.clock.now()
-        cost = tx = None
-        if ctx.price is not None:  # admitted: money was held; charge what was used, release the rest
+        cost = tx = plan_units = None
+        if ctx.plan is not None:  # covered by the tenant's plan: counted, not charged
+            plan_units = self.charging.settle_plan(ctx.key, ctx.plan, ctx.model or "", counts, ctx.started_at)
+        elif ctx.price is not None:  # admitted: money was held; charge what was used, release the rest
             cost, tx = self.charging.settle(
                 ctx.request_id, ctx.key, ctx.price, counts, ctx.started_at, finished_at
             )
@@ -65,6 +67,7 @@ class Settler:
             duration_ms=round((now - ctx.t0) * 1000),
             client_disconnected=ctx.client_disconnected,
             cost_nano_usd=cost.nano if cost is not None else None,
+            plan_units=plan_units,
             started_at=ctx.started_at,
             finished_at=finished_at,
         )

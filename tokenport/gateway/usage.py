@@ -33,6 +33,7 @@ class UsageRecord:
     duration_ms: int
     client_disconnected: bool
     cost_nano_usd: int | None
+    plan_units: int | None
     started_at: datetime
     finished_at: datetime
 

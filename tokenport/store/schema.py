@@ -91,6 +91,7 @@ usage = Table(
     Column("duration_ms", Integer, nullable=False),
     Column("client_disconnected", Boolean, nullable=False),
     Column("cost_nano_usd", BigInteger, nullable=True),  # what was charged; null: not billed
+    Column("plan_units", BigInteger, nullable=True),  # counted against the tenant's plan instead
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),
@@ -189,4 +190,25 @@ fx_rates = Table(
     Column("period", String(7), primary_key=True),
     Column("cny_per_usd_micro", BigInteger, nullable=False),  # 7.123456 CNY per USD = 7_123_456
     Column("set_at", UTCDateTime(), nullable=False),
+)
+
+plans = Table(
+    "plans",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("fee_nano", BigInteger, nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("five_hour_limit", BigInteger, nullable=False),
+    Column("weekly_limit", BigInteger, nullable=False),
+    Column("multipliers", Text, nullable=False),  # JSON [[model, per-mille], ...]
+    Column("overage", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+plan_assignments = Table(
+    "plan_assignments",
+    metadata,
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), primary_key=True),
+    Column("plan", String(64), ForeignKey("plans.name"), nullable=False),
+    Column("assigned_at", UTCDateTime(), nullable=False),
 )

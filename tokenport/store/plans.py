@@ -1,0 +1,72 @@
+"""Repository for plans, their assignments, and the plan usage a gateway restores at start."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tokenport.billing.plans import Plan
+from tokenport.store.schema import changes, plan_assignments, plans, usage
+
+
+class PlanConflict(Exception):
+    pass
+
+
+class PlanStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def create(self, plan: Plan, at: datetime) -> None:
+        values = {
+            **plan.__dict__,
+            "multipliers": json.dumps([list(m) for m in plan.multipliers]),
+            "created_at": at,
+        }
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(plans).values(**values))
+                conn.execute(insert(changes).values(kind="plan", ref=plan.name, at=at))
+        except IntegrityError as exc:
+            raise PlanConflict(f"plan {plan.name!r} already exists") from exc
+
+    def assign(self, tenant_id: str, plan_name: str | None, at: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(plan_assignments).where(plan_assignments.c.tenant_id == tenant_id))
+            if plan_name is not None:
+                conn.execute(
+                    insert(plan_assignments).values(tenant_id=tenant_id, plan=plan_name, assigned_at=at)
+                )
+            conn.execute(insert(changes).values(kind="plan", ref=tenant_id, at=at))
+
+    def load(self, conn=None) -> tuple[dict[str, Plan], dict[str, str]]:
+        """(plans by name, plan name by tenant id)."""
+        own = conn is None
+        conn = conn or self.engine.connect()
+        try:
+            by_name = {
+                r.name: Plan(
+                    r.name,
+                    int(r.fee_nano),
+                    r.unit,
+                    int(r.five_hour_limit),
+                    int(r.weekly_limit),
+                    tuple((m, int(p)) for m, p in json.loads(r.multipliers)),
+                    r.overage,
+                )
+                for r in conn.execute(select(plans))
+            }
+            assigned = {r.tenant_id: r.plan for r in conn.execute(select(plan_assignments))}
+            return by_name, assigned
+        finally:
+            if own:
+                conn.close()
+
+    def usage_since(self, conn, since: datetime) -> list[tuple[str, datetime, int]]:
+        q = select(usage.c.tenant_id, usage.c.started_at, usage.c.plan_units).where(
+            usage.c.started_at >= since, usage.c.plan_units > 0
+        )
+        return [(r.tenant_id, r.started_at, int(r.plan_units)) for r in conn.execute(q)]

@@ -209,3 +209,27 @@ def test_cny_rate_per_period_converts_for_internal_reports(billed):
     # 0.002566 USD x 7.1 = 0.0182186 CNY, to the micro-CNY, half to even
     assert doc["internal"] == {"cny_per_usd": "7.100000", "total_cny": "0.018219"}
     assert doc["currency"] == "USD" and doc["total_usd"] == "0.002566000"
+
+
+def test_plan_fees_for_every_plan_in_force_during_the_month(billed, clock):
+    billing, _ = billed
+    issue_at = clock.now()
+    billing.create_plan("pro", "200", 1000, 10000)
+    billing.create_plan("max", "100", 1000, 10000)
+    billing.create_plan("trial", "0", 10, 100)
+    clock._now = NOV - timedelta(days=2)
+    billing.assign_plan("acme", "pro")  # in force when November starts
+    clock._now = NOV + timedelta(days=15)
+    billing.assign_plan("acme", "max")  # switched mid-month
+    clock._now = NOV + timedelta(days=20)
+    billing.assign_plan("acme", "trial")  # a free plan adds no fee
+    clock._now = issue_at + timedelta(hours=1)
+    billing.assign_plan("acme", None)  # December: not this invoice's business
+    doc = billing.issue_invoice("acme", "2026-11")
+    assert [(f["plan"], f["amount_usd"]) for f in doc["plan_fees"]] == [
+        ("pro", "200.000000000"),
+        ("max", "100.000000000"),
+    ]
+    assert doc["total_nano_usd"] == 2_566_000 + 300 * 10**9
+    assert doc["payments"]["amount_due"]["nano_usd"] == 300 * 10**9  # fees are billed, not taken from credit
+    assert "plan fee: pro" in render_csv(doc) and "Plan fee: max" in render_html(doc)

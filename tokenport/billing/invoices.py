@@ -42,6 +42,7 @@ def build_invoice(
     charges: list[Transaction],
     lots: dict[str, Lot],
     issued_at: datetime,
+    plan_fees: list[tuple[str, int]] = (),
 ) -> dict:
     """The document. Lines group billed requests by model and price; each line's amount is the sum
     of what was charged (rounded once per request, as the ledger holds it), beside the exact
@@ -94,7 +95,10 @@ def build_invoice(
                 paid["promotional_credit" if lot is not None and lot.promo else "prepaid_credit"] -= e.amount
             elif e.account.startswith("receivable:"):
                 paid["amount_due"] -= e.amount
-    total = sum(line["amount_nano_usd"] for line in out_lines)
+    fees = [{"plan": name, "amount_nano_usd": fee, "amount_usd": nano_to_usd(fee)} for name, fee in plan_fees]
+    fee_total = sum(f["amount_nano_usd"] for f in fees)
+    paid["amount_due"] += fee_total  # plan fees are billed, not taken from credit
+    total = sum(line["amount_nano_usd"] for line in out_lines) + fee_total
     return {
         "object": "invoice",
         "id": invoice_id,
@@ -104,6 +108,7 @@ def build_invoice(
         "currency": "USD",
         "issued_at": issued_at.isoformat(),
         "lines": out_lines,
+        "plan_fees": fees,
         "payments": {
             k: {"nano_usd": paid.get(k, 0), "usd": nano_to_usd(paid.get(k, 0))}
             for k in ("promotional_credit", "prepaid_credit", "amount_due")
@@ -131,6 +136,10 @@ def render_csv(doc: dict) -> str:
     w.writerow(CSV_COLUMNS)
     for line in doc["lines"]:
         w.writerow([line[c] for c in CSV_COLUMNS])
+    for fee in doc.get("plan_fees", []):
+        w.writerow(
+            [f"plan fee: {fee['plan']}", "", "", "", "", "", fee["amount_usd"], fee["amount_nano_usd"]]
+        )
     w.writerow(["total", "", "", "", "", "", doc["total_usd"], doc["total_nano_usd"]])
     return buf.getvalue()
 
@@ -142,6 +151,10 @@ def render_html(doc: dict) -> str:
         f"<td>{line['cached_tokens']}</td><td>{line['output_tokens']}</td>"
         f"<td class=n>{e(line['amount_usd'])}</td></tr>"
         for line in doc["lines"]
+    )
+    rows += "".join(
+        f"<tr><td colspan=5>Plan fee: {e(fee['plan'])}</td><td class=n>{e(fee['amount_usd'])}</td></tr>"
+        for fee in doc.get("plan_fees", [])
     )
     pays = "".join(
         f"<tr><td>{e(k.replace('_', ' '))}</td><td class=n>{e(v['usd'])}</td></tr>"

@@ -250,6 +250,7 @@ class BillingService:
             charges=charges,
             lots=lots,
             issued_at=now,
+            plan_fees=self._plan_fees(tenant.id, start, end),
         )
         rate = self.store.fx_rates().get(period)
         if rate is not None:  # for the operator's internal reports; the invoice is in USD
@@ -262,6 +263,12 @@ class BillingService:
         except InvoiceConflict:  # issued concurrently: the other run's document stands
             return _document(self.invoices.for_period(tenant.id, period)[-1])
         return {**doc, "status": "issued"}
+
+    def _plan_fees(self, tenant_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
+        """Each plan the tenant was on during the period, at its full monthly fee (no proration)."""
+        plans, _ = self.plan_store.load()
+        names = self.plan_store.plans_in_force(tenant_id, start, end)
+        return [(n, plans[n].fee_nano) for n in names if n in plans and plans[n].fee_nano]
 
     def invoice(self, invoice_id: str, tenant_id: str | None = None) -> dict:
         row = self.invoices.get(invoice_id)

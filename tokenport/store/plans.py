@@ -9,7 +9,7 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.plans import Plan
-from tokenport.store.schema import changes, plan_assignments, plans, usage
+from tokenport.store.schema import changes, plan_assignment_log, plan_assignments, plans, usage
 
 
 class PlanConflict(Exception):
@@ -40,6 +40,7 @@ class PlanStore:
                 conn.execute(
                     insert(plan_assignments).values(tenant_id=tenant_id, plan=plan_name, assigned_at=at)
                 )
+            conn.execute(insert(plan_assignment_log).values(tenant_id=tenant_id, plan=plan_name, at=at))
             conn.execute(insert(changes).values(kind="plan", ref=tenant_id, at=at))
 
     def load(self, conn=None) -> tuple[dict[str, Plan], dict[str, str]]:
@@ -64,6 +65,20 @@ class PlanStore:
         finally:
             if own:
                 conn.close()
+
+    def plans_in_force(self, tenant_id: str, start: datetime, end: datetime) -> list[str]:
+        """Every plan the tenant was on at some moment of [start, end), in order."""
+        q = (
+            select(plan_assignment_log.c.plan, plan_assignment_log.c.at)
+            .where(plan_assignment_log.c.tenant_id == tenant_id, plan_assignment_log.c.at < end)
+            .order_by(plan_assignment_log.c.at, plan_assignment_log.c.id)
+        )
+        with self.engine.connect() as conn:
+            log = conn.execute(q).all()
+        before = [r.plan for r in log if r.at <= start]
+        during = [r.plan for r in log if r.at > start]
+        names = ([before[-1]] if before else []) + during
+        return list(dict.fromkeys(n for n in names if n is not None))
 
     def usage_since(self, conn, since: datetime) -> list[tuple[str, datetime, int]]:
         q = select(usage.c.tenant_id, usage.c.started_at, usage.c.plan_units).where(

@@ -212,3 +212,13 @@ plan_assignments = Table(
     Column("plan", String(64), ForeignKey("plans.name"), nullable=False),
     Column("assigned_at", UTCDateTime(), nullable=False),
 )
+
+# Every assignment, in order (the current one is in plan_assignments): invoices need the history.
+plan_assignment_log = Table(
+    "plan_assignment_log",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("plan", String(64), nullable=True),  # null: taken off its plan
+    Column("at", UTCDateTime(), nullable=False),
+)

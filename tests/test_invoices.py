@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 from sqlalchemy import Engine
+from support.rows import usage_row as shared_usage_row
 
 from tokenport.billing.accountant import Accountant, max_cost
 from tokenport.billing.invoices import render_csv, render_html
@@ -23,37 +24,16 @@ from tokenport.tenancy.service import InvalidInput, TenancyService
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-def usage_row(
-    rid: str,
-    tenant_id: str,
-    model: str,
-    started: datetime,
-    prompt: int,
-    cached: int,
-    out: int,
-    cost: int | None,
-) -> dict:
-    return dict(
-        request_id=rid,
-        tenant_id=tenant_id,
-        key_id="key_x",
-        zone="overseas",
-        endpoint="chat",
+def usage_row(rid, tenant_id, model, started, prompt, cached, out, cost) -> dict:
+    return shared_usage_row(
+        rid,
+        tenant_id,
+        started,
         model=model,
-        backend="b",
-        stream=False,
         prompt_tokens=prompt,
         cached_tokens=cached,
         completion_tokens=out,
-        usage_source="engine",
-        finish_reason="stop",
-        status=200,
-        error_code=None,
-        ttft_ms=1,
-        duration_ms=2,
-        client_disconnected=False,
         cost_nano_usd=cost,
-        started_at=started,
         finished_at=started,
     )
 

@@ -11,6 +11,7 @@ from uuid import uuid4
 import orjson
 import pytest
 from sqlalchemy import Engine, String, Text, inspect, select, text, update
+from support.rows import usage_row
 
 from tokenport.api import admin
 from tokenport.api.views import usage_view
@@ -380,33 +381,6 @@ def test_key_cache_sees_changes_committed_out_of_id_order(postgres_server, clock
 
 
 # --- usage ------------------------------------------------------------------------------------
-
-
-def usage_row(request_id: str, tenant_id: str, started: datetime, **kw) -> dict:
-    row = dict(
-        request_id=request_id,
-        tenant_id=tenant_id,
-        key_id="key_x",
-        zone="overseas",
-        endpoint="chat",
-        model="mock-model",
-        backend="mock",
-        stream=True,
-        prompt_tokens=10,
-        cached_tokens=2,
-        completion_tokens=20,
-        usage_source="engine",
-        finish_reason="stop",
-        status=200,
-        error_code=None,
-        ttft_ms=5,
-        duration_ms=50,
-        client_disconnected=False,
-        started_at=started,
-        finished_at=started + timedelta(milliseconds=50),
-    )
-    row.update(kw)
-    return row
 
 
 def test_insert_many_is_idempotent_on_request_id(svc: TenancyService, engine: Engine) -> None:

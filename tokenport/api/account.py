@@ -32,33 +32,35 @@ def _key(request: Request):
     )
 
 
-async def balance(request: Request) -> Response:
-    try:
-        key = _key(request)
-    except ApiError as err:
-        return _error(err)
-    rt = request.app.state.runtime
+def keyed(handler):
+    """Authenticate the tenant's key; any ApiError becomes an OpenAI-shaped answer."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            return await handler(request, request.app.state.runtime, _key(request))
+        except ApiError as err:
+            return _error(err)
+
+    return endpoint
+
+
+@keyed
+async def balance(request: Request, rt, key) -> Response:
     view = await run_in_threadpool(lambda: balance_view(rt.billing_service.balance(key.tenant_name)))
-    view["held_usd"] = nano_to_usd(
-        rt.billing.accountant.held(key.tenant_id)
-    )  # money held by requests in flight
+    view["held_usd"] = nano_to_usd(rt.billing.accountant.held(key.tenant_id))  # by requests in flight
     return Response(orjson.dumps(view), media_type="application/json")
 
 
-async def usage(request: Request) -> Response:
+@keyed
+async def usage(request: Request, rt, key) -> Response:
+    q = request.query_params
+    group_by = q.get("group_by", "day")
+    if group_by not in GROUPS:
+        raise bad_request(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
     try:
-        key = _key(request)
-        q = request.query_params
-        group_by = q.get("group_by", "day")
-        if group_by not in GROUPS:
-            raise bad_request(f"'group_by' must be one of {', '.join(GROUPS)}", param="group_by")
-        try:
-            start, end = parse_since(q.get("start")), parse_since(q.get("end"))
-        except InvalidInput as exc:
-            raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
-    except ApiError as err:
-        return _error(err)
-    rt = request.app.state.runtime
+        start, end = parse_since(q.get("start")), parse_since(q.get("end"))
+    except InvalidInput as exc:
+        raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
     rows = await run_in_threadpool(rt.usage_store.grouped, key.tenant_id, group_by, start, end)
     for r in rows:
         r["cost_usd"] = nano_to_usd(r["cost_nano_usd"])
@@ -71,27 +73,19 @@ async def usage(request: Request) -> Response:
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def invoices(request: Request) -> Response:
-    try:
-        key = _key(request)
-    except ApiError as err:
-        return _error(err)
-    rt = request.app.state.runtime
+@keyed
+async def invoices(request: Request, rt, key) -> Response:
     items = await run_in_threadpool(rt.billing_service.list_invoices, key.tenant_name)
     return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
-async def invoice(request: Request) -> Response:
-    try:
-        key = _key(request)
-    except ApiError as err:
-        return _error(err)
-    rt = request.app.state.runtime
+@keyed
+async def invoice(request: Request, rt, key) -> Response:
     invoice_id = request.path_params["invoice_id"]
     try:
         doc = await run_in_threadpool(rt.billing_service.invoice, invoice_id, key.tenant_id)
     except NotFound:  # another tenant's invoice is indistinguishable from none
-        return _error(ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found"))
+        raise ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found") from None
     fmt = request.query_params.get("format", "json")
     if fmt == "csv":
         return Response(render_csv(doc), media_type="text/csv")

@@ -224,20 +224,16 @@ def _when(value: str | None, what: str, end_of_day: bool = False):
     """ISO 8601 with a zone; a bare date means midnight UTC (or the end of that day)."""
     from datetime import UTC, date, datetime, time, timedelta
 
+    from tokenport.api.admin import parse_timestamp
     from tokenport.tenancy.service import InvalidInput
 
-    if value is None:
-        return None
-    try:
-        if len(value) == 10:
+    if value is not None and len(value) == 10:
+        try:
             day = date.fromisoformat(value)
-            return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"{what} must be an ISO 8601 date or timestamp") from None
-    if dt.tzinfo is None:
-        raise InvalidInput(f"{what} must include a timezone (e.g. 2026-01-01T00:00:00Z)")
-    return dt.astimezone(UTC)
+        except ValueError:
+            raise InvalidInput(f"{what} must be an ISO 8601 date or timestamp") from None
+        return datetime.combine(day + timedelta(days=1 if end_of_day else 0), time(), UTC)
+    return parse_timestamp(value, what)
 
 
 def cmd_prices_set(args) -> int:

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenport.api.admin import parse_since
-from tokenport.api.errors import openai_error_body
+from tokenport.api.keyed import keyed
 from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
 from tokenport.billing.money import nano_to_usd
@@ -18,30 +18,6 @@ from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.tenancy.service import InvalidInput, NotFound
 
 GROUPS = ("day", "model", "key")
-
-
-def _error(err: ApiError) -> Response:
-    return Response(openai_error_body(err), err.status, media_type="application/json", headers=err.headers)
-
-
-def _key(request: Request):
-    rt = request.app.state.runtime
-    h = request.headers
-    return rt.keys.authenticate(
-        h.get("authorization", "").encode("latin-1") or None, h.get("x-api-key", "").encode("latin-1") or None
-    )
-
-
-def keyed(handler):
-    """Authenticate the tenant's key; any ApiError becomes an OpenAI-shaped answer."""
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await handler(request, request.app.state.runtime, _key(request))
-        except ApiError as err:
-            return _error(err)
-
-    return endpoint
 
 
 @keyed

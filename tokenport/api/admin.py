@@ -114,18 +114,23 @@ def usage(rt, request, body):
 
 
 def parse_since(value: str | None) -> datetime | None:
+    return parse_timestamp(value, "'since'")
+
+
+def parse_timestamp(value: str | None, what: str) -> datetime | None:
+    """ISO 8601 with a timezone, as UTC; None stays None."""
     if value is None:
         return None
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidInput("'since' must be an ISO 8601 timestamp") from None
+        raise InvalidInput(f"{what} must be an ISO 8601 timestamp") from None
     if dt.tzinfo is None:
-        raise InvalidInput("'since' must include a timezone (e.g. 2026-01-01T00:00:00Z)")
+        raise InvalidInput(f"{what} must include a timezone (e.g. 2026-01-01T00:00:00Z)")
     try:
         return dt.astimezone(UTC)
     except OverflowError:
-        raise InvalidInput("'since' is out of range") from None
+        raise InvalidInput(f"{what} is out of range") from None
 
 
 routes = [

@@ -9,8 +9,7 @@ from prometheus_client import generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenport.api.errors import openai_error_body
-from tokenport.gateway.errors import ApiError
+from tokenport.api.keyed import keyed
 
 
 def _json(obj, status: int = 200) -> Response:
@@ -41,20 +40,8 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-async def models(request: Request) -> Response:
-    rt = request.app.state.runtime
-    try:
-        key = rt.keys.authenticate(
-            request.headers.get("authorization", "").encode("latin-1") or None,
-            request.headers.get("x-api-key", "").encode("latin-1") or None,
-        )
-    except ApiError as err:
-        return Response(
-            openai_error_body(err),
-            err.status,
-            media_type="application/json",
-            headers={**err.headers, "x-should-retry": "false"},
-        )
+@keyed
+async def models(request: Request, rt, key) -> Response:
     created = int(time.time())
     data = [
         {"id": m, "object": "model", "created": created, "owned_by": "tokenport"}

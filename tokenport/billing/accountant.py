@@ -109,12 +109,7 @@ class Accountant:
         return cost, tx
 
     def _drain(self, tenant_id: str, amount: int, at: datetime) -> tuple[list[tuple[str, int]], int]:
-        available = sum(
-            self.ledger.balance(lot.account)
-            for lot in self.ledger.tenant_lots(tenant_id)
-            if not lot.expired(at)
-        )
-        take = max(0, min(available, amount))
+        take = max(0, min(self.ledger.tenant_balance(tenant_id, at), amount))
         return (self.ledger.allocate(tenant_id, take, at) if take else []), amount - take
 
     def expire_holds(self, now: datetime) -> int:

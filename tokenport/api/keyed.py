@@ -1,0 +1,30 @@
+"""Starlette endpoints called with a tenant's API key (not the hot path): authenticate it, and
+answer any ApiError in the OpenAI shape."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tokenport.api.errors import error_headers, openai_error_body
+from tokenport.gateway.errors import ApiError
+
+
+def keyed(handler):
+    """`handler(request, runtime, key)`; the key comes from `Authorization: Bearer` or `x-api-key`."""
+
+    async def endpoint(request: Request) -> Response:
+        rt = request.app.state.runtime
+        h = request.headers
+        try:
+            key = rt.keys.authenticate(
+                h.get("authorization", "").encode("latin-1") or None,
+                h.get("x-api-key", "").encode("latin-1") or None,
+            )
+            return await handler(request, rt, key)
+        except ApiError as err:
+            body = openai_error_body(err)
+            headers = {k.decode(): v.decode() for k, v in error_headers(err, body)}
+            return Response(body, err.status, headers=headers)
+
+    return endpoint

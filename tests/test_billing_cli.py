@@ -274,5 +274,5 @@ def test_ledger_verify_detects_tampering(cli: Cli) -> None:
     res = cli.run("ledger", "verify", "--json")
     assert res.returncode == 1
     report = json.loads(res.stdout)
-    assert report["ok"] is False and len(report["problems"]) == 3, report
+    assert report["ok"] is False and len(report["problems"]) == 4, report
     assert any("entries sum to 1, not 0" in p for p in report["problems"])

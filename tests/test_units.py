@@ -481,7 +481,7 @@ def test_upstream_payload_non_stream_unchanged(kind: str) -> None:
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for var in ("TOKENPORT_DATABASE_URL", "TOKENPORT_ADMIN_TOKEN", "TOKENPORT_HOME"):
+    for var in ("TOKENPORT_DATABASE_URL", "TOKENPORT_ADMIN_TOKEN", "TOKENPORT_HOME", "TOKENPORT_SHARED"):
         monkeypatch.delenv(var, raising=False)
     return monkeypatch
 
@@ -498,6 +498,7 @@ def test_settings_defaults(clean_env) -> None:
     assert s.usage_flush_ms == 200 and s.usage_batch_size == 500 and s.key_refresh_ms == 250
     assert s.engine.enabled is True
     assert s.backends == ()
+    assert s.shared is False and s.expire_credits_every_s == 300.0
 
 
 def test_settings_sections(clean_env) -> None:
@@ -516,6 +517,19 @@ def test_settings_sections(clean_env) -> None:
     assert s.default_rpm == 60
     assert (s.usage_flush_ms, s.usage_batch_size, s.key_refresh_ms) == (50, 10, 100)
     assert s.engine.enabled is False
+
+
+def test_settings_shared_mode_from_file_and_environment(clean_env) -> None:
+    data = {"cluster": {"shared": True}, "billing": {"expire_credits_every_s": 0}}
+    s = settings_from_dict(data, Path("/h"))
+    assert s.shared is True and s.expire_credits_every_s == 0
+    clean_env.setenv("TOKENPORT_SHARED", "0")
+    assert settings_from_dict(data, Path("/h")).shared is False
+    clean_env.setenv("TOKENPORT_SHARED", "yes")
+    assert settings_from_dict({}, Path("/h")).shared is True
+    clean_env.setenv("TOKENPORT_SHARED", "maybe")
+    with pytest.raises(ConfigError, match="yes/no"):
+        settings_from_dict({}, Path("/h"))
 
 
 def test_settings_backends(clean_env) -> None:

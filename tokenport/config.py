@@ -57,6 +57,8 @@ class Settings:
     usage_batch_size: int = 500
     key_refresh_ms: int = 250
     health_interval_s: float = 2.0
+    shared: bool = False  # several gateway processes on one database (see docs/billing.md)
+    expire_credits_every_s: float = 300.0  # post due credit expiries; 0 = leave it to the CLI
     engine: EngineConfig = field(default_factory=EngineConfig)
     backends: tuple[BackendConfig, ...] = ()
 
@@ -88,6 +90,8 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
     db = data.get("database", {})
     limits = data.get("limits", {})
     metering = data.get("metering", {})
+    cluster = data.get("cluster", {})
+    billing = data.get("billing", {})
     default_zone = server.get("default_zone", "overseas")
     url = os.environ.get("TOKENPORT_DATABASE_URL") or db.get("url") or f"sqlite:///{home / 'tokenport.db'}"
     engine = _engine(data.get("engine", {}))
@@ -108,9 +112,21 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         usage_batch_size=int(metering.get("batch_size", 500)),
         key_refresh_ms=int(metering.get("key_refresh_ms", 250)),
         health_interval_s=float(server.get("health_interval_s", 2.0)),
+        shared=_flag(os.environ.get("TOKENPORT_SHARED"), cluster.get("shared", False)),
+        expire_credits_every_s=float(billing.get("expire_credits_every_s", 300.0)),
         engine=engine,
         backends=backends,
     )
+
+
+def _flag(env: str | None, default) -> bool:
+    if env is None or env == "":
+        return bool(default)
+    if env.lower() in ("1", "true", "yes", "on"):
+        return True
+    if env.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"expected a yes/no value, got {env!r}")
 
 
 def _engine(raw: dict) -> EngineConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import timedelta
 
 import aiohttp
 
@@ -25,12 +26,17 @@ from tokenport.gateway.settle import Settler
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
 from tokenport.store.feed import FeedStore
+from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
 from tokenport.store.writer import BatchWriter
 from tokenport.tenancy.service import TenancyService
 
 log = logging.getLogger("tokenport")
+
+# Credit is expired this long after its date: requests that started before it (a hold lives 30
+# minutes) settle first. The CLI's `credits expire --grace-minutes` defaults to the same.
+EXPIRY_GRACE = timedelta(minutes=31)
 
 
 class Runtime:
@@ -54,6 +60,8 @@ class Runtime:
             is_transient=is_transient,
             dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
         )
+        self.shared = SharedStore(self.db) if settings.shared else None
+        self.charging = Charging(self.billing, self.shared, settings.default_rpm)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
         self.engine: EmbeddedEngine | None = None
         if settings.engine.enabled:
@@ -72,13 +80,13 @@ class Runtime:
             auto_decompress=False,
         )
         relay = Relay(self.session, self.clock.monotonic)
-        charging = Charging(self.billing)
-        limiter = RateLimiter(self.clock, self.settings.default_rpm)
-        settler = Settler(self.writer, self.metrics, self.clock, charging, limiter)
-        self.gateway = Gateway(self.keys, limiter, self.pool, charging, relay, settler)
+        limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
+        settler = Settler(self.writer, self.metrics, self.clock, self.charging, limiter)
+        self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler)
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),
             asyncio.create_task(self._expire_holds(), name="hold-expiry"),
+            asyncio.create_task(self._expire_credits(), name="credit-expiry"),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
             ),
@@ -90,7 +98,26 @@ class Runtime:
     async def _expire_holds(self) -> None:
         while True:
             await asyncio.sleep(60)
-            self.billing.accountant.expire_holds(self.clock.now())
+            if self.shared is not None:
+                with contextlib.suppress(Exception):  # retried next round
+                    await asyncio.to_thread(self.shared.purge, self.clock.now())
+            else:
+                self.billing.accountant.expire_holds(self.clock.now())
+
+    async def _expire_credits(self) -> None:
+        """Post due credit expiries (what `tokenport credits expire` does): each lot's expiry has
+        a fixed id, so several processes doing this post it once."""
+        every = self.settings.expire_credits_every_s
+        if every <= 0:
+            return
+        while True:
+            try:
+                posted = await asyncio.to_thread(self.billing_service.expire_due, EXPIRY_GRACE)
+                if posted:
+                    log.info("expired %d credit lots", len(posted))
+            except Exception as exc:
+                log.warning("credit expiry failed: %s", type(exc).__name__)
+            await asyncio.sleep(every)
 
     async def _start_engine(self) -> None:
         assert self.engine is not None and self.session is not None

@@ -23,7 +23,8 @@ GROUPS = ("day", "model", "key")
 @keyed
 async def balance(request: Request, rt, key) -> Response:
     view = await run_in_threadpool(lambda: balance_view(rt.billing_service.balance(key.tenant_name)))
-    view["held_usd"] = nano_to_usd(rt.billing.accountant.held(key.tenant_id))  # by requests in flight
+    held = await run_in_threadpool(rt.charging.held, key.tenant_id, rt.clock.now())  # requests in flight
+    view["held_usd"] = nano_to_usd(held)
     return Response(orjson.dumps(view), media_type="application/json")
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokenport.billing.ledger import InsufficientFunds, Ledger, Transaction, usage_tx
+from tokenport.billing.ledger import Ledger, Transaction, charge_tx
 from tokenport.billing.money import PICO_PER_NANO
 from tokenport.billing.prices import BillableTokens, Cost, Price, PriceBook, cost_of
 
@@ -92,25 +92,14 @@ class Accountant:
         started_at: datetime,
         at: datetime,
     ) -> tuple[Cost, Transaction | None]:
-        """Post the actual cost and release the hold. Lots usable when the request started pay
-        for it (one expiring meanwhile still does). Should the cost exceed what the lots hold (a
-        hold that was too small), the rest is charged to the tenant's receivable, never lost."""
+        """Post the actual cost (`charge_tx`) and release the hold."""
         self.release(request_id)
         cost = cost_of(tokens, price)
         if cost.nano == 0:
             return cost, None
-        try:
-            allocation = self.ledger.allocate(tenant_id, cost.nano, started_at)
-            shortfall = 0
-        except InsufficientFunds:
-            allocation, shortfall = self._drain(tenant_id, cost.nano, started_at)
-        tx = usage_tx(tx_id, tenant_id, request_id, allocation, at, shortfall=shortfall)
+        tx = charge_tx(self.ledger, tx_id, tenant_id, request_id, cost.nano, started_at, at)
         self.ledger.post(tx)
         return cost, tx
-
-    def _drain(self, tenant_id: str, amount: int, at: datetime) -> tuple[list[tuple[str, int]], int]:
-        take = max(0, min(self.ledger.tenant_balance(tenant_id, at), amount))
-        return (self.ledger.allocate(tenant_id, take, at) if take else []), amount - take
 
     def expire_holds(self, now: datetime) -> int:
         stale = [h.request_id for h in self._holds.values() if h.expires_at <= now]

@@ -142,6 +142,27 @@ def usage_tx(
     return Transaction(tx_id, "usage", tenant_id, entries, at, request_id=request_id)
 
 
+def charge_tx(
+    ledger: Ledger,
+    tx_id: str,
+    tenant_id: str,
+    request_id: str,
+    amount: int,
+    started_at: datetime,
+    at: datetime,
+) -> Transaction:
+    """Charge `amount` to the lots usable when the request started, in burn order (one expiring
+    meanwhile still pays). Should the lots hold less (a hold that was too small), the rest is
+    charged to the tenant's receivable, never lost."""
+    try:
+        allocation, shortfall = ledger.allocate(tenant_id, amount, started_at), 0
+    except InsufficientFunds:
+        take = max(0, min(ledger.tenant_balance(tenant_id, started_at), amount))
+        allocation = ledger.allocate(tenant_id, take, started_at) if take else []
+        shortfall = amount - take
+    return usage_tx(tx_id, tenant_id, request_id, allocation, at, shortfall=shortfall)
+
+
 def expiry_tx(tx_id: str, lot: Lot, remaining: int, at: datetime) -> Transaction:
     sink = FUNDING_PROMO if lot.promo else REVENUE_BREAKAGE
     entries = (Entry(lot.account, -remaining), Entry(sink, remaining))
@@ -324,3 +345,17 @@ def verify(transactions: list[Transaction], lots: list[Lot]) -> list[str]:
         if grants.get(lot.account) != [lot.amount]:
             problems.append(f"lot {lot.id} does not have exactly one grant of its amount")
     return problems
+
+
+def cache_problems(transactions: list[Transaction], cached: dict[str, int]) -> list[str]:
+    """Where a lot's cached balance differs from the sum of its entries."""
+    sums: dict[str, int] = defaultdict(int)
+    for tx in transactions:
+        for e in tx.entries:
+            if e.account.startswith("lot:"):
+                sums[e.account] += e.amount
+    return [
+        f"{account}: cached balance {value} but its entries sum to {sums.get(account, 0)}"
+        for account, value in sorted(cached.items())
+        if value != sums.get(account, 0)
+    ]

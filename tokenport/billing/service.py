@@ -12,6 +12,7 @@ from tokenport.billing.ledger import (
     Ledger,
     LedgerError,
     Lot,
+    cache_problems,
     expiry_tx,
     grant_tx,
     lot_account,
@@ -292,7 +293,9 @@ class BillingService:
 
     def verify(self) -> list[str]:
         problems = [f"transaction {t} has no entries" for t in self.store.orphans()]
-        return problems + verify(self.store.load_transactions(), self.store.load_lots())
+        transactions = self.store.load_transactions()
+        problems += verify(transactions, self.store.load_lots())
+        return problems + cache_problems(transactions, self.store.cached_remaining())
 
     def ledger(self) -> Ledger:
         """The whole ledger in memory (what a gateway process keeps for its fast path)."""

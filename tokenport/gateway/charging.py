@@ -1,32 +1,100 @@
 """Admit (money) and settle: the gateway's side of the accountant.
 
-Admission quotes the model's price and holds the most the request can cost; it answers
-403 `model_not_priced` or 429 `insufficient_quota` (with `x-should-retry: false`) before any
-upstream call. Settlement prices the engine's own counts and posts the charge.
+Admission quotes the model's price, asks whether the tenant's plan covers the request, and
+otherwise holds the most the request can cost against the key's budget and the tenant's credit.
+It answers 403 `model_not_priced`, 429 `plan_quota_exceeded`, `budget_exceeded` or
+`insufficient_quota` (with `x-should-retry: false`) before any upstream call. Settlement prices
+the engine's own counts and posts the charge.
+
+Two modes, one set of rules:
+- local (one process, the default): everything in memory, no database round trip;
+- shared (several processes on one database): one database transaction per admission, under the
+  tenant's lock (`store/shared.py`), which also applies the key's rate limits; settlement posts
+  the charge against the lots as they are then, in the usage writer's transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
-from tokenport.billing.budgets import BudgetExceeded
-from tokenport.billing.ledger import Transaction
+from tokenport.billing.budgets import BudgetExceeded, period_end, period_start
+from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.money import nano_to_usd
-from tokenport.billing.plans import Plan, ratelimit_headers, retry_after
+from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
+from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
+from tokenport.store.shared import Ask, Charge, Grant, SharedStore, View
 from tokenport.tenancy.keys import KeyRecord, new_id
+
+HOLD_TTL = timedelta(minutes=30)
+
+
+def not_priced(model: str) -> ApiError:
+    return ApiError(
+        403,
+        f"The model '{model}' has no price in force, so it cannot be served",
+        "permission_error",
+        "model_not_priced",
+        "model",
+    )
+
+
+def plan_exhausted(plan: Plan, windows: tuple[Window, Window], at: datetime) -> ApiError:
+    wait = retry_after(windows, at)
+    return ApiError(
+        429,
+        f"The '{plan.name}' plan's usage limit is reached; it resets in {wait} s.",
+        "rate_limit_error",
+        "plan_quota_exceeded",
+        headers={"retry-after": str(wait), **ratelimit_headers(windows, at)},
+    )
+
+
+def over_budget(key: KeyRecord, exc: BudgetExceeded, at: datetime) -> ApiError:
+    wait = max(1, math.ceil((exc.resets_at - at).total_seconds()))
+    return ApiError(
+        429,
+        f"This key's {key.budget_period}ly budget of {nano_to_usd(exc.budget)} USD would be exceeded "
+        f"(spent or held: {nano_to_usd(exc.spent)} USD; this request may cost up to "
+        f"{nano_to_usd(exc.needed)} USD). It resets at {exc.resets_at.isoformat()}.",
+        "insufficient_quota",
+        "budget_exceeded",
+        headers={"retry-after": str(wait)},
+    )
+
+
+def no_credit(exc: InsufficientQuota) -> ApiError:
+    return ApiError(
+        429,
+        f"Insufficient credit: this request may cost up to {nano_to_usd(exc.needed)} USD and "
+        f"{nano_to_usd(exc.available)} USD is available. Add credit, or lower max_tokens.",
+        "insufficient_quota",
+        "insufficient_quota",
+    )
+
+
+def plan_covers(plan: Plan, windows: tuple[Window, Window], at: datetime) -> bool:
+    """True while both windows have room; past them, False if overage is charged, else refused."""
+    if not any(w.exhausted for w in windows):
+        return True
+    if plan.overage == "block":
+        raise plan_exhausted(plan, windows, at)
+    return False  # overage "charge": the prepaid balance pays, like any other request
 
 
 class Charging:
-    def __init__(self, state: BillingState) -> None:
+    def __init__(self, state: BillingState, shared: SharedStore | None = None, default_rpm: int = 0) -> None:
         self.state = state
+        self.shared = shared
+        self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
 
-    def admit(
+    async def admit(
         self,
         request_id: str,
         key: KeyRecord,
@@ -37,60 +105,87 @@ class Charging:
         at: datetime,
     ) -> tuple[Price, Plan | None]:
         """The price, and the plan when the tenant's plan covers the request (nothing is held then)."""
-        acct = self.state.accountant
         try:
-            price = acct.quote(model, at)
+            price = self.state.accountant.quote(model, at)
         except ModelNotPriced:
-            raise ApiError(
-                403,
-                f"The model '{model}' has no price in force, so it cannot be served",
-                "permission_error",
-                "model_not_priced",
-                "model",
-            ) from None
+            raise not_priced(model) from None
         plan = self.state.plan_for(key.tenant_id)
-        if plan is not None:
-            windows = self.state.plan_usage.windows(plan, key.tenant_id, at)
-            if not any(w.exhausted for w in windows):
-                return price, plan
-            if plan.overage == "block":
-                wait = retry_after(windows, at)
-                raise ApiError(
-                    429,
-                    f"The '{plan.name}' plan's usage limit is reached; it resets in {wait} s.",
-                    "rate_limit_error",
-                    "plan_quota_exceeded",
-                    headers={"retry-after": str(wait), **ratelimit_headers(windows, at)},
-                )
-            # overage "charge": past the plan's limits the prepaid balance pays, as below
         # Prompt tokens are at most the body's bytes (a token covers at least one byte).
         max_out = body.get("max_tokens") or body.get("max_completion_tokens") or context
         amount = max_cost(price, min(body_size, context), min(max_out, context))
+        if self.shared is None:
+            covered = self._admit_local(request_id, key, plan, amount, at)
+        else:
+            covered = await self._admit_shared(request_id, key, plan, amount, at)
+        return price, plan if covered else None
+
+    # --- one process: in memory ---
+
+    def _admit_local(
+        self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
+    ) -> bool:
+        if plan is not None and plan_covers(plan, self.state.plan_usage.windows(plan, key.tenant_id, at), at):
+            return True
         try:
             self.state.budgets.reserve(key.id, request_id, key.budget_nano_usd, key.budget_period, amount, at)
         except BudgetExceeded as exc:
-            wait = max(1, math.ceil((exc.resets_at - at).total_seconds()))
-            raise ApiError(
-                429,
-                f"This key's {key.budget_period}ly budget of {nano_to_usd(exc.budget)} USD would be exceeded "
-                f"(spent or held: {nano_to_usd(exc.spent)} USD; this request may cost up to "
-                f"{nano_to_usd(exc.needed)} USD). It resets at {exc.resets_at.isoformat()}.",
-                "insufficient_quota",
-                "budget_exceeded",
-                headers={"retry-after": str(wait)},
-            ) from None
+            raise over_budget(key, exc, at) from None
         try:
-            acct.reserve(request_id, key.tenant_id, amount, at)
+            self.state.accountant.reserve(request_id, key.tenant_id, amount, at)
         except InsufficientQuota as exc:
             self.state.budgets.settle(key.id, request_id, None, 0, at)  # release the budget hold
-            raise ApiError(
-                429,
-                f"Insufficient credit: this request may cost up to {nano_to_usd(exc.needed)} USD and "
-                f"{nano_to_usd(exc.available)} USD is available. Add credit, or lower max_tokens.",
-                "insufficient_quota",
-                "insufficient_quota",
-            ) from None
-        return price, None
+            raise no_credit(exc) from None
+        return False
+
+    # --- several processes: one database transaction under the tenant's lock ---
+
+    async def _admit_shared(
+        self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
+    ) -> bool:
+        assert self.shared is not None
+        rpm = key.rpm_limit or self.default_rpm
+        budget = bool(key.budget_nano_usd and key.budget_period and amount > 0)
+        ask = Ask(
+            request_id,
+            key.tenant_id,
+            key.id,
+            at,
+            money=amount > 0,
+            budget=(key.budget_period, period_start(key.budget_period, at)) if budget else None,
+            rpm=rpm > 0,
+            tpm=bool(key.tpm_limit),
+            plan=plan is not None,
+        )
+        if not (ask.money or ask.rpm or ask.tpm or ask.plan):
+            return False  # nothing to hold or count: no round trip
+
+        def decide(view: View) -> Grant:
+            bucket = take_request(view.bucket, _us(at), rpm) if rpm > 0 else None
+            if key.tpm_limit:
+                check_tokens(view.tokens, int(at.timestamp()), key.tpm_limit)
+            if plan is not None:
+                usage = PlanUsage()
+                for minute, units in view.plan_minutes:
+                    usage.add(key.tenant_id, units, datetime.fromtimestamp(minute * 60, UTC))
+                if plan_covers(plan, usage.windows(plan, key.tenant_id, at), at):
+                    return Grant(bucket=bucket, covered=True)
+            if amount <= 0:
+                return Grant(bucket=bucket)
+            if budget and view.key_used + amount > key.budget_nano_usd:
+                exc = BudgetExceeded(
+                    key.budget_nano_usd, view.key_used, amount, period_end(key.budget_period, at)
+                )
+                raise over_budget(key, exc, at)
+            lots = Ledger.restore([lot for lot, _ in view.lots], {lot.account: n for lot, n in view.lots})
+            available = lots.tenant_balance(key.tenant_id, at) - view.held
+            if amount > available:
+                raise no_credit(InsufficientQuota(key.tenant_id, amount, max(available, 0)))
+            return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
+
+        grant = await asyncio.to_thread(self.shared.admit, ask, decide)
+        return grant.covered
+
+    # --- settlement ---
 
     @staticmethod
     def usage_fields(price: Price, counts: Counts) -> dict:
@@ -103,8 +198,9 @@ class Charging:
         if counts is None:
             return 0
         units = plan.units(model, counts.prompt + counts.completion)
-        self.state.plan_usage.add(key.tenant_id, units, at)
-        return units
+        if self.shared is None:
+            self.state.plan_usage.add(key.tenant_id, units, at)
+        return units  # shared mode: counted in the database with the usage record
 
     def settle(
         self,
@@ -115,14 +211,61 @@ class Charging:
         started_at: datetime,
         at: datetime,
     ) -> tuple[Cost | None, Transaction | None]:
-        """Charge what was used and release the holds (credit and key budget)."""
+        """Charge what was used and release the holds (credit and key budget). In shared mode the
+        charge is posted by `charge()`'s item, with the usage record."""
+        tokens = (
+            BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion) if counts else None
+        )
+        if self.shared is not None:
+            return (cost_of(tokens, price) if tokens else None), None
         cost = tx = None
-        if counts is None:
+        if tokens is None:
             self.state.accountant.release(request_id)
         else:
-            tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
             cost, tx = self.state.accountant.settle(
                 new_id("tx"), request_id, key.tenant_id, price, tokens, started_at, at
             )
         self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
         return cost, tx
+
+    def charge(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        price: Price | None,
+        cost: Cost | None,
+        counts: Counts | None,
+        started_at: datetime,
+        at: datetime,
+    ) -> Charge | None:
+        """Shared mode: what the usage writer does with the shared state for this request (post
+        the charge, release the hold, count the tokens), if anything."""
+        if self.shared is None:
+            return None
+        held = price is not None and not price.free  # admitted on money: a hold may exist
+        tokens = counts.prompt + counts.completion if counts is not None and key.tpm_limit else 0
+        if not held and not tokens:
+            return None
+        return Charge(
+            request_id,
+            key.tenant_id,
+            key.id,
+            at,
+            tx_id=new_id("tx") if cost is not None and cost.nano > 0 else None,
+            cost=cost.nano if cost is not None else 0,
+            started_at=started_at,
+            tokens=tokens,
+        )
+
+    def held(self, tenant_id: str, at: datetime) -> int:
+        """Money held by the tenant's requests in flight."""
+        if self.shared is None:
+            return self.state.accountant.held(tenant_id)
+        return self.shared.held(tenant_id, at)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _us(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)

@@ -63,7 +63,7 @@ class Gateway:
             self.limiter.admit_tokens(key.id, key.tpm_limit)
             backend = self.pool.route(req.model, ctx.zone)
             ctx.backend = backend.name
-            ctx.price, ctx.plan = price, plan = self.charging.admit(
+            ctx.price, ctx.plan = price, plan = await self.charging.admit(
                 ctx.request_id,
                 key,
                 req.model,

@@ -39,12 +39,16 @@ class Settler:
             return None
         finished_at = self.clock.now()
         cost = tx = plan_units = None
+        money = ctx.price if ctx.plan is None else None
         if ctx.plan is not None:  # covered by the tenant's plan: counted, not charged
             plan_units = self.charging.settle_plan(ctx.key, ctx.plan, ctx.model or "", counts, ctx.started_at)
-        elif ctx.price is not None:  # admitted: money was held; charge what was used, release the rest
+        elif money is not None:  # admitted: money was held; charge what was used, release the rest
             cost, tx = self.charging.settle(
-                ctx.request_id, ctx.key, ctx.price, counts, ctx.started_at, finished_at
+                ctx.request_id, ctx.key, money, counts, ctx.started_at, finished_at
             )
+        charge = self.charging.charge(
+            ctx.request_id, ctx.key, money, cost, counts, ctx.started_at, finished_at
+        )
         if counts is not None and ctx.key.tpm_limit:
             self.limiter.record_tokens(ctx.key.id, counts.prompt + counts.completion)
         record = UsageRecord(
@@ -71,5 +75,6 @@ class Settler:
             started_at=ctx.started_at,
             finished_at=finished_at,
         )
-        self.writer.submit({"usage": record.row(), "tx": tx})  # one database transaction for both
+        # One database transaction for the record, its charge and the counters.
+        self.writer.submit({"usage": record.row(), "tx": tx, "charge": charge})
         return record

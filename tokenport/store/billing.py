@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import groupby
 
-from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction
@@ -19,6 +19,9 @@ from tokenport.store.schema import (
     ledger_transactions,
     prices,
 )
+
+# A lot as the domain knows it; `remaining` is the store's cache of its balance.
+LOT_COLUMNS = [c for c in credit_lots.c if c.name != "remaining"]
 
 
 class BillingStore:
@@ -75,12 +78,12 @@ class BillingStore:
         if txs[0].kind == "grant":
             lot_ids = [e.account[4:] for e in txs[0].entries if e.account.startswith("lot:")]
             with self.engine.connect() as conn:
-                row = conn.execute(select(credit_lots).where(credit_lots.c.id.in_(lot_ids))).first()
+                row = conn.execute(select(*LOT_COLUMNS).where(credit_lots.c.id.in_(lot_ids))).first()
             lot = Lot(**row._mapping) if row else None
         return txs[0], lot
 
     def load_lots(self, tenant_id: str | None = None, conn=None) -> list[Lot]:
-        q = select(credit_lots).order_by(credit_lots.c.created_at, credit_lots.c.id)
+        q = select(*LOT_COLUMNS).order_by(credit_lots.c.created_at, credit_lots.c.id)
         if tenant_id is not None:
             q = q.where(credit_lots.c.tenant_id == tenant_id)
         with _conn(self.engine, conn) as c:
@@ -129,6 +132,14 @@ class BillingStore:
         with _conn(self.engine, conn) as c:
             balances = {a: int(s) for a, s in c.execute(q)}
             return self.load_lots(conn=c), balances
+
+    def cached_remaining(self) -> dict[str, int]:
+        """Each lot's cached balance (`credit_lots.remaining`), by account."""
+        with self.engine.connect() as conn:
+            return {
+                f"lot:{r.id}": int(r.remaining)
+                for r in conn.execute(select(credit_lots.c.id, credit_lots.c.remaining))
+            }
 
     def orphans(self) -> list[str]:
         """Transactions without entries (the join in load_transactions cannot see them)."""
@@ -189,6 +200,19 @@ def write_transactions(conn, txs: list[Transaction]) -> None:
         insert(ledger_entries),
         [{"tx_id": tx.id, "account": e.account, "amount": e.amount} for tx in txs for e in tx.entries],
     )
+    deltas: dict[str, int] = {}  # the lots' cached balances move with their entries
+    for tx in txs:
+        for e in tx.entries:
+            if e.account.startswith("lot:"):
+                deltas[e.account[4:]] = deltas.get(e.account[4:], 0) + e.amount
+    moves = [{"lot": lot, "delta": d} for lot, d in sorted(deltas.items()) if d]
+    if moves:
+        conn.execute(
+            update(credit_lots)
+            .where(credit_lots.c.id == bindparam("lot"))
+            .values(remaining=credit_lots.c.remaining + bindparam("delta")),
+            moves,
+        )
 
 
 @contextmanager

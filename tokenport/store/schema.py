@@ -134,6 +134,9 @@ credit_lots = Table(
     Column("promo", Boolean, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=True),
+    # A cache of the lot's balance (the sum of its entries), kept in the same database transaction
+    # as every entry; `ledger verify` checks it. Shared admission reads it under the tenant's lock.
+    Column("remaining", BigInteger, nullable=False, server_default="0"),
 )
 
 # Append-only. seq orders the ledger; request_id makes a usage charge unique; reverses makes a
@@ -221,4 +224,59 @@ plan_assignment_log = Table(
     Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False, index=True),
     Column("plan", String(64), nullable=True),  # null: taken off its plan
     Column("at", UTCDateTime(), nullable=False),
+)
+
+
+# --- shared admission: state several gateway processes agree on (see store/shared.py) -----------
+
+# Money held by requests in flight (credit, and the key's budget when it has one), in shared mode.
+holds = Table(
+    "holds",
+    metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("tenant_id", String(32), nullable=False, index=True),
+    Column("key_id", String(32), nullable=False, index=True),
+    Column("amount", BigInteger, nullable=False),  # nano-USD
+    Column("budget_period", String(8), nullable=True),  # the key budget period it counts in
+    Column("budget_start", UTCDateTime(), nullable=True),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# What each key spent per UTC day and month: a cache of its usage records' cost, kept in the same
+# database transaction as the records (in every mode, so that switching to shared mode is exact).
+key_spend = Table(
+    "key_spend",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("period", String(8), primary_key=True),  # "day" | "month"
+    Column("period_start", UTCDateTime(), primary_key=True),
+    Column("spent", BigInteger, nullable=False),
+)
+
+# Requests-per-minute token buckets: micro-requests left, as of a time in microseconds.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("micro", BigInteger, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)
+
+# Tokens settled per key per second (tokens-per-minute limits); rows older than a minute go.
+token_seconds = Table(
+    "token_seconds",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("second", BigInteger, primary_key=True),
+    Column("tokens", BigInteger, nullable=False),
+)
+
+# Plan usage per tenant per minute (weighted units), for the 5-hour and 7-day windows; kept with
+# the usage records in every mode.
+plan_minutes = Table(
+    "plan_minutes",
+    metadata,
+    Column("tenant_id", String(32), primary_key=True),
+    Column("minute", BigInteger, primary_key=True),
+    Column("units", BigInteger, nullable=False),
 )

@@ -14,7 +14,9 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.store.billing import write_transactions
-from tokenport.store.schema import ledger_transactions, tenants, usage
+from tokenport.store.counters import count_usage
+from tokenport.store.schema import tenants, usage
+from tokenport.store.shared import SharedStore
 
 _TOTAL_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens")
 
@@ -25,28 +27,29 @@ class UsageStore:
         dialect = engine.dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         # request_id is the idempotency key: a retried batch never duplicates a record.
-        self._insert = insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
+        self._insert = (
+            insert(usage).on_conflict_do_nothing(index_elements=["request_id"]).returning(usage.c.request_id)
+        )
+        self.shared = SharedStore(engine)
 
     def insert_many(self, rows: list[dict]) -> None:
         if rows:
-            with self.engine.begin() as conn:
-                conn.execute(self._insert, rows)
+            self.write_settlements([{"usage": r} for r in rows])
 
     def write_settlements(self, items: list[dict]) -> None:
-        """Usage records and their ledger transactions, in one database transaction. Idempotent:
-        a batch retried after a commit that did happen writes nothing twice."""
+        """Usage records, their ledger transactions and counters, in one database transaction.
+        Idempotent: a batch retried after a commit that did happen writes nothing twice."""
         rows = [i["usage"] for i in items]
-        txs = [i["tx"] for i in items if i.get("tx") is not None]
+        charges = [i["charge"] for i in items if i.get("charge") is not None]
         with self.engine.begin() as conn:
-            conn.execute(self._insert, rows)
-            if txs:
-                ids = [tx.id for tx in txs]
-                known = set(
-                    conn.execute(
-                        select(ledger_transactions.c.id).where(ledger_transactions.c.id.in_(ids))
-                    ).scalars()
-                )
-                write_transactions(conn, [tx for tx in txs if tx.id not in known])
+            if charges:  # shared mode: the tenants' locks first
+                self.shared.lock(conn, {c.tenant_id for c in charges})
+            new = set(conn.execute(self._insert, rows).scalars())  # the records not written before
+            txs = [i["tx"] for i in items if i.get("tx") is not None and i["usage"]["request_id"] in new]
+            write_transactions(conn, txs)
+            count_usage(conn, [r for r in rows if r["request_id"] in new])
+            if charges:
+                self.shared.settle(conn, [c for c in charges if c.request_id in new])
 
     def query(
         self,

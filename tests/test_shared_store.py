@@ -1,0 +1,256 @@
+"""Shared admission (several gateway processes on one database), against SQLite and PostgreSQL:
+the real `Charging` in shared mode over the real store, many threads at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import timedelta
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, insert, select, text
+from support.rows import usage_row
+
+from tokenport.billing.service import BillingService
+from tokenport.clock import FakeClock
+from tokenport.gateway.billing import BillingState
+from tokenport.gateway.charging import Charging
+from tokenport.gateway.errors import ApiError
+from tokenport.gateway.sse import Counts
+from tokenport.store.billing import BillingStore
+from tokenport.store.db import MIGRATIONS, connect
+from tokenport.store.feed import snapshot
+from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, usage
+from tokenport.store.shared import SharedStore
+from tokenport.store.tenants import TenantStore
+from tokenport.store.usage import UsageStore
+from tokenport.tenancy.keys import KeyRecord
+from tokenport.tenancy.service import TenancyService
+
+BODY = {"max_tokens": 100}
+# 100 body bytes x $0.30/M + 100 output tokens x $1.20/M = 150,000 nano-USD held per request.
+HOLD = 150_000
+
+
+class Harness:
+    def __init__(self, engine: Engine, clock: FakeClock) -> None:
+        self.engine, self.clock = engine, clock
+        self.tenancy = TenancyService(TenantStore(engine), "overseas", clock)
+        self.billing = BillingService(BillingStore(engine), self.tenancy, clock)
+        self.usage = UsageStore(engine)
+        self.tenant = self.tenancy.create_tenant("acme")
+        self.billing.set_price("m", "0.30", "1.20", effective_from=clock.now() - timedelta(days=1))
+        self.state = BillingState(BillingStore(engine), self.usage, clock)
+        with snapshot(engine) as conn:
+            self.state.load(conn)
+        self.shared = SharedStore(engine)
+        self.charging = Charging(self.state, self.shared)
+
+    def key(self, key_id: str = "key_a", **limits) -> KeyRecord:
+        limits.setdefault("rpm_limit", None)
+        return KeyRecord(key_id, self.tenant.id, "acme", "overseas", "h", revoked=False, **limits)
+
+    def admit(self, request_id: str, key: KeyRecord) -> str:
+        try:
+            asyncio.run(self.charging.admit(request_id, key, "m", BODY, 100, 1000, self.clock.now()))
+            return "ok"
+        except ApiError as exc:
+            return exc.code or str(exc.status)
+
+    def settle(self, request_id: str, key: KeyRecord, prompt: int = 10, completion: int = 20) -> int:
+        """What the settler hands the writer for a finished request; returns its cost."""
+        now = self.clock.now()
+        price = self.state.accountant.quote("m", now)
+        counts = Counts(prompt=prompt, completion=completion)
+        cost, tx = self.charging.settle(request_id, key, price, counts, now, now)
+        assert tx is None  # shared mode: the writer posts the charge
+        charge = self.charging.charge(request_id, key, price, cost, counts, now, now)
+        row = usage_row(request_id, self.tenant.id, now, key_id=key.id, cost_nano_usd=cost.nano)
+        self.item = {"usage": row, "tx": None, "charge": charge}
+        self.usage.write_settlements([self.item])
+        return cost.nano
+
+
+@pytest.fixture
+def h(engine: Engine, clock: FakeClock) -> Harness:
+    return Harness(engine, clock)
+
+
+def test_concurrent_admissions_hold_exactly_what_the_credit_covers(h: Harness) -> None:
+    h.billing.grant("acme", "0.00075")  # five holds
+    key = h.key()
+    results: list[str] = []
+    go = threading.Barrier(20)
+
+    def one(i: int) -> None:
+        go.wait()
+        results.append(h.admit(f"req_{i}", key))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(results) == ["insufficient_quota"] * 15 + ["ok"] * 5
+    assert h.shared.held(h.tenant.id, h.clock.now()) == 5 * HOLD
+
+
+def test_settlement_charges_the_lots_releases_the_hold_and_is_idempotent(h: Harness) -> None:
+    lot = h.billing.grant("acme", "1")
+    key = h.key(budget_nano_usd=10**9, budget_period="day")
+    assert h.admit("req_1", key) == "ok"
+    assert h.shared.held(h.tenant.id, h.clock.now()) == HOLD
+    cost = h.settle("req_1", key)
+    assert cost == 27_000
+    h.usage.write_settlements([h.item])  # a retried batch writes nothing twice
+    with h.engine.connect() as conn:
+        charges = conn.execute(
+            select(ledger_transactions.c.id).where(ledger_transactions.c.kind == "usage")
+        ).all()
+        remaining = conn.execute(
+            select(credit_lots.c.remaining).where(credit_lots.c.id == lot.id)
+        ).scalar_one()
+        spend = dict(conn.execute(select(key_spend.c.period, key_spend.c.spent)).all())
+    assert len(charges) == 1
+    assert remaining == 10**9 - cost
+    assert spend == {"day": cost, "month": cost}
+    assert h.shared.held(h.tenant.id, h.clock.now()) == 0
+    assert h.billing.balance("acme").available == 10**9 - cost
+    assert h.billing.verify() == []
+
+
+def test_a_key_budget_counts_spend_and_holds(h: Harness) -> None:
+    h.billing.grant("acme", "1")
+    key = h.key(budget_nano_usd=2 * HOLD + 27_000, budget_period="day")
+    assert h.admit("req_1", key) == "ok"
+    assert h.admit("req_2", key) == "ok"
+    assert h.admit("req_3", key) == "budget_exceeded"
+    h.settle("req_1", key)  # 27,000 spent, 150,000 released: exactly room for one more hold
+    assert h.admit("req_3", key) == "ok"
+    assert h.admit("req_4", key) == "budget_exceeded"
+    h.clock.advance(24 * 3600)  # a new day: spend starts again (yesterday's holds still count)
+    h.settle("req_2", key)
+    h.settle("req_3", key)
+    assert h.admit("req_5", key) == "ok"
+
+
+def test_an_abandoned_hold_expires(h: Harness) -> None:
+    h.billing.grant("acme", "0.00015")  # one hold
+    key = h.key()
+    assert h.admit("req_1", key) == "ok"  # and never settled (a crash)
+    assert h.admit("req_2", key) == "insufficient_quota"
+    h.clock.advance(29 * 60)
+    assert h.admit("req_2", key) == "insufficient_quota"
+    h.clock.advance(61)
+    assert h.admit("req_2", key) == "ok"
+
+
+def test_tokens_per_minute_count_what_every_process_settled(h: Harness) -> None:
+    h.billing.grant("acme", "1")
+    key = h.key(tpm_limit=50)
+    assert h.admit("req_1", key) == "ok"
+    h.settle("req_1", key)  # 30 tokens
+    assert h.admit("req_2", key) == "ok"
+    h.settle("req_2", key)  # 60 tokens in the last minute
+    assert h.admit("req_3", key) == "rate_limit_exceeded"
+    h.clock.advance(61)
+    assert h.admit("req_3", key) == "ok"
+
+
+def test_requests_per_minute_refill_under_an_injected_clock(h: Harness) -> None:
+    key = h.key(rpm_limit=2)
+    h.billing.grant("acme", "1")
+    assert [h.admit(f"r{i}", key) for i in range(3)] == ["ok", "ok", "rate_limit_exceeded"]
+    h.clock.advance(29)
+    assert h.admit("r3", key) == "rate_limit_exceeded"
+    h.clock.advance(1)  # 30 s: one request refilled
+    assert [h.admit("r4", key), h.admit("r5", key)] == ["ok", "rate_limit_exceeded"]
+
+
+def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clock: FakeClock) -> None:
+    """A database from before shared mode: lot balances and key spend are computed once."""
+    engine = connect(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    now = clock.now()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+    tenant = TenancyService(TenantStore(engine), "overseas", clock).create_tenant("old")
+    with engine.begin() as conn:  # as 0007 wrote them: a grant of $2, $0.5 spent, one usage record
+        conn.execute(
+            text(
+                "INSERT INTO credit_lots (id, tenant_id, amount, promo, created_at) "
+                "VALUES (:l, :t, :a, :p, :c)"
+            ),
+            {"l": "lot_old", "t": tenant.id, "a": 2 * 10**9, "p": False, "c": now},
+        )
+        for tx, kind, entries in (
+            ("tx_g", "grant", [("funding:paid", -2 * 10**9), ("lot:lot_old", 2 * 10**9)]),
+            ("tx_u", "usage", [("lot:lot_old", -(10**9) // 2), ("revenue:usage", 10**9 // 2)]),
+        ):
+            conn.execute(
+                insert(ledger_transactions).values(
+                    id=tx,
+                    kind=kind,
+                    tenant_id=tenant.id,
+                    created_at=now,
+                    request_id="req_old" if kind == "usage" else None,
+                )
+            )
+            conn.execute(
+                insert(ledger_entries), [{"tx_id": tx, "account": a, "amount": n} for a, n in entries]
+            )
+        row = usage_row("req_old", tenant.id, now, key_id="key_old", cost_nano_usd=10**9 // 2)
+        conn.execute(insert(usage), [row])
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    with engine.connect() as conn:
+        remaining = conn.execute(
+            select(credit_lots.c.remaining).where(credit_lots.c.id == "lot_old")
+        ).scalar_one()
+        spend = dict(conn.execute(select(key_spend.c.period, key_spend.c.spent)).all())
+    assert remaining == 15 * 10**8
+    assert spend == {"day": 10**9 // 2, "month": 10**9 // 2}
+    engine.dispose()
+
+
+def test_a_running_server_expires_credit_by_itself(tmp_path, clock: FakeClock) -> None:
+    """The runtime's expiry task posts what `credits expire` would, 31 minutes after the date."""
+    from tokenport.config import settings_from_dict
+    from tokenport.runtime import Runtime
+
+    settings = settings_from_dict(
+        {"engine": {"enabled": False}, "billing": {"expire_credits_every_s": 0.02}}, tmp_path
+    )
+    rt = Runtime(settings, clock, say=lambda _: None)
+    rt.tenancy.create_tenant("lapsing")
+    lot = rt.billing_service.grant("lapsing", "3", promo=True, expires_at=clock.now() + timedelta(days=1))
+
+    async def run_until(predicate, timeout: float = 5.0) -> bool:
+        task = asyncio.create_task(rt._expire_credits())
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + timeout
+            while loop.time() < end:
+                if predicate():
+                    return True
+                await asyncio.sleep(0.02)
+            return False
+        finally:
+            task.cancel()
+
+    def expired() -> bool:
+        return rt.billing_service.balance("lapsing").lots[0].remaining == 0
+
+    clock.advance(24 * 3600 + 30 * 60)  # past the date, within the grace period: not yet
+    assert asyncio.run(run_until(expired, 0.3)) is False
+    clock.advance(2 * 60)
+    assert asyncio.run(run_until(expired)) is True
+    txs = [tx for tx in rt.billing_service.store.load_transactions() if tx.kind == "expiry"]
+    assert [tx.id for tx in txs] == [f"exp_{lot.id}"]
+    assert rt.billing_service.verify() == []
+    rt.db.dispose()

@@ -1,0 +1,220 @@
+"""Admission state shared by several gateway processes, in the database (shared mode).
+
+One tenant's admissions and settlements are serialised by a lock per tenant: a transaction-level
+advisory lock on PostgreSQL; on SQLite the first statement of each transaction is a write, which
+takes the database's write lock. Under it, admission reads what it needs (the lots' cached
+balances, the holds, the key's spend and rate counters, the plan's usage), lets the caller decide,
+and writes the hold; settlement allocates each charge over the lots as they are then, posts it and
+deletes the hold, in the same database transaction as the usage records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from tokenport.billing.ledger import Ledger, Lot, charge_tx
+from tokenport.store.billing import LOT_COLUMNS, write_transactions
+from tokenport.store.counters import count_tokens, minute_of
+from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, rate_buckets, token_seconds
+
+WEEK_MINUTES = 7 * 24 * 60
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What one admission needs to read."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    at: datetime
+    money: bool = False  # the tenant's lots and holds
+    budget: tuple[str, datetime] | None = None  # (period, start): the key's spend and holds in it
+    rpm: bool = False
+    tpm: bool = False
+    plan: bool = False
+
+
+@dataclass
+class View:
+    """The shared state one admission decides on, read under the tenant's lock."""
+
+    lots: list[tuple[Lot, int]] = field(default_factory=list)  # (lot, balance)
+    held: int = 0  # the tenant's active holds
+    key_used: int = 0  # the key's spend in the budget period plus its active holds there
+    bucket: tuple[int, int] | None = None  # (micro-requests left, as of this microsecond)
+    tokens: list[tuple[int, int]] = field(default_factory=list)  # (second, tokens), last minute
+    plan_minutes: list[tuple[int, int]] = field(default_factory=list)  # (minute, units), last 7 days
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What an admission decided: the hold to write, the key's new rate bucket, plan coverage."""
+
+    hold: int = 0
+    expires_at: datetime | None = None
+    bucket: tuple[int, int] | None = None
+    covered: bool = False  # the tenant's plan covers the request
+
+
+@dataclass(frozen=True)
+class Charge:
+    """What settlement does with the shared state for one request (with its usage record)."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
+    finished_at: datetime
+    tx_id: str | None = None  # post a usage charge of `cost`, from the lots usable at `started_at`
+    cost: int = 0
+    started_at: datetime | None = None
+    tokens: int = 0  # for the key's tokens-per-minute window
+
+
+class SharedStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pg = engine.dialect.name == "postgresql"
+        self._insert = pg_insert if self.pg else sqlite_insert
+
+    def lock(self, conn: Connection, tenant_ids: Iterable[str]) -> None:
+        """Serialise per tenant, always in the same order (no deadlocks). A no-op on SQLite, whose
+        write lock covers the database."""
+        if self.pg:
+            for tenant_id in sorted(set(tenant_ids)):
+                conn.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                    {"k": "tokenport.tenant." + tenant_id},
+                )
+
+    # --- admission ---
+
+    def admit(self, ask: Ask, decide: Callable[[View], Grant]) -> Grant:
+        """Read the view under the tenant's lock, let `decide` grant or refuse (it raises), write
+        what it granted. A refusal writes nothing."""
+        with self.engine.begin() as conn:
+            self.lock(conn, [ask.tenant_id])
+            # Expired holds go (on SQLite this first write also takes the write lock).
+            conn.execute(
+                delete(holds).where(holds.c.tenant_id == ask.tenant_id, holds.c.expires_at <= ask.at)
+            )
+            grant = decide(self._view(conn, ask))
+            if grant.bucket is not None:
+                micro, at_us = grant.bucket
+                stmt = self._insert(rate_buckets).values(key_id=ask.key_id, micro=micro, at_us=at_us)
+                conn.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=["key_id"], set_={"micro": micro, "at_us": at_us}
+                    )
+                )
+            if grant.hold > 0:
+                period, start = ask.budget or (None, None)
+                conn.execute(
+                    insert(holds).values(
+                        request_id=ask.request_id,
+                        tenant_id=ask.tenant_id,
+                        key_id=ask.key_id,
+                        amount=grant.hold,
+                        budget_period=period,
+                        budget_start=start,
+                        expires_at=grant.expires_at,
+                    )
+                )
+            return grant
+
+    def _view(self, conn: Connection, ask: Ask) -> View:
+        view = View()
+        active = holds.c.expires_at > ask.at
+        if ask.money:
+            view.lots = self._lots(conn, [ask.tenant_id])
+            q = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+                holds.c.tenant_id == ask.tenant_id, active
+            )
+            view.held = int(conn.execute(q).scalar_one())
+        if ask.budget is not None:
+            period, start = ask.budget
+            spent = conn.execute(
+                select(key_spend.c.spent).where(
+                    key_spend.c.key_id == ask.key_id,
+                    key_spend.c.period == period,
+                    key_spend.c.period_start == start,
+                )
+            ).scalar()
+            held = conn.execute(
+                select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+                    holds.c.key_id == ask.key_id,
+                    holds.c.budget_period == period,
+                    holds.c.budget_start == start,
+                    active,
+                )
+            ).scalar_one()
+            view.key_used = int(spent or 0) + int(held)
+        if ask.rpm:
+            q = select(rate_buckets.c.micro, rate_buckets.c.at_us).where(rate_buckets.c.key_id == ask.key_id)
+            row = conn.execute(q).first()
+            view.bucket = (int(row.micro), int(row.at_us)) if row else None
+        if ask.tpm:
+            floor = int(ask.at.timestamp()) - 60
+            t = token_seconds
+            conn.execute(delete(t).where(t.c.key_id == ask.key_id, t.c.second <= floor))
+            q = select(t.c.second, t.c.tokens).where(t.c.key_id == ask.key_id).order_by(t.c.second)
+            view.tokens = [(int(s), int(n)) for s, n in conn.execute(q)]
+        if ask.plan:
+            p = plan_minutes
+            floor = minute_of(ask.at) - WEEK_MINUTES
+            q = select(p.c.minute, p.c.units).where(p.c.tenant_id == ask.tenant_id, p.c.minute > floor)
+            view.plan_minutes = [(int(m), int(u)) for m, u in conn.execute(q)]
+        return view
+
+    def _lots(self, conn: Connection, tenant_ids: list[str]) -> list[tuple[Lot, int]]:
+        q = select(*LOT_COLUMNS, credit_lots.c.remaining).where(credit_lots.c.tenant_id.in_(tenant_ids))
+        out = []
+        for r in conn.execute(q):
+            m = dict(r._mapping)
+            remaining = int(m.pop("remaining"))
+            out.append((Lot(**m), remaining))
+        return out
+
+    def held(self, tenant_id: str, at: datetime) -> int:
+        q = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
+            holds.c.tenant_id == tenant_id, holds.c.expires_at > at
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def purge(self, at: datetime) -> None:
+        """Drop expired holds and counters no window can see (admission also drops its own)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(holds).where(holds.c.expires_at <= at))
+            conn.execute(delete(token_seconds).where(token_seconds.c.second <= int(at.timestamp()) - 60))
+            conn.execute(delete(plan_minutes).where(plan_minutes.c.minute <= minute_of(at) - WEEK_MINUTES))
+
+    # --- settlement, inside the usage writer's database transaction ---
+
+    def settle(self, conn: Connection, charges: list[Charge]) -> None:
+        """Post each charge against the lots as they are now, release the holds, count the tokens.
+        The caller holds the tenants' locks and passes only charges whose record is new."""
+        conn.execute(delete(holds).where(holds.c.request_id.in_([c.request_id for c in charges])))
+        money = [c for c in charges if c.tx_id is not None and c.cost > 0]
+        lots: dict[str, list[tuple[Lot, int]]] = {c.tenant_id: [] for c in money}
+        for lot, remaining in self._lots(conn, sorted(lots)) if money else []:
+            lots[lot.tenant_id].append((lot, remaining))
+        ledgers = {
+            t: Ledger.restore([lot for lot, _ in ls], {lot.account: n for lot, n in ls})
+            for t, ls in lots.items()
+        }
+        txs = []
+        for c in money:
+            tx = charge_tx(
+                ledgers[c.tenant_id], c.tx_id, c.tenant_id, c.request_id, c.cost, c.started_at, c.finished_at
+            )
+            ledgers[c.tenant_id].post(tx)
+            txs.append(tx)
+        write_transactions(conn, txs)
+        count_tokens(conn, [(c.key_id, c.finished_at, c.tokens) for c in charges if c.tokens])

@@ -102,11 +102,13 @@ def start_mock(home: Path, chunk_delay_ms: float) -> tuple[subprocess.Popen[str]
     raise RuntimeError(f"mock engine did not start; see {home / 'mock.log'}")
 
 
-def write_config(home: Path, mock_url: str) -> Path:
+def write_config(home: Path, mock_url: str, database_url: str | None = None, shared: bool = False) -> Path:
     cfg = home / "tokenport.toml"
     cfg.write_text(
         "[engine]\nenabled = false\n\n"
-        f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n'
+        + (f'[database]\nurl = "{database_url}"\n\n' if database_url else "")
+        + ("[cluster]\nshared = true\n\n" if shared else "")
+        + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n'
     )
     return cfg
 
@@ -318,6 +320,8 @@ def report(
         f"segments after {args.warmup:g} s warm-up; latency counted from the scheduled send time",
         f"- loadgen, mock and gateway share this machine; loadgen used {lg_cpu:.0f}% of one core "
         f"over {wall:.0f} s",
+        f"- database: {(args.database_url or 'sqlite').split(':', 1)[0]}; admission: "
+        + ("shared mode (a database transaction per request)" if args.shared else "one process, in memory"),
         "",
         "| mode | rate | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 | added p99 | "
         "added TTFT p50 / p99 | errors direct / gw | gw RSS (peak) MiB | gw CPU % |",
@@ -382,6 +386,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="mock delay between tokens")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME (logs, DB)")
+    ap.add_argument("--database-url", help="an empty database (default: SQLite in the temporary home)")
+    ap.add_argument("--shared", action="store_true", help="shared mode: admission in the database")
     a = ap.parse_args(argv)
     a.rates = [float(r) for r in a.rates.split(",") if r]
     if a.quick:
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"TOKENPORT_HOME={home}")
         mock, mock_url = start_mock(home, args.chunk_delay_ms)
         log(f"mock engine at {mock_url}")
-        cfg = write_config(home, mock_url)
+        cfg = write_config(home, mock_url, args.database_url, args.shared)
         port = free_port()
         gw_url = f"http://127.0.0.1:{port}"
         # tenant and key first: the CLI migrates the fresh database before the server opens it

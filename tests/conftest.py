@@ -39,13 +39,20 @@ def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 @pytest.fixture
-def engine(database_url: str):
-    """A migrated database (SQLite, then PostgreSQL), disposed of afterwards."""
+def engine(database_url: str, request: pytest.FixtureRequest):
+    """A migrated database (SQLite, then PostgreSQL), disposed of afterwards. Whatever a test did
+    to it, its ledger must still verify (unless the test is marked `tampers`)."""
+    from tokenport.billing.service import BillingService
+    from tokenport.store.billing import BillingStore
     from tokenport.store.db import open_database
 
     eng = open_database(database_url)
     yield eng
-    eng.dispose()
+    try:
+        if request.node.get_closest_marker("tampers") is None:
+            assert BillingService(BillingStore(eng), None).verify() == [], "the ledger no longer verifies"
+    finally:
+        eng.dispose()
 
 
 @pytest.fixture
@@ -80,6 +87,7 @@ def engine_server(tmp_path_factory, default_model) -> Iterator[LiveServer]:
     )
     yield server
     server.stop()
+    server.verify_ledger()
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +103,4 @@ def mock_server(tmp_path_factory, mock_engine) -> Iterator[LiveServer]:
     server = start_server(tmp_path_factory.mktemp("mock-home"), mock_config(mock_engine.url))
     yield server
     server.stop()
+    server.verify_ledger()  # after every billing test that ran against it

@@ -18,6 +18,7 @@ from tokenport.billing.ledger import (
     FUNDING_PAID,
     FUNDING_PROMO,
     REVENUE_BREAKAGE,
+    REVENUE_PLANS,
     REVENUE_USAGE,
     DuplicateCharge,
     Entry,
@@ -27,6 +28,8 @@ from tokenport.billing.ledger import (
     Lot,
     Transaction,
     expiry_tx,
+    fee_tx,
+    fee_tx_id,
     grant_tx,
     reversal_tx,
     usage_tx,
@@ -822,3 +825,17 @@ def test_verify_catches_a_lot_without_its_grant() -> None:
     orphan = _lot("c", amount=5)
     _problems_with(txs, [*lots, orphan], "lot c does not have exactly one grant of its amount")
     _problems_with(txs, [lots[1]], "names unknown lot:a")  # entries for a lot that is gone
+
+
+def test_a_plan_fee_is_owed_by_its_tenant_and_earns_plan_revenue() -> None:
+    txs, lots = _sound()
+    fee = fee_tx(fee_tx_id("t1", "2026-11", "pro"), "t1", 200, T0)
+    assert fee_tx_id("t1", "2026-11", "pro") == fee.id != fee_tx_id("t1", "2026-12", "pro")
+    assert verify([*txs, fee], lots) == []
+    assert _final_balances([fee]) == {"receivable:t1": -200, REVENUE_PLANS: 200}
+    paid_from_credit = dataclasses.replace(
+        fee, id="f2", entries=(Entry("lot:a", -1), Entry(REVENUE_PLANS, 1))
+    )
+    _problems_with([*txs, paid_from_credit], lots, "a fee moves anything but the tenant's receivable")
+    with pytest.raises(LedgerError):
+        fee_tx("f3", "t1", 0, T0)

@@ -414,6 +414,7 @@ def _entry_id(engine: Engine, tx_id: str, account_prefix: str) -> int:
         ).scalar_one()
 
 
+@pytest.mark.tampers
 def test_verify_reports_a_changed_entry_amount(billing: BillingService, engine: Engine, sound) -> None:
     entry = _entry_id(engine, "u1", "lot:")
     with engine.begin() as conn:
@@ -422,6 +423,7 @@ def test_verify_reports_a_changed_entry_amount(billing: BillingService, engine: 
     assert any("u1" in p and "entries sum to" in p for p in problems), problems
 
 
+@pytest.mark.tampers
 def test_verify_reports_a_deleted_entry(billing: BillingService, engine: Engine, sound) -> None:
     entry = _entry_id(engine, "u1", "revenue:")
     with engine.begin() as conn:
@@ -430,6 +432,7 @@ def test_verify_reports_a_deleted_entry(billing: BillingService, engine: Engine,
     assert any("u1" in p and "entries sum to" in p for p in problems), problems
 
 
+@pytest.mark.tampers
 def test_verify_reports_a_transaction_without_entries(billing: BillingService, engine: Engine, sound) -> None:
     with engine.begin() as conn:
         conn.execute(
@@ -440,6 +443,7 @@ def test_verify_reports_a_transaction_without_entries(billing: BillingService, e
     assert billing.verify() == ["transaction tx_empty has no entries"]
 
 
+@pytest.mark.tampers
 def test_verify_reports_a_changed_lot_amount(billing: BillingService, engine: Engine, sound) -> None:
     with engine.begin() as conn:
         conn.execute(update(credit_lots).where(credit_lots.c.id == sound["lot"]).values(amount=100 * USD))

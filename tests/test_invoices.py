@@ -213,3 +213,15 @@ def test_plan_fees_for_every_plan_in_force_during_the_month(billed, clock):
     assert doc["total_nano_usd"] == 2_566_000 + 300 * 10**9
     assert doc["payments"]["amount_due"]["nano_usd"] == 300 * 10**9  # fees are billed, not taken from credit
     assert "plan fee: pro" in render_csv(doc) and "Plan fee: max" in render_html(doc)
+
+    # The fees are in the ledger, owed by the tenant, once: re-issuing after a void posts nothing new.
+    tenant_id = doc["tenant"]["id"]
+    owed = {f"receivable:{tenant_id}": -300 * 10**9, "revenue:plans": 300 * 10**9}
+    assert billing.store.account_balances(list(owed)) == owed
+    fees = [tx for tx in billing.store.load_transactions(tenant_id) if tx.kind == "fee"]
+    assert sorted(tx.id for tx in fees) == sorted(f["ledger_tx"] for f in doc["plan_fees"])
+    billing.void_invoice(doc["id"], "wrong address")
+    again = billing.issue_invoice("acme", "2026-11")
+    assert again["number"].endswith("-2") and again["plan_fees"] == doc["plan_fees"]
+    assert billing.store.account_balances(list(owed)) == owed
+    assert billing.verify() == []

@@ -36,6 +36,7 @@ def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, L
     yield a, b
     for server in (a, b):
         assert server.stop() == 0, server.log()
+    a.verify_ledger()
 
 
 def _available(server: LiveServer, tenant: str) -> int:

@@ -150,6 +150,11 @@ class LiveServer:
                 self.proc.wait()
         return self.proc.returncode
 
+    def verify_ledger(self) -> None:
+        """`tokenport ledger verify` on the server's database: every invariant still holds."""
+        res = self.cli("ledger", "verify", check=False)
+        assert res.returncode == 0, f"ledger verify failed after the tests:\n{res.stdout}{res.stderr}"
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

@@ -6,7 +6,9 @@ Accounts (the balance of an account is the sum of its entries):
 - `funding:promo`       promotional credit given away (goes negative as promos are granted)
 - `revenue:usage`       tokens sold
 - `revenue:breakage`    paid credit that expired unused
-- `receivable:<tenant>` what a tenant owes beyond its credit (only if a hold was too small)
+- `revenue:plans`       plan fees
+- `receivable:<tenant>` what a tenant owes: plan fees, and usage beyond its credit (only if a
+                        hold was too small)
 
 Every transaction sums to zero. Mistakes are corrected by a reversal (the negated entries),
 never by editing. A usage debit names its request id and can exist once.
@@ -14,6 +16,7 @@ never by editing. A usage debit names its request id and can exist once.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,7 +25,8 @@ FUNDING_PAID = "funding:paid"
 FUNDING_PROMO = "funding:promo"
 REVENUE_USAGE = "revenue:usage"
 REVENUE_BREAKAGE = "revenue:breakage"
-KINDS = ("grant", "usage", "expiry", "reversal")
+REVENUE_PLANS = "revenue:plans"
+KINDS = ("grant", "usage", "expiry", "reversal", "fee")
 
 
 class LedgerError(ValueError):
@@ -76,6 +80,10 @@ class Transaction:
             p.append("usage without a request id")
         if self.kind == "reversal" and not self.reverses:
             p.append("reversal without the transaction it reverses")
+        if self.kind == "fee" and sorted(e.account for e in self.entries) != sorted(
+            (REVENUE_PLANS, receivable_account(self.tenant_id))
+        ):
+            p.append("a fee moves anything but the tenant's receivable and plan revenue")
         return p
 
     def check(self) -> Transaction:
@@ -161,6 +169,17 @@ def charge_tx(
         allocation = ledger.allocate(tenant_id, take, started_at) if take else []
         shortfall = amount - take
     return usage_tx(tx_id, tenant_id, request_id, allocation, at, shortfall=shortfall)
+
+
+def fee_tx_id(tenant_id: str, period: str, plan: str) -> str:
+    """The fixed id of a plan's fee for a month: posting it twice is refused by the store."""
+    return "fee_" + hashlib.sha256(f"{tenant_id}|{period}|{plan}".encode()).hexdigest()[:28]
+
+
+def fee_tx(tx_id: str, tenant_id: str, amount: int, at: datetime) -> Transaction:
+    """A plan fee, billed: the tenant owes it (receivable), plan revenue earns it."""
+    entries = (Entry(receivable_account(tenant_id), -amount), Entry(REVENUE_PLANS, amount))
+    return Transaction(tx_id, "fee", tenant_id, entries, at).check()
 
 
 def expiry_tx(tx_id: str, lot: Lot, remaining: int, at: datetime) -> Transaction:

@@ -14,6 +14,8 @@ from tokenport.billing.ledger import (
     Lot,
     cache_problems,
     expiry_tx,
+    fee_tx,
+    fee_tx_id,
     grant_tx,
     lot_account,
     verify,
@@ -253,14 +255,17 @@ class BillingService:
             issued_at=now,
             plan_fees=self._plan_fees(tenant.id, start, end),
         )
+        for fee in doc["plan_fees"]:  # each fee is posted once, whatever the generation
+            fee["ledger_tx"] = fee_tx_id(tenant.id, period, fee["plan"])
         rate = self.store.fx_rates().get(period)
         if rate is not None:  # for the operator's internal reports; the invoice is in USD
             doc["internal"] = {
                 "cny_per_usd": f"{rate / 10**6:.6f}",
                 "total_cny": nano_usd_to_cny(doc["total_nano_usd"], rate),
             }
+        fees = [fee_tx(f["ledger_tx"], tenant.id, f["amount_nano_usd"], now) for f in doc["plan_fees"]]
         try:
-            self.invoices.insert(doc, tenant.id, generation, now)
+            self.invoices.insert(doc, tenant.id, generation, now, fees)
         except InvoiceConflict:  # issued concurrently: the other run's document stands
             return _document(self.invoices.for_period(tenant.id, period)[-1])
         return {**doc, "status": "issued"}

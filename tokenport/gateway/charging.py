@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
@@ -33,6 +34,7 @@ from tokenport.store.shared import Ask, Charge, Grant, SharedStore, View
 from tokenport.tenancy.keys import KeyRecord, new_id
 
 HOLD_TTL = timedelta(minutes=30)
+ADMISSION_THREADS = 8  # shared mode; the database pool allows for them (store/db.py)
 
 
 def not_priced(model: str) -> ApiError:
@@ -93,6 +95,9 @@ class Charging:
         self.state = state
         self.shared = shared
         self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
+        # Shared admissions wait on the database (and on other processes' locks): their own
+        # threads, so that they never starve the loop's other work (the change feed, the API).
+        self._pool = ThreadPoolExecutor(ADMISSION_THREADS, "admission") if shared is not None else None
 
     async def admit(
         self,
@@ -182,7 +187,8 @@ class Charging:
                 raise no_credit(InsufficientQuota(key.tenant_id, amount, max(available, 0)))
             return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
 
-        grant = await asyncio.to_thread(self.shared.admit, ask, decide)
+        loop = asyncio.get_running_loop()
+        grant = await loop.run_in_executor(self._pool, self.shared.admit, ask, decide)
         return grant.covered
 
     # --- settlement ---

@@ -28,7 +28,8 @@ def connect(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # Room for shared mode's admission threads (8), the usage writer, the change feed and API reads.
+    return create_engine(url, pool_pre_ping=True, pool_size=12, max_overflow=8)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

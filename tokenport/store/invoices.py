@@ -8,7 +8,9 @@ import json
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.store.schema import invoice_voids, invoices
+from tokenport.billing.ledger import Transaction
+from tokenport.store.billing import write_transactions
+from tokenport.store.schema import invoice_voids, invoices, ledger_transactions
 
 
 class InvoiceConflict(Exception):
@@ -19,10 +21,22 @@ class InvoiceStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def insert(self, doc: dict, tenant_id: str, generation: int, issued_at) -> None:
+    def insert(
+        self, doc: dict, tenant_id: str, generation: int, issued_at, txs: list[Transaction] = ()
+    ) -> None:
+        """The document, and the ledger transactions it bills (plan fees) unless already posted
+        (they have fixed ids: a re-issue after a void posts nothing twice), atomically."""
         text = canonical(doc)
         try:
             with self.engine.begin() as conn:
+                if txs:
+                    ids = [tx.id for tx in txs]
+                    known = set(
+                        conn.execute(
+                            select(ledger_transactions.c.id).where(ledger_transactions.c.id.in_(ids))
+                        ).scalars()
+                    )
+                    write_transactions(conn, [tx for tx in txs if tx.id not in known])
                 conn.execute(
                     insert(invoices).values(
                         id=doc["id"],

@@ -77,6 +77,10 @@ class Charge:
     tokens: int = 0  # for the key's tokens-per-minute window
 
 
+def _sum(column, *where):
+    return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
+
+
 class SharedStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -97,13 +101,15 @@ class SharedStore:
 
     def admit(self, ask: Ask, decide: Callable[[View], Grant]) -> Grant:
         """Read the view under the tenant's lock, let `decide` grant or refuse (it raises), write
-        what it granted. A refusal writes nothing."""
+        what it granted. A refusal writes nothing. Round trips on PostgreSQL: the lock, the view
+        (one or two statements), the writes, the commit."""
         with self.engine.begin() as conn:
-            self.lock(conn, [ask.tenant_id])
-            # Expired holds go (on SQLite this first write also takes the write lock).
-            conn.execute(
-                delete(holds).where(holds.c.tenant_id == ask.tenant_id, holds.c.expires_at <= ask.at)
-            )
+            if self.pg:
+                self.lock(conn, [ask.tenant_id])
+            else:  # a write first takes SQLite's write lock (and expired holds go)
+                conn.execute(
+                    delete(holds).where(holds.c.tenant_id == ask.tenant_id, holds.c.expires_at <= ask.at)
+                )
             grant = decide(self._view(conn, ask))
             if grant.bucket is not None:
                 micro, at_us = grant.bucket
@@ -131,39 +137,41 @@ class SharedStore:
     def _view(self, conn: Connection, ask: Ask) -> View:
         view = View()
         active = holds.c.expires_at > ask.at
+        scalars = {}  # one statement for every single number the ask needs
         if ask.money:
-            view.lots = self._lots(conn, [ask.tenant_id])
-            q = select(func.coalesce(func.sum(holds.c.amount), 0)).where(
-                holds.c.tenant_id == ask.tenant_id, active
-            )
-            view.held = int(conn.execute(q).scalar_one())
+            scalars["held"] = _sum(holds.c.amount, holds.c.tenant_id == ask.tenant_id, active)
         if ask.budget is not None:
             period, start = ask.budget
-            spent = conn.execute(
-                select(key_spend.c.spent).where(
-                    key_spend.c.key_id == ask.key_id,
-                    key_spend.c.period == period,
-                    key_spend.c.period_start == start,
-                )
-            ).scalar()
-            held = conn.execute(
-                select(func.coalesce(func.sum(holds.c.amount), 0)).where(
-                    holds.c.key_id == ask.key_id,
-                    holds.c.budget_period == period,
-                    holds.c.budget_start == start,
-                    active,
-                )
-            ).scalar_one()
-            view.key_used = int(spent or 0) + int(held)
+            scalars["spent"] = _sum(
+                key_spend.c.spent,
+                key_spend.c.key_id == ask.key_id,
+                key_spend.c.period == period,
+                key_spend.c.period_start == start,
+            )
+            scalars["key_held"] = _sum(
+                holds.c.amount,
+                holds.c.key_id == ask.key_id,
+                holds.c.budget_period == period,
+                holds.c.budget_start == start,
+                active,
+            )
         if ask.rpm:
-            q = select(rate_buckets.c.micro, rate_buckets.c.at_us).where(rate_buckets.c.key_id == ask.key_id)
-            row = conn.execute(q).first()
-            view.bucket = (int(row.micro), int(row.at_us)) if row else None
+            r = rate_buckets
+            for col in ("micro", "at_us"):
+                scalars[col] = select(r.c[col]).where(r.c.key_id == ask.key_id).scalar_subquery()
+        if scalars:
+            row = conn.execute(select(*(q.label(k) for k, q in scalars.items()))).one()._mapping
+            view.held = int(row.get("held") or 0)
+            view.key_used = int(row.get("spent") or 0) + int(row.get("key_held") or 0)
+            if ask.rpm and row["micro"] is not None:
+                view.bucket = (int(row["micro"]), int(row["at_us"]))
+        if ask.money:
+            view.lots = self._lots(conn, [ask.tenant_id])
         if ask.tpm:
-            floor = int(ask.at.timestamp()) - 60
             t = token_seconds
-            conn.execute(delete(t).where(t.c.key_id == ask.key_id, t.c.second <= floor))
-            q = select(t.c.second, t.c.tokens).where(t.c.key_id == ask.key_id).order_by(t.c.second)
+            q = select(t.c.second, t.c.tokens).where(
+                t.c.key_id == ask.key_id, t.c.second > int(ask.at.timestamp()) - 60
+            )
             view.tokens = [(int(s), int(n)) for s, n in conn.execute(q)]
         if ask.plan:
             p = plan_minutes

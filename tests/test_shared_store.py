@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,6 +16,7 @@ from support.rows import usage_row
 
 from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
+from tokenport.gateway.admission_queue import AdmissionQueue
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.errors import ApiError
@@ -23,7 +25,7 @@ from tokenport.store.billing import BillingStore
 from tokenport.store.db import MIGRATIONS, connect
 from tokenport.store.feed import snapshot
 from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, usage
-from tokenport.store.shared import SharedStore
+from tokenport.store.shared import Ask, Grant, SharedStore, View
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import KeyRecord
@@ -46,15 +48,22 @@ class Harness:
         with snapshot(engine) as conn:
             self.state.load(conn)
         self.shared = SharedStore(engine)
-        self.charging = Charging(self.state, self.shared)
+        self.charging = Charging(self.state, self.shared)  # for settlement
 
     def key(self, key_id: str = "key_a", **limits) -> KeyRecord:
         limits.setdefault("rpm_limit", None)
         return KeyRecord(key_id, self.tenant.id, "acme", "overseas", "h", revoked=False, **limits)
 
-    def admit(self, request_id: str, key: KeyRecord) -> str:
+    def process(self) -> Charging:
+        """Another gateway process's admission (its own queue and threads) on the same database."""
+        return Charging(self.state, SharedStore(self.engine))
+
+    def admit(self, request_id: str, key: KeyRecord, charging: Charging | None = None) -> str:
+        return asyncio.run(self.admit_async(request_id, key, charging or self.process()))
+
+    async def admit_async(self, request_id: str, key: KeyRecord, charging: Charging) -> str:
         try:
-            asyncio.run(self.charging.admit(request_id, key, "m", BODY, 100, 1000, self.clock.now()))
+            await charging.admit(request_id, key, "m", BODY, 100, 1000, self.clock.now())
             return "ok"
         except ApiError as exc:
             return exc.code or str(exc.status)
@@ -79,14 +88,16 @@ def h(engine: Engine, clock: FakeClock) -> Harness:
 
 
 def test_concurrent_admissions_hold_exactly_what_the_credit_covers(h: Harness) -> None:
+    """20 processes (each its own admission path) at once on a balance that holds five."""
     h.billing.grant("acme", "0.00075")  # five holds
     key = h.key()
     results: list[str] = []
+    processes = [h.process() for _ in range(20)]
     go = threading.Barrier(20)
 
     def one(i: int) -> None:
         go.wait()
-        results.append(h.admit(f"req_{i}", key))
+        results.append(h.admit(f"req_{i}", key, processes[i]))
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for t in threads:
@@ -94,6 +105,19 @@ def test_concurrent_admissions_hold_exactly_what_the_credit_covers(h: Harness) -
     for t in threads:
         t.join(60)
     assert sorted(results) == ["insufficient_quota"] * 15 + ["ok"] * 5
+    assert h.shared.held(h.tenant.id, h.clock.now()) == 5 * HOLD
+
+
+def test_one_processs_concurrent_admissions_go_in_batches_and_stay_exact(h: Harness) -> None:
+    h.billing.grant("acme", "0.00075")  # five holds
+    key, charging = h.key(), h.process()
+
+    async def storm() -> list[str]:
+        return await asyncio.gather(*(h.admit_async(f"req_{i}", key, charging) for i in range(40)))
+
+    results = asyncio.run(storm())
+    assert results[:5] == ["ok"] * 5 and results[5:] == ["insufficient_quota"] * 35  # in arrival order
+    assert charging._queue.batches < 40 / 2, "requests that queued went to the database together"
     assert h.shared.held(h.tenant.id, h.clock.now()) == 5 * HOLD
 
 
@@ -254,3 +278,29 @@ def test_a_running_server_expires_credit_by_itself(tmp_path, clock: FakeClock) -
     assert [tx.id for tx in txs] == [f"exp_{lot.id}"]
     assert rt.billing_service.verify() == []
     rt.db.dispose()
+
+
+def test_a_request_that_goes_away_during_admission_leaves_no_hold(h: Harness) -> None:
+    h.billing.grant("acme", "1")
+    at = h.clock.now()
+    queue = AdmissionQueue(h.shared)
+
+    def slow_grant(view: View) -> Grant:  # the client hangs up while this runs
+        time.sleep(0.3)
+        return Grant(hold=HOLD, expires_at=at + timedelta(minutes=30))
+
+    async def scenario() -> None:
+        task = asyncio.create_task(
+            queue.admit(Ask("req_gone", h.tenant.id, "key_a", at, money=True), slow_grant)
+        )
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        while queue._tasks:  # the batch finishes, then its orphan is released
+            await asyncio.sleep(0.02)
+
+    asyncio.run(scenario())
+    assert queue.batches == 1
+    assert h.shared.held(h.tenant.id, at) == 0
+    queue.close()

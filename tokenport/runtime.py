@@ -133,6 +133,7 @@ class Runtime:
                 await task
         if self.session is not None:
             await self.session.close()
+        self.charging.close()
         await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
         self.say(f"stopped: {self.writer.written} usage records written, {self.writer.pending} pending")
         if self.engine is not None:

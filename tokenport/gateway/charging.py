@@ -8,16 +8,15 @@ the engine's own counts and posts the charge.
 
 Two modes, one set of rules:
 - local (one process, the default): everything in memory, no database round trip;
-- shared (several processes on one database): one database transaction per admission, under the
-  tenant's lock (`store/shared.py`), which also applies the key's rate limits; settlement posts
-  the charge against the lots as they are then, in the usage writer's transaction.
+- shared (several processes on one database): one database transaction per admission (or per
+  batch of one tenant's concurrent admissions, `gateway/admission_queue.py`), under the tenant's
+  lock (`store/shared.py`), which also applies the key's rate limits; settlement posts the charge
+  against the lots as they are then, in the usage writer's transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
@@ -26,6 +25,7 @@ from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.money import nano_to_usd
 from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
+from tokenport.gateway.admission_queue import AdmissionQueue
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import check_tokens, take_request
@@ -95,9 +95,7 @@ class Charging:
         self.state = state
         self.shared = shared
         self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
-        # Shared admissions wait on the database (and on other processes' locks): their own
-        # threads, so that they never starve the loop's other work (the change feed, the API).
-        self._pool = ThreadPoolExecutor(ADMISSION_THREADS, "admission") if shared is not None else None
+        self._queue = AdmissionQueue(shared, ADMISSION_THREADS) if shared is not None else None
 
     async def admit(
         self,
@@ -187,8 +185,7 @@ class Charging:
                 raise no_credit(InsufficientQuota(key.tenant_id, amount, max(available, 0)))
             return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
 
-        loop = asyncio.get_running_loop()
-        grant = await loop.run_in_executor(self._pool, self.shared.admit, ask, decide)
+        grant = await self._queue.admit(ask, decide)
         return grant.covered
 
     # --- settlement ---
@@ -262,6 +259,10 @@ class Charging:
             started_at=started_at,
             tokens=tokens,
         )
+
+    def close(self) -> None:
+        if self._queue is not None:
+            self._queue.close()
 
     def held(self, tenant_id: str, at: datetime) -> int:
         """Money held by the tenant's requests in flight."""

@@ -99,42 +99,66 @@ class SharedStore:
 
     # --- admission ---
 
-    def admit(self, ask: Ask, decide: Callable[[View], Grant]) -> Grant:
-        """Read the view under the tenant's lock, let `decide` grant or refuse (it raises), write
-        what it granted. A refusal writes nothing. Round trips on PostgreSQL: the lock, the view
-        (one or two statements), the writes, the commit."""
+    def admit_many(self, items: list[tuple[Ask, Callable[[View], Grant]]]) -> list[Grant | Exception]:
+        """Admit one tenant's requests in one database transaction, under its lock: each is read,
+        decided (`decide` grants or raises to refuse) and written in turn, so each sees the holds
+        of those before it. A refusal writes nothing; the others stand. Round trips on
+        PostgreSQL: the lock and the lots once, then a read and a write per request, one commit."""
+        tenant_id = items[0][0].tenant_id
+        assert all(ask.tenant_id == tenant_id for ask, _ in items)
+        out: list[Grant | Exception] = []
         with self.engine.begin() as conn:
             if self.pg:
-                self.lock(conn, [ask.tenant_id])
+                self.lock(conn, [tenant_id])
             else:  # a write first takes SQLite's write lock (and expired holds go)
                 conn.execute(
-                    delete(holds).where(holds.c.tenant_id == ask.tenant_id, holds.c.expires_at <= ask.at)
+                    delete(holds).where(holds.c.tenant_id == tenant_id, holds.c.expires_at <= items[0][0].at)
                 )
-            grant = decide(self._view(conn, ask))
-            if grant.bucket is not None:
-                micro, at_us = grant.bucket
-                stmt = self._insert(rate_buckets).values(key_id=ask.key_id, micro=micro, at_us=at_us)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["key_id"], set_={"micro": micro, "at_us": at_us}
-                    )
-                )
-            if grant.hold > 0:
-                period, start = ask.budget or (None, None)
-                conn.execute(
-                    insert(holds).values(
-                        request_id=ask.request_id,
-                        tenant_id=ask.tenant_id,
-                        key_id=ask.key_id,
-                        amount=grant.hold,
-                        budget_period=period,
-                        budget_start=start,
-                        expires_at=grant.expires_at,
-                    )
-                )
-            return grant
+            lots = self._lots(conn, [tenant_id]) if any(ask.money for ask, _ in items) else []
+            for ask, decide in items:
+                try:
+                    grant = decide(self._view(conn, ask, lots))
+                except Exception as exc:  # refused (or a bug): this request only
+                    out.append(exc)
+                    continue
+                self._write(conn, ask, grant)
+                out.append(grant)
+        return out
 
-    def _view(self, conn: Connection, ask: Ask) -> View:
+    def admit(self, ask: Ask, decide: Callable[[View], Grant]) -> Grant:
+        result = self.admit_many([(ask, decide)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def release(self, request_ids: list[str]) -> None:
+        """Drop holds nobody will settle (their requests went away while being admitted)."""
+        with self.engine.begin() as conn:
+            conn.execute(delete(holds).where(holds.c.request_id.in_(request_ids)))
+
+    def _write(self, conn: Connection, ask: Ask, grant: Grant) -> None:
+        if grant.bucket is not None:
+            micro, at_us = grant.bucket
+            stmt = self._insert(rate_buckets).values(key_id=ask.key_id, micro=micro, at_us=at_us)
+            conn.execute(
+                stmt.on_conflict_do_update(index_elements=["key_id"], set_={"micro": micro, "at_us": at_us})
+            )
+        if grant.hold > 0:
+            period, start = ask.budget or (None, None)
+            conn.execute(
+                insert(holds).values(
+                    request_id=ask.request_id,
+                    tenant_id=ask.tenant_id,
+                    key_id=ask.key_id,
+                    amount=grant.hold,
+                    budget_period=period,
+                    budget_start=start,
+                    expires_at=grant.expires_at,
+                )
+            )
+
+    def _view(self, conn: Connection, ask: Ask, lots: list[tuple[Lot, int]]) -> View:
+        """What `ask` needs; `lots` were read under the lock (holds do not change them)."""
         view = View()
         active = holds.c.expires_at > ask.at
         scalars = {}  # one statement for every single number the ask needs
@@ -166,7 +190,7 @@ class SharedStore:
             if ask.rpm and row["micro"] is not None:
                 view.bucket = (int(row["micro"]), int(row["at_us"]))
         if ask.money:
-            view.lots = self._lots(conn, [ask.tenant_id])
+            view.lots = lots
         if ask.tpm:
             t = token_seconds
             q = select(t.c.second, t.c.tokens).where(

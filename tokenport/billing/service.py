@@ -13,7 +13,6 @@ from tokenport.billing.ledger import (
     LedgerError,
     Lot,
     cache_problems,
-    expiry_tx,
     fee_tx,
     fee_tx_id,
     grant_tx,
@@ -148,19 +147,19 @@ class BillingService:
         posted = []
         for lot in lots:
             remaining = balances[lot.account]
-            if lot.expired(now - grace) and remaining > 0 and (tx_id := self._expire(lot, remaining, now)):
+            if lot.expired(now - grace) and remaining > 0 and (tx_id := self._expire(lot, now)):
                 posted.append(tx_id)
         return posted
 
-    def _expire(self, lot: Lot, remaining: int, now: datetime) -> str | None:
-        """Post the lot's expiry. Its id is fixed (`exp_<lot>`, then `exp_<lot>_2`, … after a
-        reversal), so a concurrent run conflicts instead of expiring the lot twice."""
+    def _expire(self, lot: Lot, now: datetime) -> str | None:
+        """Post the lot's expiry (of what it holds then). Its id is fixed (`exp_<lot>`, then
+        `exp_<lot>_2`, … after a reversal), so a concurrent run conflicts instead of expiring the
+        lot twice."""
         n = 1
         while True:
             tx_id = f"exp_{lot.id}" if n == 1 else f"exp_{lot.id}_{n}"
             try:
-                self.store.post(expiry_tx(tx_id, lot, remaining, now))
-                return tx_id
+                return tx_id if self.store.post_expiry(lot, tx_id, now) else None
             except LedgerError:
                 if not self.store.is_reversed(tx_id):
                     return None  # another run expired it first

@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import groupby
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction
+from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction, expiry_tx
 from tokenport.billing.prices import Price
 from tokenport.store.schema import (
     changes,
@@ -63,6 +63,23 @@ class BillingStore:
             if tx.request_id is not None and self.charged(tx.request_id):
                 raise DuplicateCharge(f"request {tx.request_id} is already charged") from exc
             raise LedgerError(f"transaction {tx.id} conflicts with the ledger") from exc
+
+    def post_expiry(self, lot: Lot, tx_id: str, at) -> bool:
+        """Expire what the lot holds now, read under its tenant's lock, so that no settlement of
+        another process interleaves. False: nothing left to expire."""
+        try:
+            with self.engine.begin() as conn:
+                lock_tenants(conn, [lot.tenant_id])
+                remaining = conn.execute(
+                    select(credit_lots.c.remaining).where(credit_lots.c.id == lot.id)
+                ).scalar_one()
+                if remaining <= 0:
+                    return False
+                write_transactions(conn, [expiry_tx(tx_id, lot, remaining, at)])
+                conn.execute(insert(changes).values(kind="ledger", ref=tx_id, at=at))
+        except IntegrityError as exc:
+            raise LedgerError(f"transaction {tx_id} conflicts with the ledger") from exc
+        return True
 
     def is_reversed(self, tx_id: str) -> bool:
         q = select(ledger_transactions.c.id).where(ledger_transactions.c.reverses == tx_id)
@@ -176,6 +193,20 @@ class BillingStore:
         )
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
+
+
+def lock_tenants(conn: Connection, tenant_ids) -> None:
+    """Serialise writers of these tenants' lots (admission, settlement and expiry in shared mode),
+    always in the same order, so no deadlock. PostgreSQL: transaction-level advisory locks.
+    SQLite: a write takes the database's write lock, so the lock is that first write."""
+    if conn.dialect.name == "postgresql":
+        for tenant_id in sorted(set(tenant_ids)):
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+                {"k": "tokenport.tenant." + tenant_id},
+            )
+    else:
+        conn.execute(update(credit_lots).where(credit_lots.c.id == "").values(remaining=0))
 
 
 def write_transactions(conn, txs: list[Transaction]) -> None:

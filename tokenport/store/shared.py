@@ -14,12 +14,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, text
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokenport.billing.ledger import Ledger, Lot, charge_tx
-from tokenport.store.billing import LOT_COLUMNS, write_transactions
+from tokenport.store.billing import LOT_COLUMNS, lock_tenants, write_transactions
 from tokenport.store.counters import count_tokens, minute_of
 from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, rate_buckets, token_seconds
 
@@ -88,14 +88,7 @@ class SharedStore:
         self._insert = pg_insert if self.pg else sqlite_insert
 
     def lock(self, conn: Connection, tenant_ids: Iterable[str]) -> None:
-        """Serialise per tenant, always in the same order (no deadlocks). A no-op on SQLite, whose
-        write lock covers the database."""
-        if self.pg:
-            for tenant_id in sorted(set(tenant_ids)):
-                conn.execute(
-                    text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                    {"k": "tokenport.tenant." + tenant_id},
-                )
+        lock_tenants(conn, tenant_ids)
 
     # --- admission ---
 

@@ -177,17 +177,19 @@ def test_requests_per_minute_are_counted_once_across_processes(pair):
 def test_a_plan_window_fills_from_both_processes(pair):
     a, b = pair
     a.cli(
-        "plans",
-        "create",
-        "pair-plan",
-        "--fee-usd",
-        "10",
-        "--unit",
-        "requests",
-        "--five-hour",
-        "4",
-        "--weekly",
-        "100",
+        *[
+            "plans",
+            "create",
+            "pair-plan",
+            "--fee-usd",
+            "10",
+            "--unit",
+            "requests",
+            "--five-hour",
+            "4",
+            "--weekly",
+            "100",
+        ]
     )
     secret = _key(a, b, "plan-pair")
     a.cli("plans", "assign", "plan-pair", "pair-plan")

@@ -13,42 +13,33 @@ from tokenport.gateway.errors import ApiError
 MICRO = 1_000_000  # micro-requests per request
 
 
-def rpm_error(rpm: int, wait: int) -> ApiError:
+def limit_error(limit: int, unit: str, wait: int) -> ApiError:
+    """429 for a key's `unit` ("requests" or "tokens") per minute, with Retry-After."""
     return ApiError(
         429,
-        f"Rate limit reached: {rpm} requests per minute for this key. Retry in {wait} s.",
+        f"Rate limit reached: {limit} {unit} per minute for this key. Retry in {wait} s.",
         "rate_limit_error",
         "rate_limit_exceeded",
-        headers={"retry-after": str(wait), "x-ratelimit-limit-requests": str(rpm)},
-    )
-
-
-def tpm_error(tpm: int, wait: int) -> ApiError:
-    return ApiError(
-        429,
-        f"Rate limit reached: {tpm} tokens per minute for this key. Retry in {wait} s.",
-        "rate_limit_error",
-        "rate_limit_exceeded",
-        headers={"retry-after": str(wait), "x-ratelimit-limit-tokens": str(tpm)},
+        headers={"retry-after": str(wait), f"x-ratelimit-limit-{unit}": str(limit)},
     )
 
 
 def take_request(bucket: tuple[int, int] | None, now_us: int, rpm: int) -> tuple[int, int]:
     """One request from an integer token bucket (micro-requests, as of a microsecond): the new
-    bucket, or `rpm_error`. It refills at rpm per minute up to rpm."""
+    bucket, or `limit_error`. It refills at rpm per minute up to rpm."""
     full = rpm * MICRO
     level, at_us = bucket if bucket is not None else (full, now_us)
     level = min(full, level + max(0, now_us - at_us) * rpm // 60)
     if level < MICRO:
-        raise rpm_error(rpm, max(1, math.ceil((MICRO - level) * 60 / rpm / MICRO)))
+        raise limit_error(rpm, "requests", max(1, math.ceil((MICRO - level) * 60 / rpm / MICRO)))
     return level - MICRO, now_us
 
 
 def check_tokens(window: list[tuple[int, int]], now_s: int, tpm: int) -> None:
-    """`tpm_error` when the tokens settled in the last 60 s ((second, tokens) rows) reach `tpm`."""
+    """`limit_error` when the tokens settled in the last 60 s ((second, tokens) rows) reach `tpm`."""
     live = [(s, n) for s, n in window if s > now_s - 60]
     if sum(n for _, n in live) >= tpm:
-        raise tpm_error(tpm, max(1, min(s for s, _ in live) + 60 - now_s))
+        raise limit_error(tpm, "tokens", max(1, min(s for s, _ in live) + 60 - now_s))
 
 
 class RateLimiter:
@@ -65,7 +56,7 @@ class RateLimiter:
         now = self.clock.monotonic()
         window, total = self._window(key_id, now)
         if total[0] >= tpm:
-            raise tpm_error(tpm, max(1, math.ceil(window[0][0] + 60 - now)))
+            raise limit_error(tpm, "tokens", max(1, math.ceil(window[0][0] + 60 - now)))
 
     def record_tokens(self, key_id: str, n: int) -> None:
         if n > 0 and self.local:

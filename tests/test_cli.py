@@ -28,7 +28,11 @@ def test_tenants_create_and_list(cli: Cli) -> None:
     assert set(a) >= {"id", "name", "zone", "created_at"}
     assert (a["name"], a["zone"]) == ("acme", "overseas")
     assert a["id"].startswith("ten_")
+    assert "no zone 'domestic'" in cli.fails("tenants", "create", "globex", "--zone", "domestic")
+    assert cli.json("zones", "create", "domestic") == {"name": "domestic"}
+    assert "already exists" in cli.fails("zones", "create", "domestic")
     b = cli.json("tenants", "create", "globex", "--zone", "domestic")
+    assert [z["name"] for z in cli.json("zones", "list")] == ["domestic", "overseas"]
     assert (b["name"], b["zone"]) == ("globex", "domestic")
     assert (cli.home / "tokenport.db").exists()  # SQLite under TOKENPORT_HOME by default
 
@@ -54,6 +58,7 @@ def test_default_zone_from_config(cli: Cli) -> None:
 
 
 def test_keys_create_list_revoke(cli: Cli) -> None:
+    cli.ok("zones", "create", "domestic")
     cli.ok("tenants", "create", "acme", "--zone", "domestic")
     key = cli.json("keys", "create", "--tenant", "acme", "--label", "ci runner")
     assert key["id"].startswith("key_")

@@ -26,7 +26,7 @@ from tokenport.store.db import MIGRATIONS, connect
 from tokenport.store.feed import snapshot
 from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, usage
 from tokenport.store.shared import Ask, Grant, SharedStore, View
-from tokenport.store.tenants import TenantStore
+from tokenport.store.tenants import Tenant, TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import KeyRecord
 from tokenport.tenancy.service import TenancyService
@@ -194,7 +194,7 @@ def test_requests_per_minute_refill_under_an_injected_clock(h: Harness) -> None:
 
 
 def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clock: FakeClock) -> None:
-    """A database from before shared mode: lot balances and key spend are computed once."""
+    """A database from before shared mode and zones: lot balances, key spend and zones are filled in."""
     engine = connect(database_url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -202,7 +202,8 @@ def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clo
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0007")
-    tenant = TenancyService(TenantStore(engine), "overseas", clock).create_tenant("old")
+    tenant = Tenant(id="ten_old", name="old", zone="overseas", created_at=now)
+    TenantStore(engine).insert_tenant(tenant, now)  # as 0007 knew it (no zones table yet)
     with engine.begin() as conn:  # as 0007 wrote them: a grant of $2, $0.5 spent, one usage record
         conn.execute(
             text(
@@ -238,6 +239,7 @@ def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clo
         ).scalar_one()
         spend = dict(conn.execute(select(key_spend.c.period, key_spend.c.spent)).all())
     assert remaining == 15 * 10**8
+    assert [name for name, _ in TenantStore(engine).list_zones()] == ["overseas"]  # 0009: the zones in use
     assert spend == {"day": 10**9 // 2, "month": 10**9 // 2}
     engine.dispose()
 

@@ -34,7 +34,10 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 @pytest.fixture
 def svc(engine: Engine, clock: FakeClock) -> TenancyService:
-    return TenancyService(TenantStore(engine), "overseas", clock)
+    """Tenancy with the default zone `overseas` and a second zone, `domestic`."""
+    svc = TenancyService(TenantStore(engine), "overseas", clock)
+    svc.create_zone("domestic")
+    return svc
 
 
 def is_utc(dt: datetime) -> bool:
@@ -62,6 +65,28 @@ def test_migrations_are_idempotent(database_url: str) -> None:
     finally:
         second.dispose()
         third.dispose()
+
+
+# --- zones ------------------------------------------------------------------------------------
+
+
+def test_zones_are_created_once_and_listed(svc: TenancyService, clock: FakeClock) -> None:
+    svc.create_zone("overseas-sea")
+    with pytest.raises(Conflict):
+        svc.create_zone("overseas-sea")
+    for bad in ("Overseas", "-x", "a_b", "z" * 65, "", None):
+        with pytest.raises(InvalidInput):
+            svc.create_zone(bad)
+    assert [name for name, _ in svc.list_zones()] == ["domestic", "overseas-sea"]
+    assert svc.ensure_zones({"domestic", "cn-north"}) == ["cn-north"]  # only what was missing
+
+
+def test_a_tenant_can_only_be_created_in_a_zone_that_exists(svc: TenancyService) -> None:
+    with pytest.raises(InvalidInput, match=r"no zone 'mars'.*tokenport zones create mars"):
+        svc.create_tenant("acme", "mars")
+    assert svc.list_tenants() == []
+    assert svc.create_tenant("acme").zone == "overseas"  # the default zone is registered on first use
+    assert "overseas" in [name for name, _ in svc.list_zones()]
 
 
 # --- tenants ----------------------------------------------------------------------------------
@@ -111,13 +136,15 @@ def test_invalid_zones(svc: TenancyService, zone) -> None:
 
 
 def test_longest_valid_name_and_zone(svc: TenancyService) -> None:
+    svc.create_zone("z" * 64)
     t = svc.create_tenant("n" * 128, "z" * 64)
     assert svc.tenant("n" * 128).zone == "z" * 64 == t.zone
 
 
 def test_default_zone_applies_when_omitted(engine: Engine, clock: FakeClock) -> None:
     svc = TenancyService(TenantStore(engine), "eu-central", clock)
-    assert svc.create_tenant("a").zone == "eu-central"
+    svc.create_zone("domestic")
+    assert svc.create_tenant("a").zone == "eu-central"  # the default zone is registered on first use
     assert svc.create_tenant("b", None).zone == "eu-central"
     assert svc.create_tenant("c", "domestic").zone == "domestic"
     assert {t.name: t.zone for t in svc.list_tenants()} == {
@@ -132,8 +159,15 @@ def test_tenant_zone_is_immutable_and_keys_inherit_it(svc: TenancyService, engin
     # No way to change a zone: the record is frozen, and no service/store/HTTP operation updates tenants.
     with pytest.raises(dataclasses.FrozenInstanceError):
         tenant.zone = "overseas"  # type: ignore[misc]
+    zone_objects = {
+        "create_zone",
+        "ensure_zones",
+        "list_zones",
+        "insert_zone",
+        "zone_exists",
+    }  # zones themselves
     for cls in (TenancyService, TenantStore):
-        public = [n for n in dir(cls) if not n.startswith("_")]
+        public = [n for n in dir(cls) if not n.startswith("_") and n not in zone_objects]
         assert not [n for n in public if any(w in n for w in ("update", "zone", "rename", "move", "edit"))]
     for route in admin.routes:
         if route.path.startswith("/admin/v1/tenants"):
@@ -285,6 +319,7 @@ def following(store: TenantStore) -> tuple[KeyCache, ChangeFeed]:
 def test_key_cache_follows_the_change_feed(engine: Engine, clock: FakeClock) -> None:
     store = CountingStore(engine)
     svc = TenancyService(store, "overseas", clock)
+    svc.create_zone("domestic")
     cache, feed = following(store)  # first load, even of an empty database
     feed.poll_now()
     assert (store.loads, store.key_loads) == (1, 0)

@@ -126,6 +126,22 @@ PY
     )
 
 
+def cmd_zones_create(args) -> int:
+    svc, _ = _service(args)
+    name = svc.create_zone(args.name)
+    _print({"name": name}, args.json, [f"created zone {name}"])
+    return 0
+
+
+def cmd_zones_list(args) -> int:
+    from tokenport.clock import utc_iso
+
+    svc, _ = _service(args)
+    items = [{"name": n, "created_at": utc_iso(at)} for n, at in svc.list_zones()]
+    _print(items, args.json, [f"{z['name']:24} {z['created_at']}" for z in items])
+    return 0
+
+
 def cmd_tenants_create(args) -> int:
     from tokenport.api.views import tenant_view
 
@@ -463,6 +479,15 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(sub, "serve", cmd_serve, "run the gateway (and the embedded engine)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+
+    zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
+    c = command(
+        zones, "create", cmd_zones_create, "create a zone (immutable; tenants, keys and backends live in one)"
+    )
+    c.add_argument("name")
+    c.add_argument("--json", action="store_true")
+    c = command(zones, "list", cmd_zones_list, "list zones")
+    c.add_argument("--json", action="store_true")
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="sub", required=True)
     c = command(tenants, "create", cmd_tenants_create, "create a tenant")

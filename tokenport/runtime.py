@@ -48,6 +48,12 @@ class Runtime:
         self.tenant_store = TenantStore(self.db)
         self.usage_store = UsageStore(self.db)
         self.tenancy = TenancyService(self.tenant_store, settings.default_zone, self.clock)
+        # The zones this configuration declares: the default zone and those of its backends.
+        declared = {settings.default_zone, *(b.zone for b in settings.backends)}
+        if settings.engine.enabled:
+            declared.add(settings.engine.zone or settings.default_zone)
+        for name in self.tenancy.ensure_zones(declared):
+            log.info("zone %s registered (declared by the configuration)", name)
         self.metrics = Metrics()
         self.keys = KeyCache(self.tenant_store)
         self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)

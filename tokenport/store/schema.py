@@ -42,6 +42,14 @@ class UTCDateTime(TypeDecorator):
 
 metadata = MetaData()
 
+# Zones (e.g. `overseas`, `domestic`, `overseas-sea`): every tenant, key and backend is in one.
+zones = Table(
+    "zones",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
 tenants = Table(
     "tenants",
     metadata,

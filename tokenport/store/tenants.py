@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.store.schema import api_keys, changes, tenants
+from tokenport.store.schema import api_keys, changes, tenants, zones
 from tokenport.tenancy.keys import KeyRecord
 
 
@@ -46,6 +46,38 @@ def _tenant(row) -> Tenant:
 class TenantStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+
+    # --- zones ---
+
+    def insert_zone(self, name: str, at: datetime) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(zones).values(name=name, created_at=at))
+                conn.execute(insert(changes).values(kind="zone", ref=name, at=at))
+        except IntegrityError as exc:
+            raise Conflict(f"zone {name!r} already exists") from exc
+
+    def ensure_zones(self, names: set[str], at: datetime) -> list[str]:
+        """Register the zones not yet known (those a configuration declares); the new ones."""
+        known = {name for name, _ in self.list_zones()}
+        added = []
+        for name in sorted(names - known):
+            try:
+                self.insert_zone(name, at)
+                added.append(name)
+            except Conflict:  # another process registered it meanwhile
+                pass
+        return added
+
+    def list_zones(self) -> list[tuple[str, datetime]]:
+        with self.engine.connect() as conn:
+            return [(r.name, r.created_at) for r in conn.execute(select(zones).order_by(zones.c.name))]
+
+    def zone_exists(self, name: str) -> bool:
+        with self.engine.connect() as conn:
+            return conn.execute(select(zones.c.name).where(zones.c.name == name)).first() is not None
+
+    # --- tenants ---
 
     def insert_tenant(self, tenant: Tenant, at: datetime) -> None:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from tokenport.billing.money import MoneyError, usd_to_nano
 from tokenport.clock import Clock, SystemClock
 from tokenport.store.tenants import Conflict, KeyInfo, Tenant, TenantStore
@@ -19,18 +21,44 @@ class NotFound(LookupError):
 __all__ = ["Conflict", "InvalidInput", "NotFound", "TenancyService"]
 
 
+def _check_zone(name) -> None:
+    if not isinstance(name, str) or not ZONE_RE.fullmatch(name):
+        raise InvalidInput("zone must be 1-64 characters of lowercase letters, digits or '-'")
+
+
 class TenancyService:
     def __init__(self, store: TenantStore, default_zone: str, clock: Clock | None = None) -> None:
         self.store = store
         self.default_zone = default_zone
         self.clock = clock or SystemClock()
 
+    # --- zones ---
+
+    def create_zone(self, name: str) -> str:
+        _check_zone(name)
+        self.store.insert_zone(name, self.clock.now())
+        return name
+
+    def list_zones(self) -> list[tuple[str, datetime]]:
+        return self.store.list_zones()
+
+    def ensure_zones(self, names: set[str]) -> list[str]:
+        """Register zones a configuration declares (the default zone, the backends' zones)."""
+        for name in names:
+            _check_zone(name)
+        return self.store.ensure_zones(names, self.clock.now())
+
+    # --- tenants ---
+
     def create_tenant(self, name: str, zone: str | None = None) -> Tenant:
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidInput("tenant name must be 1-128 characters of letters, digits, '.', '_' or '-'")
         zone = zone or self.default_zone
-        if not isinstance(zone, str) or not ZONE_RE.fullmatch(zone):
-            raise InvalidInput("zone must be 1-64 characters of lowercase letters, digits or '-'")
+        _check_zone(zone)
+        if zone == self.default_zone:
+            self.ensure_zones({zone})
+        elif not self.store.zone_exists(zone):
+            raise InvalidInput(f"there is no zone {zone!r}; create it first: tokenport zones create {zone}")
         now = self.clock.now()
         tenant = Tenant(id=new_id("ten"), name=name, zone=zone, created_at=now)
         self.store.insert_tenant(tenant, now)

@@ -1,0 +1,79 @@
+"""RFC 6962 Merkle trees: roots, inclusion and consistency proofs, and their verifiers."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenport.audit.merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    root,
+    verify_consistency,
+    verify_inclusion,
+)
+
+
+def _leaves(n: int) -> list[bytes]:
+    return [leaf_hash(f"entry {i}".encode()) for i in range(n)]
+
+
+def test_hashing_follows_rfc_6962() -> None:
+    assert bytes.fromhex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855") == EMPTY_ROOT
+    assert leaf_hash(b"") == hashlib.sha256(b"\x00").digest()
+    a, b, c = _leaves(3)
+    assert root([a]) == a
+    assert root([a, b]) == hashlib.sha256(b"\x01" + a + b).digest()
+    assert root([a, b, c]) == node_hash(node_hash(a, b), c)  # split at the largest power of two below n
+    assert inclusion_proof(2, [a, b, c]) == [node_hash(a, b)]
+    assert consistency_proof(2, [a, b, c]) == [c]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=70), st.data())
+def test_every_leaf_is_included_and_nothing_else_is(n: int, data) -> None:
+    leaves = _leaves(n)
+    top = root(leaves)
+    i = data.draw(st.integers(min_value=0, max_value=n - 1))
+    proof = inclusion_proof(i, leaves)
+    assert verify_inclusion(i, n, leaves[i], proof, top)
+    assert not verify_inclusion(i, n, leaf_hash(b"forged"), proof, top)
+    if n > 1:
+        assert not verify_inclusion((i + 1) % n, n, leaves[i], proof, top)  # another index
+    if proof:
+        bad = list(proof)
+        bad[data.draw(st.integers(0, len(bad) - 1))] = leaf_hash(b"x")
+        assert not verify_inclusion(i, n, leaves[i], bad, top)
+        assert not verify_inclusion(i, n, leaves[i], proof[:-1], top)  # a truncated path
+    assert not verify_inclusion(i, n, leaves[i], proof, root(_leaves(n + 1)))  # another tree
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(min_value=1, max_value=70), st.data())
+def test_every_prefix_is_consistent_and_a_rewritten_history_is_not(n: int, data) -> None:
+    leaves = _leaves(n)
+    m = data.draw(st.integers(min_value=0, max_value=n))
+    proof = consistency_proof(m, leaves)
+    assert verify_consistency(m, n, root(leaves[:m]), root(leaves), proof)
+    if 0 < m < n:
+        rewritten = list(leaves)
+        rewritten[data.draw(st.integers(0, m - 1))] = leaf_hash(b"rewritten")
+        assert not verify_consistency(m, n, root(rewritten[:m]), root(leaves), proof)
+        assert not verify_consistency(m, n, root(leaves[:m]), root(rewritten), proof)
+        assert not verify_consistency(m, n, root(leaves[:m]), root(leaves), [])
+
+
+def test_out_of_range_is_refused() -> None:
+    leaves = _leaves(4)
+    with pytest.raises(IndexError):
+        inclusion_proof(4, leaves)
+    with pytest.raises(ValueError):
+        consistency_proof(5, leaves)
+    assert not verify_inclusion(4, 4, leaves[0], [], root(leaves))
+    assert not verify_consistency(5, 4, root(leaves), root(leaves), [])

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from tokenport.audit.merkle import (
     EMPTY_ROOT,
+    Frontier,
     consistency_proof,
     inclusion_proof,
     leaf_hash,
@@ -77,3 +78,18 @@ def test_out_of_range_is_refused() -> None:
         consistency_proof(5, leaves)
     assert not verify_inclusion(4, 4, leaves[0], [], root(leaves))
     assert not verify_consistency(5, 4, root(leaves), root(leaves), [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=130))
+def test_the_frontier_gives_the_same_root_at_every_size(n: int) -> None:
+    leaves = _leaves(n)
+    frontier = Frontier()
+    assert frontier.root() == EMPTY_ROOT
+    for i, leaf in enumerate(leaves):
+        frontier.append(leaf)
+        assert frontier.root() == root(leaves[: i + 1])
+    again = Frontier(frontier.size, frontier.nodes)  # resumed from what is stored
+    again.append(leaf_hash(b"next"))
+    assert again.root() == root([*leaves, leaf_hash(b"next")])
+    assert len(frontier.nodes) == bin(n).count("1")

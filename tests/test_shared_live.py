@@ -25,7 +25,12 @@ def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, L
         url = f"sqlite:///{root}/shared.db"
     else:
         url = request.getfixturevalue("postgres_server").create_database(f"shared_{int(time.time() * 1000)}")
-    config = {**mock_config(mock_engine.url), "cluster": {"shared": True}}
+    # One deployment: one database, and the zones' audit signing keys shared, like a TLS key.
+    config = {
+        **mock_config(mock_engine.url),
+        "cluster": {"shared": True},
+        "audit": {"keys_dir": str(root / "keys")},
+    }
     env = {"TOKENPORT_DATABASE_URL": url}
     a = start_server(root / "a", json.loads(json.dumps(config)), env)
     try:

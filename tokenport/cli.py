@@ -126,6 +126,42 @@ PY
     )
 
 
+def _audit(args):
+    from tokenport.audit.service import AuditService
+    from tokenport.store.audit import AuditStore
+
+    settings = _settings(args)
+    _, engine = _service(args)
+    return AuditService(AuditStore(engine), settings.keys_dir)
+
+
+def cmd_audit_sign(args) -> int:
+    heads = _audit(args).sign_heads()
+    items = [h.__dict__ for h in heads]
+    _print(
+        items,
+        args.json,
+        [f"signed {h.zone}: size {h.size}, root {h.root}" for h in heads] or ["nothing new to sign"],
+    )
+    return 0
+
+
+def cmd_audit_verify(args) -> int:
+    report = _audit(args).verify()
+    ok = not any(z["problems"] for z in report)
+    lines = []
+    for z in report:
+        if z["problems"]:
+            lines += [
+                f"{z['zone']}: FAILED at index {z['first_bad_index']}",
+                *(f"  {p}" for p in z["problems"]),
+            ]
+        else:
+            lines.append(f"{z['zone']}: {z['entries']} entries, every hash and signed head checks out")
+    _print({"ok": ok, "zones": report}, args.json, lines or ["the audit log is empty"])
+    return 0 if ok else 1
+
+
 def cmd_zones_create(args) -> int:
     svc, _ = _service(args)
     name = svc.create_zone(args.name)
@@ -479,6 +515,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(sub, "serve", cmd_serve, "run the gateway (and the embedded engine)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+
+    audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
+        dest="sub", required=True
+    )
+    c = command(
+        audit, "sign", cmd_audit_sign, "sign each zone's tree head now (the server does it every 10 s)"
+    )
+    c.add_argument("--json", action="store_true")
+    c = command(audit, "verify", cmd_audit_verify, "recompute the log; exit 1 naming the first bad index")
+    c.add_argument("--json", action="store_true")
 
     zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
     c = command(

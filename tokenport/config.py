@@ -59,6 +59,13 @@ class Settings:
     health_interval_s: float = 2.0
     shared: bool = False  # several gateway processes on one database (see docs/billing.md)
     expire_credits_every_s: float = 300.0  # post due credit expiries; 0 = leave it to the CLI
+    audit_sign_every_s: float = 10.0  # sign each zone's audit tree head when it grew; 0 = off
+    audit_keys_dir: Path | None = None  # the zones' signing keys; None = $TOKENPORT_HOME/keys
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.audit_keys_dir or self.home / "keys"
+
     engine: EngineConfig = field(default_factory=EngineConfig)
     backends: tuple[BackendConfig, ...] = ()
 
@@ -114,6 +121,10 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         health_interval_s=float(server.get("health_interval_s", 2.0)),
         shared=_flag(os.environ.get("TOKENPORT_SHARED"), cluster.get("shared", False)),
         expire_credits_every_s=float(billing.get("expire_credits_every_s", 300.0)),
+        audit_sign_every_s=float(data.get("audit", {}).get("sign_every_s", 10.0)),
+        audit_keys_dir=Path(data["audit"]["keys_dir"]).expanduser()
+        if data.get("audit", {}).get("keys_dir")
+        else None,
         engine=engine,
         backends=backends,
     )

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import aiohttp
 
+from tokenport.audit.service import AuditService
 from tokenport.billing.service import BillingService
 from tokenport.clock import Clock, SystemClock
 from tokenport.config import Settings
@@ -23,6 +24,7 @@ from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
+from tokenport.store.audit import AuditStore
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
 from tokenport.store.feed import FeedStore
@@ -66,6 +68,7 @@ class Runtime:
             is_transient=is_transient,
             dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
         )
+        self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
         self.shared = SharedStore(self.db) if settings.shared else None
         self.charging = Charging(self.billing, self.shared, settings.default_rpm)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
@@ -93,6 +96,7 @@ class Runtime:
             asyncio.create_task(self.feed.run(), name="change-feed"),
             asyncio.create_task(self._expire_holds(), name="hold-expiry"),
             asyncio.create_task(self._expire_credits(), name="credit-expiry"),
+            asyncio.create_task(self._sign_audit_heads(), name="audit-heads"),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
             ),
@@ -109,6 +113,17 @@ class Runtime:
                     await asyncio.to_thread(self.shared.purge, self.clock.now())
             else:
                 self.billing.accountant.expire_holds(self.clock.now())
+
+    async def _sign_audit_heads(self) -> None:
+        every = self.settings.audit_sign_every_s
+        if every <= 0:
+            return
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.audit.sign_heads)
+            except Exception as exc:
+                log.warning("signing audit tree heads failed: %s", type(exc).__name__)
 
     async def _expire_credits(self) -> None:
         """Post due credit expiries (what `tokenport credits expire` does): each lot's expiry has
@@ -141,6 +156,10 @@ class Runtime:
             await self.session.close()
         self.charging.close()
         await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
+        try:  # the last entries get a signed head too
+            await asyncio.to_thread(self.audit.sign_heads)
+        except Exception as exc:
+            log.warning("signing audit tree heads failed: %s", type(exc).__name__)
         self.say(f"stopped: {self.writer.written} usage records written, {self.writer.pending} pending")
         if self.engine is not None:
             self.engine.stop()

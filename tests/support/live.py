@@ -151,9 +151,11 @@ class LiveServer:
         return self.proc.returncode
 
     def verify_ledger(self) -> None:
-        """`tokenport ledger verify` on the server's database: every invariant still holds."""
-        res = self.cli("ledger", "verify", check=False)
-        assert res.returncode == 0, f"ledger verify failed after the tests:\n{res.stdout}{res.stderr}"
+        """`tokenport ledger verify` and `tokenport audit verify` on the server's database: every
+        invariant still holds after the tests that ran against it."""
+        for what in ("ledger", "audit"):
+            res = self.cli(what, "verify", check=False)
+            assert res.returncode == 0, f"{what} verify failed after the tests:\n{res.stdout}{res.stderr}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

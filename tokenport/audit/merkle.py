@@ -120,3 +120,27 @@ def verify_consistency(
             sr = node_hash(sr, c)
         fn, sn = fn >> 1, sn >> 1
     return fr == first_root and sr == second_root and sn == 0
+
+
+class Frontier:
+    """The tree's right edge: the roots of its perfect subtrees, largest first (at most log2 n).
+    Appending a leaf and computing the root are O(log n), with no other leaf at hand."""
+
+    def __init__(self, size: int = 0, nodes: Sequence[tuple[int, bytes]] = ()) -> None:
+        self.size = size
+        self.nodes = list(nodes)  # (height, hash)
+
+    def append(self, leaf: bytes) -> None:
+        self.nodes.append((0, leaf))
+        self.size += 1
+        while len(self.nodes) > 1 and self.nodes[-1][0] == self.nodes[-2][0]:
+            (h, left), (_, right) = self.nodes[-2], self.nodes[-1]
+            self.nodes[-2:] = [(h + 1, node_hash(left, right))]
+
+    def root(self) -> bytes:
+        if not self.nodes:
+            return EMPTY_ROOT
+        r = self.nodes[-1][1]
+        for _, h in reversed(self.nodes[:-1]):
+            r = node_hash(h, r)
+        return r

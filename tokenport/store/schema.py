@@ -288,3 +288,49 @@ plan_minutes = Table(
     Column("minute", BigInteger, primary_key=True),
     Column("units", BigInteger, nullable=False),
 )
+
+
+# --- audit log (see tokenport/audit/) -------------------------------------------------------------
+
+# Each zone's tree: its size and right edge (JSON [[height, hex], ...]), to append in O(log n).
+audit_state = Table(
+    "audit_state",
+    metadata,
+    Column("zone", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("frontier", Text, nullable=False),
+)
+
+# Append-only, content-free entries (canonical JSON), with their leaf hash and the root after them.
+audit_entries = Table(
+    "audit_entries",
+    metadata,
+    Column("zone", String(64), primary_key=True),
+    Column("idx", BigInteger, primary_key=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("entry", Text, nullable=False),
+    Column("leaf", String(64), nullable=False),
+    Column("root", String(64), nullable=False),
+)
+
+# Signed tree heads.
+audit_heads = Table(
+    "audit_heads",
+    metadata,
+    Column("zone", String(64), primary_key=True),
+    Column("size", BigInteger, primary_key=True),
+    Column("root", String(64), nullable=False),
+    Column("at", String(40), nullable=False),  # as signed (ISO 8601)
+    Column("key_id", String(32), nullable=False),
+    Column("signature", String(128), nullable=False),
+)
+
+# Every zone's signing keys (public halves; the private ones stay in the server's key files).
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("zone", String(64), nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)

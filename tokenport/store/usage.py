@@ -13,6 +13,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from tokenport.audit.entries import canonical, request_entry
+from tokenport.store.audit import append as audit_append
 from tokenport.store.billing import write_transactions
 from tokenport.store.counters import count_usage
 from tokenport.store.schema import tenants, usage
@@ -44,7 +46,9 @@ class UsageStore:
             new = self._insert_new(conn, rows)
             txs = [i["tx"] for i in items if i.get("tx") is not None and i["usage"]["request_id"] in new]
             write_transactions(conn, txs)
-            count_usage(conn, [r for r in rows if r["request_id"] in new])
+            fresh = [r for r in rows if r["request_id"] in new]
+            count_usage(conn, fresh)
+            audit_requests(conn, fresh)
             if charges:  # shared mode, last: the tenants' locks are held from here to the commit
                 self.shared.lock(conn, {c.tenant_id for c in charges})
                 self.shared.settle(conn, [c for c in charges if c.request_id in new])
@@ -118,6 +122,16 @@ class UsageStore:
     def count(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(usage)).scalar_one()
+
+
+def audit_requests(conn, rows: list[dict]) -> None:
+    """One audit entry per new usage record, in its zone's log (zones in a fixed order: no deadlock)."""
+    by_zone: dict[str, list[dict]] = {}
+    for r in rows:
+        by_zone.setdefault(r["zone"], []).append(r)
+    for zone, records in sorted(by_zone.items()):
+        at = max(r["finished_at"] for r in records)
+        audit_append(conn, zone, [canonical(request_entry(r)) for r in records], at)
 
 
 def _filter(q, tenant_name: str | None, since: datetime | None):

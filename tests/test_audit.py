@@ -1,0 +1,208 @@
+"""The audit log: one content-free entry per request in its zone's Merkle tree, signed tree heads,
+and `tokenport audit verify` finding every kind of tampering on a copy of the store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+from sqlalchemy import Engine
+from support.live import TOKENPORT
+from support.rows import usage_row
+
+from tokenport.audit.heads import TreeHead
+from tokenport.audit.merkle import inclusion_proof, leaf_hash, root, verify_inclusion
+from tokenport.audit.service import AuditService
+from tokenport.clock import FakeClock
+from tokenport.store.audit import AuditStore
+from tokenport.store.db import open_database
+from tokenport.store.usage import UsageStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def _write(engine: Engine, ids: range, zone: str = "overseas") -> None:
+    rows = [usage_row(f"req_{i:03d}", "ten_a", T0 + timedelta(seconds=i), zone=zone) for i in ids]
+    UsageStore(engine).write_settlements([{"usage": r} for r in rows])
+
+
+def test_every_usage_record_is_an_entry_in_its_zones_tree(engine: Engine, tmp_path: Path) -> None:
+    _write(engine, range(5))
+    _write(engine, range(5, 7), zone="domestic")
+    _write(engine, range(3))  # a retried batch: already written, so no new entries
+    store = AuditStore(engine)
+    audit = AuditService(store, tmp_path / "keys", FakeClock(T0))
+    assert {z: size for z, (size, _) in store.sizes().items()} == {"overseas": 5, "domestic": 2}
+    entries = store.entries("overseas")
+    assert [e.index for e in entries] == list(range(5))
+    first = json.loads(entries[0].entry)
+    assert first["type"] == "request" and first["request_id"] == "req_000" and first["zone"] == "overseas"
+    assert set(first) >= {
+        "tenant_id",
+        "key_id",
+        "model",
+        "backend",
+        "status",
+        "prompt_tokens",
+        "cost_nano_usd",
+    }
+    leaves = [leaf_hash(e.entry) for e in entries]
+    assert entries[-1].root == root(leaves).hex()
+    assert verify_inclusion(2, 5, leaves[2], inclusion_proof(2, leaves), root(leaves))
+
+    heads = audit.sign_heads()
+    assert [(h.zone, h.size) for h in heads] == [("domestic", 2), ("overseas", 5)]
+    assert audit.sign_heads() == []  # nothing new
+    assert all(not z["problems"] for z in audit.verify())
+    assert (tmp_path / "keys" / "audit-overseas.pem").stat().st_mode & 0o777 == 0o600
+    assert {k["zone"] for k in store.public_keys()} == {"overseas", "domestic"}
+
+
+# --- tampering, on copies of a SQLite store, through the CLI -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sound(tmp_path_factory) -> Path:
+    """A home with 10 overseas entries, heads signed at sizes 5 and 10."""
+    home = tmp_path_factory.mktemp("audit-home")
+    engine = open_database(f"sqlite:///{home}/tokenport.db")
+    audit = AuditService(AuditStore(engine), home / "keys", FakeClock(T0))
+    _write(engine, range(5))
+    audit.sign_heads()
+    _write(engine, range(5, 10))
+    audit.sign_heads()
+    engine.dispose()
+    return home
+
+
+def _verify(home: Path) -> tuple[int, dict]:
+    env = {"TOKENPORT_HOME": str(home), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([TOKENPORT, "audit", "verify", "--json"], env=env, capture_output=True, text=True)
+    assert "Traceback" not in res.stderr, res.stderr
+    return res.returncode, next(z for z in json.loads(res.stdout)["zones"] if z["zone"] == "overseas")
+
+
+def _tampered(sound: Path, tmp_path: Path, *sql: str) -> Path:
+    home = tmp_path / "copy"
+    shutil.copytree(sound, home)
+    with sqlite3.connect(home / "tokenport.db") as conn:
+        for statement in sql:
+            conn.execute(statement)
+    return home
+
+
+def test_an_untouched_log_verifies(sound: Path, tmp_path: Path) -> None:
+    rc, zone = _verify(_tampered(sound, tmp_path))
+    assert rc == 0 and zone["problems"] == [] and zone["entries"] == 10
+
+
+@pytest.mark.parametrize(
+    ("what", "sql", "first_bad"),
+    [
+        (
+            "a changed byte",
+            [
+                "UPDATE audit_entries SET entry = replace(entry, '\"status\":200', '\"status\":201') "
+                "WHERE idx = 4"
+            ],
+            4,
+        ),
+        ("a deleted entry", ["DELETE FROM audit_entries WHERE idx = 6"], 6),
+        (
+            "two entries swapped",
+            [
+                "UPDATE audit_entries SET idx = -1 WHERE idx = 2",
+                "UPDATE audit_entries SET idx = 2 WHERE idx = 5",
+                "UPDATE audit_entries SET idx = 5 WHERE idx = -1",
+            ],
+            2,
+        ),
+        (
+            "a truncated log",
+            ["DELETE FROM audit_entries WHERE idx >= 7", "UPDATE audit_state SET size = 7"],
+            7,
+        ),
+        (
+            "an inserted entry",
+            [
+                "UPDATE audit_entries SET idx = idx + 1000 WHERE idx >= 3",
+                "UPDATE audit_entries SET idx = idx - 999 WHERE idx >= 1000",
+                "INSERT INTO audit_entries (zone, idx, at, entry, leaf, root) "
+                "SELECT zone, 3, at, replace(entry, 'req_003', 'req_999'), leaf, root "
+                "FROM audit_entries WHERE idx = 4",
+            ],
+            3,
+        ),
+    ],
+)
+def test_tampering_is_found_at_its_index(
+    sound: Path, tmp_path: Path, what: str, sql: list[str], first_bad: int
+) -> None:
+    rc, zone = _verify(_tampered(sound, tmp_path, *sql))
+    assert rc == 1, what
+    assert zone["first_bad_index"] == first_bad, (what, zone)
+
+
+def test_a_consistent_rewrite_is_caught_by_the_signed_heads(sound: Path, tmp_path: Path) -> None:
+    """Entry 7 changed and every hash after it recomputed: only the signed heads can tell."""
+    home = _tampered(sound, tmp_path)
+    engine = open_database(f"sqlite:///{home}/tokenport.db")
+    entries = AuditStore(engine).entries("overseas")
+    engine.dispose()
+    forged = [e.entry if e.index != 7 else e.entry.replace(b'"status":200', b'"status":500') for e in entries]
+    leaves = [leaf_hash(x) for x in forged]
+    with sqlite3.connect(home / "tokenport.db") as conn:
+        for i, x in enumerate(forged):
+            conn.execute(
+                "UPDATE audit_entries SET entry = ?, leaf = ?, root = ? WHERE idx = ?",
+                (x.decode(), leaves[i].hex(), root(leaves[: i + 1]).hex(), i),
+            )
+    rc, zone = _verify(home)
+    assert rc == 1
+    assert zone["first_bad_index"] == 5  # after the last signed head the entries still match
+    assert any("differ from the signed head of size 10" in p for p in zone["problems"])
+
+
+def test_a_head_signed_with_another_key_is_refused(sound: Path, tmp_path: Path) -> None:
+    home = _tampered(sound, tmp_path, "UPDATE audit_heads SET root = '00' || substr(root, 3) WHERE size = 10")
+    rc, zone = _verify(home)
+    assert rc == 1 and any("size 10 has no valid signature" in p for p in zone["problems"])
+    head = TreeHead("overseas", 10, "ab" * 32, "2026-03-01T12:00:00Z")
+    assert head.message() != TreeHead("overseas", 11, "ab" * 32, "2026-03-01T12:00:00Z").message()
+
+
+# --- live: what the gateway appends ---------------------------------------------------------------
+
+
+def test_requests_through_the_gateway_are_audited_without_content(mock_server) -> None:
+    _, secret = mock_server.new_key("audited")
+    client = openai.OpenAI(base_url=mock_server.base_url + "/v1", api_key=secret, max_retries=0)
+    canary = "canary-audit-7f3d9c"
+    raw = client.chat.completions.with_raw_response.create(
+        model="mock-model", messages=[{"role": "user", "content": canary}], max_tokens=5
+    )
+    request_id = raw.headers["x-request-id"]
+    mock_server.record(request_id)
+    signed = mock_server.cli_json("audit", "sign")
+    report = json.loads(mock_server.cli("audit", "verify", "--json").stdout)
+    assert report["ok"] is True
+    overseas = next(z for z in report["zones"] if z["zone"] == "overseas")
+    assert overseas["entries"] >= 1
+    assert signed == [] or {h["zone"] for h in signed} <= {"overseas", "domestic"}
+    db = sqlite3.connect(mock_server.home / "tokenport.db")
+    try:
+        rows = db.execute(
+            "SELECT entry FROM audit_entries WHERE entry LIKE ?", (f'%"{request_id}"%',)
+        ).fetchall()
+        assert len(rows) == 1
+        entry = json.loads(rows[0][0])
+        assert (entry["status"], entry["zone"], entry["model"]) == (200, "overseas", "mock-model")
+        assert not db.execute("SELECT 1 FROM audit_entries WHERE entry LIKE ?", (f"%{canary}%",)).fetchall()
+    finally:
+        db.close()

@@ -1,0 +1,46 @@
+"""Audit entries: content-free facts, as canonical JSON (sorted keys, no spaces), one per request
+and per administrative action. Never prompt or completion text: ids, hashes, counts, decisions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+
+from tokenport.clock import utc_iso
+
+# The usage record's fields an audit entry keeps (all content-free by construction).
+REQUEST_FIELDS = (
+    "request_id",
+    "tenant_id",
+    "key_id",
+    "zone",
+    "endpoint",
+    "model",
+    "backend",
+    "stream",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "status",
+    "error_code",
+    "cost_nano_usd",
+    "plan_units",
+    "client_disconnected",
+)
+
+
+def canonical(entry: dict) -> bytes:
+    return orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+
+
+def request_entry(record: dict) -> dict:
+    """What the audit log says of one request, from its usage record."""
+    entry = {"type": "request", **{k: record.get(k) for k in REQUEST_FIELDS}}
+    entry["started_at"] = _iso(record["started_at"])
+    entry["finished_at"] = _iso(record["finished_at"])
+    return entry
+
+
+def _iso(value) -> str:
+    return utc_iso(value) if isinstance(value, datetime) else str(value)

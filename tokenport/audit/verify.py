@@ -1,0 +1,72 @@
+"""Recompute a zone's audit log from its entries and check it against what is stored and signed.
+
+Each stored entry carries its index, its leaf hash and the tree root once it was appended; each
+signed head a size, a root and a signature. Recomputing from the entries alone, in index order,
+finds the first index where anything was modified, deleted, inserted or reordered; the signed
+heads catch a log rewritten consistently from some index on, or cut short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenport.audit.heads import TreeHead, verify_signature
+from tokenport.audit.merkle import Frontier, leaf_hash
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    index: int
+    entry: bytes
+    leaf: str  # hex
+    root: str  # hex: the tree root at size index + 1
+
+
+@dataclass(frozen=True)
+class StoredHead:
+    head: TreeHead
+    key_id: str
+    signature: str
+
+
+def verify_zone(
+    zone: str, entries: list[StoredEntry], heads: list[StoredHead], public_keys: dict[str, str]
+) -> tuple[list[str], int | None]:
+    """(problems, the first bad index or None)."""
+    problems: list[str] = []
+    first_bad: int | None = None
+    roots: list[str] = []
+    frontier = Frontier()
+    for position, e in enumerate(entries):
+        if e.index != position:
+            what = "missing" if e.index > position else "out of order or repeated"
+            problems.append(f"{zone}: entry {position} is {what} (found index {e.index})")
+            first_bad = position
+            break
+        leaf = leaf_hash(e.entry)
+        frontier.append(leaf)
+        root = frontier.root().hex()
+        if leaf.hex() != e.leaf or root != e.root:
+            problems.append(f"{zone}: entry {position} does not match its hashes (modified or moved)")
+            first_bad = position
+            break
+        roots.append(root)  # the roots of the prefix that checks out
+    good = 0  # the largest signed size the entries still match
+    for h in sorted(heads, key=lambda h: h.head.size):
+        head = h.head
+        key = public_keys.get(h.key_id)
+        if key is None or head.zone != zone or not verify_signature(key, head.message(), h.signature):
+            problems.append(f"{zone}: the tree head of size {head.size} has no valid signature")
+            continue
+        if head.size > len(roots) and first_bad is None:  # cut short (or broken above)
+            problems.append(f"{zone}: a signed head covers {head.size} entries, only {len(roots)} check out")
+            first_bad = len(roots)
+        elif 0 < head.size <= len(roots) and roots[head.size - 1] != head.root:
+            # rewritten consistently below a signed head: from after the last head it still matches
+            problems.append(
+                f"{zone}: entries {good} to {head.size - 1} differ from the signed head of size {head.size}"
+            )
+            first_bad = good if first_bad is None else min(first_bad, good)
+        elif head.size <= len(roots):
+            good = max(good, head.size)
+    return problems, first_bad

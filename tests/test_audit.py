@@ -206,3 +206,38 @@ def test_requests_through_the_gateway_are_audited_without_content(mock_server) -
         assert not db.execute("SELECT 1 FROM audit_entries WHERE entry LIKE ?", (f"%{canary}%",)).fetchall()
     finally:
         db.close()
+
+
+def test_cross_zone_attempts_are_refused_and_audited_with_both_zones(mock_server) -> None:
+    _, secret = mock_server.new_key("zone-crosser")
+    client = openai.OpenAI(base_url=mock_server.base_url + "/v1", api_key=secret, max_retries=0)
+    attempts = {
+        "zone_conflict": dict(model="mock-model", extra_headers={"x-tokenport-zone": "domestic"}),
+        "zone_mismatch": dict(model="domestic-model"),  # served only in the domestic zone
+        "zone_conflict ": dict(model="mock-model", extra_headers={"x-tokenport-zone": "Secret Text"}),
+    }
+    ids = {}
+    for code, kwargs in attempts.items():
+        with pytest.raises(openai.PermissionDeniedError) as exc:
+            client.chat.completions.create(
+                messages=[{"role": "user", "content": "hi"}], max_tokens=5, **kwargs
+            )
+        assert exc.value.code == code.strip()
+        ids[code] = exc.value.response.headers["x-request-id"]
+        mock_server.record(ids[code])
+    db = sqlite3.connect(mock_server.home / "tokenport.db")
+    try:
+        entries = {}
+        for code, request_id in ids.items():
+            (raw,) = db.execute(
+                "SELECT entry FROM audit_entries WHERE entry LIKE ?", (f'%"{request_id}"%',)
+            ).fetchone()
+            entries[code] = json.loads(raw)
+        assert not db.execute("SELECT 1 FROM audit_entries WHERE entry LIKE '%Secret Text%'").fetchall()
+    finally:
+        db.close()
+    for code, entry in entries.items():
+        assert (entry["status"], entry["error_code"], entry["zone"]) == (403, code.strip(), "overseas")
+    assert entries["zone_conflict"]["other_zone"] == "domestic"
+    assert entries["zone_mismatch"]["other_zone"] == "domestic"
+    assert entries["zone_conflict "]["other_zone"] == "(not a zone name)"  # client text is never kept

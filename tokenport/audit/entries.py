@@ -15,6 +15,7 @@ REQUEST_FIELDS = (
     "tenant_id",
     "key_id",
     "zone",
+    "other_zone",
     "endpoint",
     "model",
     "backend",

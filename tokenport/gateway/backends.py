@@ -58,7 +58,8 @@ class BackendPool:
         in_zone = [b for b in candidates if b.zone == zone]
         if not in_zone:
             # Served, but only elsewhere: refuse, never cross the zone boundary.
-            raise forbidden(f"The model '{model}' is not served in zone '{zone}'", "zone_mismatch")
+            elsewhere = ",".join(sorted({b.zone for b in candidates}))
+            raise forbidden(f"The model '{model}' is not served in zone '{zone}'", "zone_mismatch", elsewhere)
         best: Backend | None = None
         for b in in_zone:
             if b.healthy and (best is None or b.in_flight < best.in_flight):

@@ -18,6 +18,7 @@ class RequestContext:
     t0: float  # monotonic
     key: KeyRecord | None = None
     zone: str | None = None
+    other_zone: str | None = None  # a refused cross-zone attempt: the zone(s) it reached for
     model: str | None = None
     backend: str | None = None
     stream: bool = False

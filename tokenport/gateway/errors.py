@@ -12,8 +12,10 @@ class ApiError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        other_zone: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.other_zone = other_zone  # a zone refusal: the zone the request reached for (audited)
         self.status = status
         self.message = message
         self.type = type
@@ -30,8 +32,8 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, message, "authentication_error", "invalid_api_key")
 
 
-def forbidden(message: str, code: str) -> ApiError:
-    return ApiError(403, message, "permission_error", code)
+def forbidden(message: str, code: str, other_zone: str | None = None) -> ApiError:
+    return ApiError(403, message, "permission_error", code, other_zone=other_zone)
 
 
 def model_not_found(model: str) -> ApiError:

@@ -90,6 +90,7 @@ class Gateway:
                 backend.in_flight -= 1
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
+            ctx.other_zone = err.other_zone
             await sink.error(err)
         except Exception:  # a bug, not bad input: the client gets a 500, the record says so
             out.status, out.error_code = 500, "internal_error"

@@ -56,6 +56,7 @@ class Settler:
             tenant_id=ctx.key.tenant_id,
             key_id=ctx.key.id,
             zone=ctx.zone or ctx.key.zone,
+            other_zone=ctx.other_zone,
             endpoint=ctx.endpoint,
             model=ctx.model,
             backend=ctx.backend,

@@ -18,6 +18,7 @@ class UsageRecord:
     tenant_id: str
     key_id: str
     zone: str
+    other_zone: str | None  # a refused cross-zone attempt: the zone(s) it reached for
     endpoint: str
     model: str | None
     backend: str | None

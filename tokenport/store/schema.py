@@ -84,6 +84,7 @@ usage = Table(
     Column("tenant_id", String(32), nullable=False),
     Column("key_id", String(32), nullable=False),
     Column("zone", String(64), nullable=False),
+    Column("other_zone", String(200), nullable=True),  # a refused cross-zone attempt reached for it
     Column("endpoint", String(32), nullable=False),
     Column("model", String(128), nullable=True),
     Column("backend", String(128), nullable=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tokenport.gateway.errors import forbidden
+from tokenport.tenancy.keys import ZONE_RE
 
 ZONE_HEADER = b"x-tokenport-zone"
 
@@ -14,5 +15,7 @@ def resolve_zone(key_zone: str, requested: bytes | None) -> str:
             raise forbidden(
                 f"This key belongs to zone '{key_zone}'; the request asked for zone '{wanted}'",
                 "zone_conflict",
+                # audited as named, if it is a zone name at all (never arbitrary client text)
+                other_zone=wanted if ZONE_RE.fullmatch(wanted) else "(not a zone name)",
             )
     return key_zone

@@ -6,21 +6,19 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.heads import TreeHead
 from tokenport.audit.merkle import Frontier, leaf_hash
 from tokenport.audit.verify import StoredEntry, StoredHead
+from tokenport.store.db import advisory_lock
 from tokenport.store.schema import audit_entries, audit_heads, audit_state, signing_keys
 
 
 def lock_zone(conn: Connection, zone: str) -> None:
     """One appender per zone at a time, across processes (SQLite: its write lock does it)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": "tokenport.audit." + zone}
-        )
+    advisory_lock(conn, "tokenport.audit." + zone)
 
 
 def append(conn: Connection, zone: str, entries: list[bytes], at: datetime) -> list[int]:

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import groupby
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction, expiry_tx
 from tokenport.billing.prices import Price
+from tokenport.store.db import advisory_lock
 from tokenport.store.schema import (
     changes,
     credit_lots,
@@ -201,10 +202,7 @@ def lock_tenants(conn: Connection, tenant_ids) -> None:
     SQLite: a write takes the database's write lock, so the lock is that first write."""
     if conn.dialect.name == "postgresql":
         for tenant_id in sorted(set(tenant_ids)):
-            conn.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-                {"k": "tokenport.tenant." + tenant_id},
-            )
+            advisory_lock(conn, "tokenport.tenant." + tenant_id)
     else:
         conn.execute(update(credit_lots).where(credit_lots.c.id == "").values(remaining=0))
 

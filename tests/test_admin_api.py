@@ -390,6 +390,10 @@ def test_openapi_documents_every_route(mock_server: LiveServer) -> None:
         ("/v1/models", "get"),
         ("/health", "get"),
         ("/metrics", "get"),
+        ("/.well-known/tokenport/keys", "get"),
+        ("/v1/audit/head", "get"),
+        ("/v1/audit/proof/inclusion", "get"),
+        ("/v1/audit/proof/consistency", "get"),
     ]:
         assert method in paths.get(path, {}), path
     for path, method in served:

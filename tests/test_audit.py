@@ -10,14 +10,15 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from sqlalchemy import Engine
 from support.live import TOKENPORT
 from support.rows import usage_row
 
-from tokenport.audit.heads import TreeHead
-from tokenport.audit.merkle import inclusion_proof, leaf_hash, root, verify_inclusion
+from tokenport.audit.heads import TreeHead, verify_signature
+from tokenport.audit.merkle import inclusion_proof, leaf_hash, root, verify_consistency, verify_inclusion
 from tokenport.audit.service import AuditService
 from tokenport.clock import FakeClock
 from tokenport.store.audit import AuditStore
@@ -241,3 +242,51 @@ def test_cross_zone_attempts_are_refused_and_audited_with_both_zones(mock_server
     assert entries["zone_conflict"]["other_zone"] == "domestic"
     assert entries["zone_mismatch"]["other_zone"] == "domestic"
     assert entries["zone_conflict "]["other_zone"] == "(not a zone name)"  # client text is never kept
+
+
+def test_keys_heads_and_proofs_from_the_api_verify_offline(mock_server) -> None:
+    _, secret = mock_server.new_key("prover")
+    client = openai.OpenAI(base_url=mock_server.base_url + "/v1", api_key=secret, max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="mock-model", messages=[{"role": "user", "content": "hi"}], max_tokens=5
+    )
+    mock_server.record(raw.headers["x-request-id"])
+    mock_server.cli("audit", "sign")
+    auth = {"Authorization": f"Bearer {secret}"}
+    keys = httpx.get(mock_server.base_url + "/.well-known/tokenport/keys").json()["keys"]
+    head = httpx.get(mock_server.base_url + "/v1/audit/head", headers=auth).json()
+    key = next(k for k in keys if k["key_id"] == head["key_id"])
+    assert (key["zone"], key["alg"], head["zone"]) == ("overseas", "Ed25519", "overseas")
+    signed = TreeHead(head["zone"], head["size"], head["root"], head["at"])
+    assert verify_signature(key["public_key"], signed.message(), head["signature"])
+
+    size = head["size"]
+    for index in (0, size - 1):
+        p = httpx.get(
+            mock_server.base_url + "/v1/audit/proof/inclusion",
+            params={"index": index, "size": size},
+            headers=auth,
+        ).json()
+        assert p["root"] == head["root"]
+        proof = [bytes.fromhex(x) for x in p["proof"]]
+        assert verify_inclusion(index, size, bytes.fromhex(p["leaf"]), proof, bytes.fromhex(head["root"]))
+    c = httpx.get(
+        mock_server.base_url + "/v1/audit/proof/consistency",
+        params={"first": 1, "second": size},
+        headers=auth,
+    ).json()
+    assert c["second_root"] == head["root"]
+    assert verify_consistency(
+        1,
+        size,
+        bytes.fromhex(c["first_root"]),
+        bytes.fromhex(head["root"]),
+        [bytes.fromhex(x) for x in c["proof"]],
+    )
+    bad = httpx.get(
+        mock_server.base_url + "/v1/audit/proof/inclusion", params={"index": "x", "size": 1}, headers=auth
+    )
+    assert (
+        bad.status_code == 400 and bad.json()["error"]["param"] == "index" and "x-request-id" in bad.headers
+    )
+    assert httpx.get(mock_server.base_url + "/v1/audit/head").status_code == 401

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenport.api import account, admin, ops
+from tokenport.api import account, admin, audit, ops
 from tokenport.api.errors import openai_error_body
 from tokenport.api.middleware import RequestIdMiddleware
 from tokenport.api.openai_routes import completion_endpoints
@@ -55,6 +55,7 @@ class TokenportApp:
             Route("/v1/models", ops.models, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             *account.routes,
+            *audit.routes,
             *admin.routes,
         ]
         self.starlette = Starlette(

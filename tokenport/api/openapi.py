@@ -117,6 +117,28 @@ SPEC = {
                 ],
             )
         },
+        "/.well-known/tokenport/keys": {
+            "get": {
+                "summary": "The zones' public signing keys (Ed25519, hex)",
+                "tags": ["audit"],
+                "responses": {"200": {"description": "The keys"}},
+            }
+        },
+        "/v1/audit/head": {"get": _op("The key's zone: its latest signed audit tree head", "audit")},
+        "/v1/audit/proof/inclusion": {
+            "get": _op(
+                "The key's zone: an inclusion proof (RFC 6962) of entry `index` in the tree of `size`",
+                "audit",
+                params=[_q("index", "entry index"), _q("size", "tree size")],
+            )
+        },
+        "/v1/audit/proof/consistency": {
+            "get": _op(
+                "The key's zone: a consistency proof (RFC 6962) between two tree sizes",
+                "audit",
+                params=[_q("first", "the earlier size"), _q("second", "the later size")],
+            )
+        },
         "/health": {
             "get": {
                 "summary": "200 when ready, 503 while the engine loads",

@@ -1,0 +1,98 @@
+"""The audit log from outside: the zones' public keys (no key needed), and for a tenant's own
+key, its zone's signed tree head and inclusion and consistency proofs (hashes only).
+
+Proofs are computed from the zone's leaf hashes (read in a thread; O(n) per proof for now)."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokenport.api.keyed import keyed
+from tokenport.audit.merkle import consistency_proof, inclusion_proof, root
+from tokenport.clock import utc_iso
+from tokenport.gateway.errors import ApiError, bad_request
+
+
+def _json(obj) -> Response:
+    return Response(orjson.dumps(obj), media_type="application/json")
+
+
+async def public_keys(request: Request) -> Response:
+    rt = request.app.state.runtime
+    keys = await run_in_threadpool(rt.audit.store.public_keys)
+    data = [
+        {
+            "key_id": k["key_id"],
+            "zone": k["zone"],
+            "alg": "Ed25519",
+            "public_key": k["public_key"],
+            "created_at": utc_iso(k["created_at"]),
+        }
+        for k in keys
+    ]
+    return _json({"keys": data})
+
+
+@keyed
+async def head(request: Request, rt, key) -> Response:
+    heads = await run_in_threadpool(rt.audit.store.heads, key.zone)
+    if not heads:
+        raise ApiError(
+            404, f"zone '{key.zone}' has no signed tree head yet", "invalid_request_error", "not_found"
+        )
+    h = heads[-1]
+    return _json({**h.head.__dict__, "key_id": h.key_id, "signature": h.signature})
+
+
+def _int(request: Request, name: str) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or not raw.isdigit():
+        raise bad_request(f"'{name}' must be a non-negative integer", param=name)
+    return int(raw)
+
+
+@keyed
+async def inclusion(request: Request, rt, key) -> Response:
+    index, size = _int(request, "index"), _int(request, "size")
+    leaves = await run_in_threadpool(_leaves, rt, key.zone, size)
+    if not index < size:
+        raise bad_request(f"index {index} is not in a tree of size {size}", param="index")
+    proof = inclusion_proof(index, leaves)
+    body = {
+        "zone": key.zone,
+        "index": index,
+        "size": size,
+        "leaf": leaves[index].hex(),
+        "root": root(leaves).hex(),
+    }
+    return _json({**body, "proof": [p.hex() for p in proof]})
+
+
+@keyed
+async def consistency(request: Request, rt, key) -> Response:
+    first, second = _int(request, "first"), _int(request, "second")
+    leaves = await run_in_threadpool(_leaves, rt, key.zone, second)
+    if first > second:
+        raise bad_request("'first' cannot be larger than 'second'", param="first")
+    proof = consistency_proof(first, leaves)
+    body = {"zone": key.zone, "first": first, "second": second, "first_root": root(leaves[:first]).hex()}
+    return _json({**body, "second_root": root(leaves).hex(), "proof": [p.hex() for p in proof]})
+
+
+def _leaves(rt, zone: str, size: int) -> list[bytes]:
+    entries = rt.audit.store.entries(zone)
+    if size > len(entries):
+        raise bad_request(f"zone '{zone}' has {len(entries)} entries, not {size}", param="size")
+    return [bytes.fromhex(e.leaf) for e in entries[:size]]
+
+
+routes = [
+    Route("/.well-known/tokenport/keys", public_keys, methods=["GET"]),
+    Route("/v1/audit/head", head, methods=["GET"]),
+    Route("/v1/audit/proof/inclusion", inclusion, methods=["GET"]),
+    Route("/v1/audit/proof/consistency", consistency, methods=["GET"]),
+]

@@ -3,6 +3,7 @@ and `tokenport audit verify` finding every kind of tampering on a copy of the st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -290,3 +291,39 @@ def test_keys_heads_and_proofs_from_the_api_verify_offline(mock_server) -> None:
         bad.status_code == 400 and bad.json()["error"]["param"] == "index" and "x-request-id" in bad.headers
     )
     assert httpx.get(mock_server.base_url + "/v1/audit/head").status_code == 401
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_body_hashes_are_those_of_what_was_received_and_sent(mock_server, stream: bool) -> None:
+    _, secret = mock_server.new_key("hashed")
+    body = json.dumps(
+        {
+            "model": "mock-model",
+            "messages": [{"role": "user", "content": "hash me"}],
+            "max_tokens": 5,
+            "stream": stream,
+        }
+    ).encode()
+    headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
+    with (
+        httpx.Client(base_url=mock_server.base_url) as client,
+        client.stream("POST", "/v1/chat/completions", content=body, headers=headers) as r,
+    ):
+        received = b"".join(r.iter_raw())  # the bytes as they came off the wire
+        request_id = r.headers["x-request-id"]
+    assert r.status_code == 200 and received
+    record = mock_server.record(request_id)
+    assert record["request_sha256"] == hashlib.sha256(body).hexdigest()
+    assert record["response_sha256"] == hashlib.sha256(received).hexdigest()
+    db = sqlite3.connect(mock_server.home / "tokenport.db")
+    try:
+        (raw,) = db.execute(
+            "SELECT entry FROM audit_entries WHERE entry LIKE ?", (f'%"{request_id}"%',)
+        ).fetchone()
+    finally:
+        db.close()
+    entry = json.loads(raw)
+    assert (entry["request_sha256"], entry["response_sha256"]) == (
+        record["request_sha256"],
+        record["response_sha256"],
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 
 from tokenport.api.errors import error_headers, openai_error_body, send_error
@@ -21,6 +22,7 @@ class AsgiSink:
     """Writes one response to the ASGI `send`; knows whether the client went away."""
 
     __slots__ = (
+        "_digest",
         "_rid",
         "_send",
         "cancellable",
@@ -40,6 +42,10 @@ class AsgiSink:
         self.finished = False
         self.started = False
         self.streaming = False
+        self._digest = hashlib.sha256()  # of every body byte the client is sent
+
+    def response_sha256(self) -> str:
+        return self._digest.hexdigest()
 
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
         headers = [(b"content-type", content_type), self._rid]
@@ -52,6 +58,7 @@ class AsgiSink:
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
 
     async def send(self, data: bytes) -> None:
+        self._digest.update(data)
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def error(self, err: ApiError) -> None:
@@ -67,6 +74,7 @@ class AsgiSink:
                 "headers": error_headers(err, body, (self._rid,)),
             }
         )
+        self._digest.update(body)
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def finish(self) -> None:
@@ -116,6 +124,7 @@ class CompletionEndpoint:
             return
         gateway: Gateway = self.gateway_ref()
         ctx = RequestContext(request_id, self.endpoint, self.clock.now(), self.clock.monotonic())
+        ctx.request_sha256 = hashlib.sha256(body).hexdigest()  # evidence of what was processed
         watcher = asyncio.create_task(_watch_disconnect(receive, sink, asyncio.current_task()))
         try:
             await gateway.handle(ctx, headers, body, self.parse, sink)

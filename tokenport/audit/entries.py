@@ -28,6 +28,8 @@ REQUEST_FIELDS = (
     "cost_nano_usd",
     "plan_units",
     "client_disconnected",
+    "request_sha256",
+    "response_sha256",
 )
 
 

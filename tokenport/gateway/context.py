@@ -19,6 +19,8 @@ class RequestContext:
     key: KeyRecord | None = None
     zone: str | None = None
     other_zone: str | None = None  # a refused cross-zone attempt: the zone(s) it reached for
+    request_sha256: str | None = None  # of the request body as received
+    response_sha256: str | None = None  # of the response body bytes as sent
     model: str | None = None
     backend: str | None = None
     stream: bool = False

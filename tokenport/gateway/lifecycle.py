@@ -103,4 +103,5 @@ class Gateway:
         finally:
             self.in_flight -= 1
             ctx.client_disconnected = ctx.client_disconnected or sink.disconnected
+            ctx.response_sha256 = sink.response_sha256()
             self.settler.settle(ctx, out)

@@ -35,6 +35,8 @@ class ClientSink(Protocol):
 
     async def error(self, err: ApiError) -> None: ...
 
+    def response_sha256(self) -> str: ...  # SHA-256 (hex) of the body bytes sent so far
+
 
 @dataclass(slots=True)
 class Outcome:

@@ -73,6 +73,8 @@ class Settler:
             client_disconnected=ctx.client_disconnected,
             cost_nano_usd=cost.nano if cost is not None else None,
             plan_units=plan_units,
+            request_sha256=ctx.request_sha256,
+            response_sha256=ctx.response_sha256,
             started_at=ctx.started_at,
             finished_at=finished_at,
         )

@@ -35,6 +35,8 @@ class UsageRecord:
     client_disconnected: bool
     cost_nano_usd: int | None
     plan_units: int | None
+    request_sha256: str | None  # evidence without content: hashes of the bodies in and out
+    response_sha256: str | None
     started_at: datetime
     finished_at: datetime
 

@@ -101,6 +101,8 @@ usage = Table(
     Column("client_disconnected", Boolean, nullable=False),
     Column("cost_nano_usd", BigInteger, nullable=True),  # what was charged; null: not billed
     Column("plan_units", BigInteger, nullable=True),  # counted against the tenant's plan instead
+    Column("request_sha256", String(64), nullable=True),  # hashes, never the bodies
+    Column("response_sha256", String(64), nullable=True),
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),

@@ -327,3 +327,35 @@ def test_the_body_hashes_are_those_of_what_was_received_and_sent(mock_server, st
         record["request_sha256"],
         record["response_sha256"],
     )
+
+
+def test_administrative_actions_are_audited_in_their_zone(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {"TOKENPORT_HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> dict:
+        res = subprocess.run([TOKENPORT, *args, "--json"], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout) if res.stdout.strip() else {}
+
+    cli("zones", "create", "domestic")
+    tenant = cli("tenants", "create", "acme", "--zone", "domestic")
+    key = cli("keys", "create", "--tenant", "acme", "--rpm", "5")
+    subprocess.run([TOKENPORT, "keys", "revoke", key["id"]], env=env, check=True, capture_output=True)
+    db = sqlite3.connect(home / "tokenport.db")
+    try:
+        rows = db.execute("SELECT zone, idx, entry FROM audit_entries ORDER BY zone, idx").fetchall()
+    finally:
+        db.close()
+    actions = [(zone, json.loads(e)["action"]) for zone, _, e in rows]
+    assert ("domestic", "zone.create") in actions
+    assert [a for z, a in actions if z == "domestic" and a != "zone.create"] == [
+        "tenant.create",
+        "key.create",
+        "key.revoke",
+    ]
+    created = next(json.loads(e) for z, _, e in rows if json.loads(e)["action"] == "key.create")
+    assert (created["key_id"], created["tenant_id"], created["rpm_limit"]) == (key["id"], tenant["id"], 5)
+    assert not any(key["key"] in e for _, _, e in rows), "never the secret"
+    subprocess.run([TOKENPORT, "audit", "sign"], env=env, check=True, capture_output=True)
+    assert subprocess.run([TOKENPORT, "audit", "verify"], env=env, capture_output=True).returncode == 0

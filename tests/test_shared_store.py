@@ -24,7 +24,7 @@ from tokenport.gateway.sse import Counts
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import MIGRATIONS, connect
 from tokenport.store.feed import snapshot
-from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, usage
+from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, tenants, usage
 from tokenport.store.shared import Ask, Grant, SharedStore, View
 from tokenport.store.tenants import Tenant, TenantStore
 from tokenport.store.usage import UsageStore
@@ -203,7 +203,8 @@ def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clo
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0007")
     tenant = Tenant(id="ten_old", name="old", zone="overseas", created_at=now)
-    TenantStore(engine).insert_tenant(tenant, now)  # as 0007 knew it (no zones table yet)
+    with engine.begin() as conn:  # as 0007 knew it (no zones, no audit log yet)
+        conn.execute(insert(tenants).values(**tenant.__dict__))
     with engine.begin() as conn:  # as 0007 wrote them: a grant of $2, $0.5 spent, one usage record
         conn.execute(
             text(

@@ -45,5 +45,10 @@ def request_entry(record: dict) -> dict:
     return entry
 
 
+def admin_entry(action: str, at: datetime, **refs) -> dict:
+    """An administrative action (`tenant.create`, `key.revoke`, ...) and the ids it touched."""
+    return {"type": "admin", "action": action, "at": _iso(at), **refs}
+
+
 def _iso(value) -> str:
     return utc_iso(value) if isinstance(value, datetime) else str(value)

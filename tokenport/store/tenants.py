@@ -8,8 +8,15 @@ from datetime import datetime
 from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tokenport.audit.entries import admin_entry, canonical
+from tokenport.store.audit import append as audit_append
 from tokenport.store.schema import api_keys, changes, tenants, zones
 from tokenport.tenancy.keys import KeyRecord
+
+
+def _audit(conn, zone: str, entry: dict, at: datetime) -> None:
+    """The action's audit entry, in its zone's log, in the same database transaction."""
+    audit_append(conn, zone, [canonical(entry)], at)
 
 
 class Conflict(Exception):
@@ -54,6 +61,7 @@ class TenantStore:
             with self.engine.begin() as conn:
                 conn.execute(insert(zones).values(name=name, created_at=at))
                 conn.execute(insert(changes).values(kind="zone", ref=name, at=at))
+                _audit(conn, name, admin_entry("zone.create", at, zone=name), at)
         except IntegrityError as exc:
             raise Conflict(f"zone {name!r} already exists") from exc
 
@@ -84,6 +92,10 @@ class TenantStore:
             with self.engine.begin() as conn:
                 conn.execute(insert(tenants).values(**tenant.__dict__))
                 conn.execute(insert(changes).values(kind="tenant", ref=tenant.id, at=at))
+                entry = admin_entry(
+                    "tenant.create", at, tenant_id=tenant.id, name=tenant.name, zone=tenant.zone
+                )
+                _audit(conn, tenant.zone, entry, at)
         except IntegrityError as exc:
             raise Conflict(f"tenant {tenant.name!r} already exists") from exc
 
@@ -104,13 +116,26 @@ class TenantStore:
         with self.engine.begin() as conn:
             conn.execute(insert(api_keys).values(**values))
             conn.execute(insert(changes).values(kind="key", ref=values["id"], at=at))
+            limits = {
+                k: values.get(k) for k in ("rpm_limit", "tpm_limit", "budget_nano_usd", "budget_period")
+            }
+            refs = {
+                "key_id": values["id"],
+                "tenant_id": values["tenant_id"],
+                "zone": values["zone"],
+                **limits,
+            }
+            _audit(conn, values["zone"], admin_entry("key.create", at, **refs), at)
 
     def revoke_key(self, key_id: str, at: datetime) -> bool:
         """Mark revoked; False when no such key. Revoking twice keeps the first time."""
         with self.engine.begin() as conn:
-            found = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
+            found = conn.execute(
+                select(api_keys.c.id, api_keys.c.zone).where(api_keys.c.id == key_id)
+            ).first()
             if not found:
                 return False
+            _audit(conn, found.zone, admin_entry("key.revoke", at, key_id=key_id, zone=found.zone), at)
             conn.execute(
                 update(api_keys)
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))

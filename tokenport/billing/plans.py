@@ -51,7 +51,7 @@ class Window:
         return self.used >= self.limit
 
 
-def _minute(at: datetime) -> int:
+def minute_of(at: datetime) -> int:
     return int(at.timestamp() // 60)
 
 
@@ -63,7 +63,7 @@ class PlanUsage:
         if units <= 0:
             return
         buckets = self._buckets.setdefault(tenant_id, {})
-        m = _minute(at)
+        m = minute_of(at)
         buckets[m] = buckets.get(m, 0) + units
         floor = m - SEVEN_DAYS
         if len(buckets) > SEVEN_DAYS + 10:  # drop what no window can see any more
@@ -77,7 +77,7 @@ class PlanUsage:
         )
 
     def _window(self, name: str, limit: int, minutes: int, tenant_id: str, at: datetime) -> Window:
-        now = _minute(at)
+        now = minute_of(at)
         live = sorted((m, u) for m, u in self._buckets.get(tenant_id, {}).items() if m > now - minutes)
         used = sum(u for _, u in live)
         resets_at = at

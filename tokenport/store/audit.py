@@ -60,10 +60,6 @@ class AuditStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def append(self, zone: str, entries: list[bytes], at: datetime) -> list[int]:
-        with self.engine.begin() as conn:
-            return append(conn, zone, entries, at)
-
     def sizes(self) -> dict[str, tuple[int, str]]:
         """Each zone's size and current root (hex)."""
         q = select(audit_state.c.zone, audit_state.c.size, audit_entries.c.root).join(

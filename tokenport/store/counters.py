@@ -11,11 +11,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokenport.billing.budgets import period_start
+from tokenport.billing.plans import minute_of
 from tokenport.store.schema import key_spend, plan_minutes, token_seconds
-
-
-def minute_of(at: datetime) -> int:
-    return int(at.timestamp() // 60)
 
 
 def usage_counters(rows: list[dict]) -> tuple[dict[tuple, int], dict[tuple, int]]:

@@ -10,7 +10,7 @@ deletes the hold, in the same database transaction as the usage records.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -19,11 +19,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokenport.billing.ledger import Ledger, Lot, charge_tx
+from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import LOT_COLUMNS, lock_tenants, write_transactions
-from tokenport.store.counters import count_tokens, minute_of
+from tokenport.store.counters import count_tokens
 from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, rate_buckets, token_seconds
-
-WEEK_MINUTES = 7 * 24 * 60
 
 
 @dataclass(frozen=True)
@@ -87,9 +86,6 @@ class SharedStore:
         self.pg = engine.dialect.name == "postgresql"
         self._insert = pg_insert if self.pg else sqlite_insert
 
-    def lock(self, conn: Connection, tenant_ids: Iterable[str]) -> None:
-        lock_tenants(conn, tenant_ids)
-
     # --- admission ---
 
     def admit_many(self, items: list[tuple[Ask, Callable[[View], Grant]]]) -> list[Grant | Exception]:
@@ -102,7 +98,7 @@ class SharedStore:
         out: list[Grant | Exception] = []
         with self.engine.begin() as conn:
             if self.pg:
-                self.lock(conn, [tenant_id])
+                lock_tenants(conn, [tenant_id])
             else:  # a write first takes SQLite's write lock (and expired holds go)
                 conn.execute(
                     delete(holds).where(holds.c.tenant_id == tenant_id, holds.c.expires_at <= items[0][0].at)
@@ -117,12 +113,6 @@ class SharedStore:
                 self._write(conn, ask, grant)
                 out.append(grant)
         return out
-
-    def admit(self, ask: Ask, decide: Callable[[View], Grant]) -> Grant:
-        result = self.admit_many([(ask, decide)])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     def release(self, request_ids: list[str]) -> None:
         """Drop holds nobody will settle (their requests went away while being admitted)."""
@@ -192,7 +182,7 @@ class SharedStore:
             view.tokens = [(int(s), int(n)) for s, n in conn.execute(q)]
         if ask.plan:
             p = plan_minutes
-            floor = minute_of(ask.at) - WEEK_MINUTES
+            floor = minute_of(ask.at) - SEVEN_DAYS
             q = select(p.c.minute, p.c.units).where(p.c.tenant_id == ask.tenant_id, p.c.minute > floor)
             view.plan_minutes = [(int(m), int(u)) for m, u in conn.execute(q)]
         return view
@@ -218,7 +208,7 @@ class SharedStore:
         with self.engine.begin() as conn:
             conn.execute(delete(holds).where(holds.c.expires_at <= at))
             conn.execute(delete(token_seconds).where(token_seconds.c.second <= int(at.timestamp()) - 60))
-            conn.execute(delete(plan_minutes).where(plan_minutes.c.minute <= minute_of(at) - WEEK_MINUTES))
+            conn.execute(delete(plan_minutes).where(plan_minutes.c.minute <= minute_of(at) - SEVEN_DAYS))
 
     # --- settlement, inside the usage writer's database transaction ---
 

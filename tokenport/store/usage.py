@@ -15,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.audit.entries import canonical, request_entry
 from tokenport.store.audit import append as audit_append
-from tokenport.store.billing import write_transactions
+from tokenport.store.billing import lock_tenants, write_transactions
 from tokenport.store.counters import count_usage
 from tokenport.store.schema import tenants, usage
 from tokenport.store.shared import SharedStore
@@ -50,7 +50,7 @@ class UsageStore:
             count_usage(conn, fresh)
             audit_requests(conn, fresh)
             if charges:  # shared mode, last: the tenants' locks are held from here to the commit
-                self.shared.lock(conn, {c.tenant_id for c in charges})
+                lock_tenants(conn, {c.tenant_id for c in charges})
                 self.shared.settle(conn, [c for c in charges if c.request_id in new])
 
     def _insert_new(self, conn, rows: list[dict]) -> set[str]:

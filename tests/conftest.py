@@ -80,10 +80,12 @@ def default_model() -> Path:
 
 @pytest.fixture(scope="session")
 def engine_server(tmp_path_factory, default_model) -> Iterator[LiveServer]:
-    """`tokenport serve` with the embedded SmolLM2 engine."""
+    """`tokenport serve` with the embedded SmolLM2 engine, logging at debug level (the canary
+    test checks that even then no content reaches the log)."""
     server = start_server(
         tmp_path_factory.mktemp("engine-home"),
         {"engine": {"n_ctx": 2048, "parallel": 4, "model_path": str(default_model)}},
+        env_extra={"TOKENPORT_LOG_LEVEL": "debug"},
     )
     yield server
     server.stop()

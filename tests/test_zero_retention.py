@@ -89,3 +89,7 @@ def test_canaries_appear_in_no_file_database_or_log(engine_server):
         if needle in data
     ]
     assert not found, f"request content persisted: {found}"
+    metrics = httpx.get(engine_server.base_url + "/metrics").content
+    log = engine_server.log().encode()
+    assert b"DEBUG sqlalchemy.engine" in log  # the log was at debug level
+    assert not [n[:16] for n in needles if n in metrics or n in log]

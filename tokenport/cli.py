@@ -44,8 +44,11 @@ def cmd_serve(args) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = Settings(**{**settings.__dict__, **overrides})
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = getattr(logging, settings.log_level.upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    if settings.log_level == "debug":  # every SQL statement, its parameters and result rows
+        logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     runtime = Runtime(settings, say=say)
     _first_run_demo(runtime, settings)
@@ -56,7 +59,7 @@ def cmd_serve(args) -> int:
         port=settings.port,
         lifespan="on",
         access_log=False,
-        log_level="warning",
+        log_level="debug" if settings.log_level == "debug" else "warning",
         loop=_loop(),
         http="httptools",
         timeout_graceful_shutdown=30,
@@ -162,6 +165,28 @@ def cmd_audit_verify(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_receipts_verify(args) -> int:
+    """Offline: needs only the receipt (and, to pin who signed it, the published keys)."""
+    from pathlib import Path
+
+    from tokenport.audit.receipts import verify_receipt
+
+    try:
+        doc = json.loads(Path(args.file).read_text())
+        trusted = None
+        if args.keys:
+            published = json.loads(Path(args.keys).read_text())
+            trusted = {k["key_id"]: k["public_key"] for k in published["keys"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"cannot read the receipt or keys: {exc}", file=sys.stderr)
+        return 2
+    problems = verify_receipt(doc, trusted) if isinstance(doc, dict) else ["not a JSON object"]
+    pinned = "against the pinned keys" if trusted is not None else "against its own key (not pinned)"
+    lines = [f"FAILED: {p}" for p in problems] or [f"receipt {doc.get('receipt_id', '')} verifies {pinned}"]
+    _print({"ok": not problems, "problems": problems, "pinned": trusted is not None}, args.json, lines)
+    return 0 if not problems else 1
+
+
 def cmd_zones_create(args) -> int:
     svc, _ = _service(args)
     name = svc.create_zone(args.name)
@@ -194,6 +219,50 @@ def cmd_tenants_list(args) -> int:
     items = [tenant_view(t) for t in svc.list_tenants()]
     _print(items, args.json, [f"{t['name']:24} {t['zone']:16} {t['id']}  {t['created_at']}" for t in items])
     return 0
+
+
+def parse_duration(text: str) -> int:
+    """Seconds, from `3600`, `90s`, `15m`, `24h` or `7d`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], units[text[-1]]) if text and text[-1] in units else (text, 1)
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 3600, 15m, 24h, 7d)")
+    return int(number) * unit
+
+
+def cmd_tenants_retention(args) -> int:
+    from tokenport.api.views import tenant_view
+
+    svc, _ = _service(args)
+    t = svc.set_retention(args.name, None if args.off else args.ttl)
+    state = f"retains bodies for {t.retention_ttl_s} s, encrypted" if t.retention_ttl_s else "retains nothing"
+    _print(tenant_view(t), args.json, [f"tenant {t.name} {state}"])
+    return 0
+
+
+def cmd_tenants_purge(args) -> int:
+    from pathlib import Path
+
+    svc, _ = _service(args)
+    tenant = svc.tenant(args.name)
+    receipt = _vault(args).purge_tenant(tenant)
+    if args.out:
+        Path(args.out).write_text(json.dumps(receipt, indent=2))
+    lines = [
+        f"purged {receipt['records_deleted']} retained records of {tenant.name} (zone {tenant.zone})",
+        f"signed deletion receipt (audit index {receipt['audit_index']})"
+        + (f" written to {args.out}" if args.out else ""),
+    ]
+    _print(receipt, args.json, lines)
+    return 0
+
+
+def _vault(args):
+    from tokenport.store.retention import RetentionStore
+    from tokenport.zones.vault import Vault
+
+    audit = _audit(args)
+    return Vault(RetentionStore(audit.store.engine), audit.keys_dir, audit)
 
 
 def cmd_keys_create(args) -> int:
@@ -526,6 +595,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = command(audit, "verify", cmd_audit_verify, "recompute the log; exit 1 naming the first bad index")
     c.add_argument("--json", action="store_true")
 
+    receipts = sub.add_parser("receipts", help="signed processing receipts").add_subparsers(
+        dest="sub", required=True
+    )
+    c = receipts.add_parser("verify", help="verify a receipt's signatures and inclusion proof offline")
+    c.set_defaults(func=cmd_receipts_verify)
+    c.add_argument("file", help="a receipt, as returned by GET /v1/receipts/{request_id}")
+    c.add_argument("--keys", help="the published keys (/.well-known/tokenport/keys) to pin the signer")
+    c.add_argument("--json", action="store_true")
+
     zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
     c = command(
         zones, "create", cmd_zones_create, "create a zone (immutable; tenants, keys and backends live in one)"
@@ -541,6 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--zone", help="zone (default: the configured default zone); immutable")
     c.add_argument("--json", action="store_true")
     c = command(tenants, "list", cmd_tenants_list, "list tenants")
+    c.add_argument("--json", action="store_true")
+    c = command(tenants, "retention", cmd_tenants_retention, "opt a tenant in to encrypted retention, or out")
+    c.add_argument("name")
+    mode = c.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--ttl", type=parse_duration, help="keep bodies this long (3600, 15m, 24h, 7d)")
+    mode.add_argument("--off", action="store_true", help="zero retention (the default)")
+    c.add_argument("--json", action="store_true")
+    c = command(
+        tenants, "purge", cmd_tenants_purge, "delete all retained data of a tenant; signed deletion receipt"
+    )
+    c.add_argument("name")
+    c.add_argument("--out", help="also write the deletion receipt to this file")
     c.add_argument("--json", action="store_true")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="sub", required=True)

@@ -61,6 +61,8 @@ class Settings:
     expire_credits_every_s: float = 300.0  # post due credit expiries; 0 = leave it to the CLI
     audit_sign_every_s: float = 10.0  # sign each zone's audit tree head when it grew; 0 = off
     audit_keys_dir: Path | None = None  # the zones' signing keys; None = $TOKENPORT_HOME/keys
+    log_level: str = "info"  # debug | info | warning | error (content is never logged at any level)
+    retention_purge_every_s: float = 60.0  # delete expired retained records; 0 = off
 
     @property
     def keys_dir(self) -> Path:
@@ -122,6 +124,8 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         shared=_flag(os.environ.get("TOKENPORT_SHARED"), cluster.get("shared", False)),
         expire_credits_every_s=float(billing.get("expire_credits_every_s", 300.0)),
         audit_sign_every_s=float(data.get("audit", {}).get("sign_every_s", 10.0)),
+        log_level=_log_level(os.environ.get("TOKENPORT_LOG_LEVEL") or server.get("log_level") or "info"),
+        retention_purge_every_s=float(data.get("retention", {}).get("purge_every_s", 60.0)),
         audit_keys_dir=Path(data["audit"]["keys_dir"]).expanduser()
         if data.get("audit", {}).get("keys_dir")
         else None,
@@ -172,3 +176,10 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         api_key=raw.get("api_key") or None,
         context=int(raw.get("context", 131072)),
     )
+
+
+def _log_level(value: str) -> str:
+    level = str(value).lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError(f"log_level must be debug, info, warning or error, not {value!r}")
+    return level

@@ -28,11 +28,13 @@ from tokenport.store.audit import AuditStore
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
 from tokenport.store.feed import FeedStore
+from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
 from tokenport.store.writer import BatchWriter
 from tokenport.tenancy.service import TenancyService
+from tokenport.zones.vault import Vault
 
 log = logging.getLogger("tokenport")
 
@@ -69,6 +71,9 @@ class Runtime:
             dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
         )
         self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
+        self.vault = Vault(RetentionStore(self.db), settings.keys_dir, self.audit, self.clock)
+        for zone in declared:  # key files read now, not on the request path
+            self.vault.zone_key(zone)
         self.shared = SharedStore(self.db) if settings.shared else None
         self.charging = Charging(self.billing, self.shared, settings.default_rpm)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
@@ -90,13 +95,14 @@ class Runtime:
         )
         relay = Relay(self.session, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
-        settler = Settler(self.writer, self.metrics, self.clock, self.charging, limiter)
+        settler = Settler(self.writer, self.metrics, self.clock, self.charging, limiter, self.vault)
         self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler)
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),
             asyncio.create_task(self._expire_holds(), name="hold-expiry"),
             asyncio.create_task(self._expire_credits(), name="credit-expiry"),
             asyncio.create_task(self._sign_audit_heads(), name="audit-heads"),
+            asyncio.create_task(self._purge_retained(), name="retention-purge"),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
             ),
@@ -113,6 +119,17 @@ class Runtime:
                     await asyncio.to_thread(self.shared.purge, self.clock.now())
             else:
                 self.billing.accountant.expire_holds(self.clock.now())
+
+    async def _purge_retained(self) -> None:
+        every = self.settings.retention_purge_every_s
+        if every <= 0:
+            return
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await asyncio.to_thread(self.vault.purge_expired)
+            except Exception as exc:
+                log.warning("purging expired retained records failed: %s", type(exc).__name__)
 
     async def _sign_audit_heads(self) -> None:
         every = self.settings.audit_sign_every_s

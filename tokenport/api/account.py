@@ -1,4 +1,4 @@
-"""The customer's own view, with its API key: `/v1/account/balance` and `/v1/account/usage`.
+"""The customer's own view, with its API key: balance, usage, invoices, and retained records.
 A key sees its own tenant only. Reads run in a thread (they touch the database)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenport.api.admin import parse_since
-from tokenport.api.keyed import keyed
+from tokenport.api.keyed import keyed, when_recorded
 from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
 from tokenport.billing.money import nano_to_usd
@@ -71,7 +71,24 @@ async def invoice(request: Request, rt, key) -> Response:
     return Response(orjson.dumps(doc), media_type="application/json")
 
 
+@keyed
+async def retained(request: Request, rt, key) -> Response:
+    """What the tenant opted to retain of one request, decrypted for that tenant only."""
+    request_id = request.path_params["request_id"]
+    doc = await when_recorded(rt.vault.read, request_id, key.tenant_id)
+    if doc is None:
+        raise ApiError(
+            404,
+            f"Nothing retained for request '{request_id}' (retention off, expired, purged, or another "
+            "tenant's request)",
+            "invalid_request_error",
+            "not_found",
+        )
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
 routes = [
+    Route("/v1/retained/{request_id}", retained, methods=["GET"]),
     Route("/v1/account/invoices", invoices, methods=["GET"]),
     Route("/v1/account/invoices/{invoice_id}", invoice, methods=["GET"]),
     Route("/v1/account/balance", balance, methods=["GET"]),

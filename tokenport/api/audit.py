@@ -1,5 +1,6 @@
 """The audit log from outside: the zones' public keys (no key needed), and for a tenant's own
-key, its zone's signed tree head and inclusion and consistency proofs (hashes only).
+key, its requests' signed receipts, its zone's signed tree head and inclusion and consistency
+proofs (hashes only).
 
 Proofs are computed from the zone's leaf hashes (read in a thread; O(n) per proof for now)."""
 
@@ -11,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenport.api.keyed import keyed
+from tokenport.api.keyed import keyed, when_recorded
 from tokenport.audit.merkle import consistency_proof, inclusion_proof, root
 from tokenport.clock import utc_iso
 from tokenport.gateway.errors import ApiError, bad_request
@@ -84,14 +85,30 @@ async def consistency(request: Request, rt, key) -> Response:
 
 
 def _leaves(rt, zone: str, size: int) -> list[bytes]:
-    entries = rt.audit.store.entries(zone)
-    if size > len(entries):
-        raise bad_request(f"zone '{zone}' has {len(entries)} entries, not {size}", param="size")
-    return [bytes.fromhex(e.leaf) for e in entries[:size]]
+    leaves = rt.audit.store.leaves(zone, size)
+    if size > len(leaves):
+        raise bad_request(f"zone '{zone}' has {len(leaves)} entries, not {size}", param="size")
+    return leaves
+
+
+@keyed
+async def receipt(request: Request, rt, key) -> Response:
+    """The signed processing receipt of one of the key's tenant's requests."""
+    request_id = request.path_params["request_id"]
+    doc = await when_recorded(rt.audit.receipt, request_id, key.tenant_id)
+    if doc is not None:
+        return _json(doc)
+    raise ApiError(
+        404,
+        f"No receipt for request '{request_id}': not one of this tenant's requests, or not yet recorded",
+        "invalid_request_error",
+        "receipt_not_found",
+    )
 
 
 routes = [
     Route("/.well-known/tokenport/keys", public_keys, methods=["GET"]),
+    Route("/v1/receipts/{request_id}", receipt, methods=["GET"]),
     Route("/v1/audit/head", head, methods=["GET"]),
     Route("/v1/audit/proof/inclusion", inclusion, methods=["GET"]),
     Route("/v1/audit/proof/consistency", consistency, methods=["GET"]),

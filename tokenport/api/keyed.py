@@ -3,6 +3,9 @@ answer any ApiError in the OpenAI shape."""
 
 from __future__ import annotations
 
+import asyncio
+
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -28,3 +31,17 @@ def keyed(handler):
             return Response(body, err.status, headers=headers)
 
     return endpoint
+
+
+RECORD_TRIES = 40  # of 50 ms each: a request is recorded within the usage writer's flush interval
+
+
+async def when_recorded(read, *args):
+    """`read(*args)` in a thread, retried until it finds what the usage writer is about to
+    write (a just-finished request's receipt or retained record); None if it never appears."""
+    for _ in range(RECORD_TRIES):
+        found = await run_in_threadpool(read, *args)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.05)
+    return None

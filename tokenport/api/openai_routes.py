@@ -15,6 +15,7 @@ from tokenport.gateway.errors import ApiError
 from tokenport.gateway.lifecycle import Gateway
 from tokenport.gateway.sse import sse_error
 
+RECEIPT_HEADER = b"x-tokenport-receipt-id"  # GET /v1/receipts/{id} returns the signed receipt
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -29,6 +30,8 @@ class AsgiSink:
         "delivered",
         "disconnected",
         "finished",
+        "kept",
+        "receipted",
         "started",
         "streaming",
     )
@@ -40,15 +43,27 @@ class AsgiSink:
         self.cancellable = False
         self.delivered = False
         self.finished = False
+        self.receipted = False
         self.started = False
         self.streaming = False
         self._digest = hashlib.sha256()  # of every body byte the client is sent
+        self.kept: list[bytes] | None = None  # the body, only for a tenant that opted in to retention
+
+    def keep(self) -> None:
+        self.kept = []
+
+    def kept_body(self) -> bytes:
+        return b"".join(self.kept or ())
 
     def response_sha256(self) -> str:
         return self._digest.hexdigest()
 
+    def _ids(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The request id, and the receipt id once the request will have a receipt (same value)."""
+        return (self._rid, (RECEIPT_HEADER, self._rid[1])) if self.receipted else (self._rid,)
+
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
-        headers = [(b"content-type", content_type), self._rid]
+        headers = [(b"content-type", content_type), *self._ids()]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         if content_type == b"text/event-stream":
@@ -59,6 +74,8 @@ class AsgiSink:
 
     async def send(self, data: bytes) -> None:
         self._digest.update(data)
+        if self.kept is not None:
+            self.kept.append(data)
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def error(self, err: ApiError) -> None:
@@ -71,10 +88,12 @@ class AsgiSink:
             {
                 "type": "http.response.start",
                 "status": err.status,
-                "headers": error_headers(err, body, (self._rid,)),
+                "headers": error_headers(err, body, self._ids()),
             }
         )
         self._digest.update(body)
+        if self.kept is not None:
+            self.kept.append(body)
         await self._send({"type": "http.response.body", "body": body, "more_body": True})
 
     async def finish(self) -> None:

@@ -19,7 +19,13 @@ def _usd(nano: int | None) -> str | None:
 
 
 def tenant_view(t: Tenant) -> dict:
-    return {"id": t.id, "name": t.name, "zone": t.zone, "created_at": _iso(t.created_at)}
+    return {
+        "id": t.id,
+        "name": t.name,
+        "zone": t.zone,
+        "created_at": _iso(t.created_at),
+        "retention_ttl_s": t.retention_ttl_s,
+    }
 
 
 def key_view(k: KeyInfo, secret: str | None = None) -> dict:

@@ -30,6 +30,7 @@ REQUEST_FIELDS = (
     "client_disconnected",
     "request_sha256",
     "response_sha256",
+    "retention",
 )
 
 

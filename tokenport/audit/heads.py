@@ -43,6 +43,7 @@ class Signer:
         self.private = private
         self.public = private.public_key()
         self.key_id = key_id(self.public)
+        self.public_key_hex = public_hex(self.public)
 
     def sign(self, message: bytes) -> str:
         return self.private.sign(message).hex()

@@ -9,9 +9,9 @@ vouch for a rewritten log.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
@@ -21,28 +21,16 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tokenport.audit.heads import Signer, TreeHead, public_hex
+from tokenport.audit.merkle import inclusion_proof
+from tokenport.audit.receipts import processing_receipt
 from tokenport.audit.verify import verify_zone
 from tokenport.clock import Clock, SystemClock, utc_iso
 from tokenport.store.audit import AuditStore
+from tokenport.store.keyfiles import load_or_create
 
 
-def _create_key(path: Path) -> Ed25519PrivateKey:
-    """A new key file, created whole or not at all; if another process made one first, that one."""
-    private = Ed25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    try:
-        os.link(tmp, path)  # atomic, and refuses to replace an existing key
-    except FileExistsError:
-        loaded = load_pem_private_key(path.read_bytes(), None)
-        assert isinstance(loaded, Ed25519PrivateKey)
-        private = loaded
-    finally:
-        tmp.unlink()
-    return private
+def _new_pem() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
 
 
 class AuditService:
@@ -54,27 +42,43 @@ class AuditService:
 
     def signer(self, zone: str) -> Signer:
         if zone not in self._signers:
-            path = self.keys_dir / f"audit-{zone}.pem"
-            if path.exists():
-                private = load_pem_private_key(path.read_bytes(), None)
-                assert isinstance(private, Ed25519PrivateKey)
-            else:
-                private = _create_key(path)
+            pem = load_or_create(self.keys_dir / f"audit-{zone}.pem", _new_pem)
+            private = load_pem_private_key(pem, None)
+            assert isinstance(private, Ed25519PrivateKey)
             signer = Signer(zone, private)
             self.store.register_key(signer.key_id, zone, public_hex(signer.public), self.clock.now())
             self._signers[zone] = signer
         return self._signers[zone]
 
-    def sign_heads(self) -> list[TreeHead]:
-        """Sign each zone's head if it grew since its last signed head."""
+    def sign_heads(self, zone_: str | None = None) -> list[TreeHead]:
+        """Sign each zone's head (or just `zone_`'s) if it grew since its last signed head."""
         signed = []
         for zone, (size, root) in sorted(self.store.sizes().items()):
-            if size > self.store.last_head_size(zone):
+            if (zone_ is None or zone == zone_) and size > self.store.last_head_size(zone):
                 head = TreeHead(zone, size, root, utc_iso(self.clock.now()))
                 signer = self.signer(zone)
                 if self.store.save_head(head, signer.key_id, signer.sign(head.message())):
                     signed.append(head)
         return signed
+
+    def receipt(self, request_id: str, tenant_id: str) -> dict | None:
+        """The signed processing receipt of one of the tenant's requests; None if its audit entry
+        is not (yet) written or the request is another tenant's. Signs a new tree head when no
+        signed head covers the entry yet (heads are signed on demand as well as periodically)."""
+        found = self.store.find_request(request_id)
+        if found is None:
+            return None
+        zone, index, entry = found
+        if orjson.loads(entry).get("tenant_id") != tenant_id:
+            return None
+        head = self.store.head_covering(zone, index)
+        if head is None:
+            self.sign_heads(zone)
+            head = self.store.head_covering(zone, index)
+        assert head is not None, "a signed head covers every entry once the zone's head is signed"
+        proof = inclusion_proof(index, self.store.leaves(zone, head.head.size))
+        issued = utc_iso(self.clock.now())
+        return processing_receipt(entry, index, proof, head, self.signer(zone), issued)
 
     def trusted_keys(self) -> dict[str, str]:
         """key id -> public key (hex), from the key files."""

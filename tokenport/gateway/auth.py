@@ -27,8 +27,9 @@ class KeyCache:
 
     def apply(self, rows) -> None:
         key_ids = {ref for _, kind, ref in rows if kind == "key"}
-        if key_ids:
-            for record in self.store.load_keys(key_ids):
+        tenant_ids = {ref for _, kind, ref in rows if kind == "tenant"}  # e.g. retention changed
+        if key_ids or tenant_ids:
+            for record in self.store.load_keys(key_ids, tenant_ids):
                 self._by_hash[record.key_hash] = record  # one atomic item update each
 
     def authenticate(self, authorization: bytes | None, x_api_key: bytes | None) -> KeyRecord:

@@ -21,6 +21,9 @@ class RequestContext:
     other_zone: str | None = None  # a refused cross-zone attempt: the zone(s) it reached for
     request_sha256: str | None = None  # of the request body as received
     response_sha256: str | None = None  # of the response body bytes as sent
+    retention: str = "none"  # or "encrypted:<ttl seconds>" when the tenant opted in
+    kept_request: bytes | None = None  # the bodies, held only until sealed, only when opted in
+    kept_response: bytes | None = None
     model: str | None = None
     backend: str | None = None
     stream: bool = False

@@ -22,6 +22,7 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
+from tokenport.zones.retention import retention_mode
 
 UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -56,6 +57,11 @@ class Gateway:
         self.in_flight += 1
         try:
             key = ctx.key = self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
+            sink.receipted = True  # authenticated: settled, audited, and so receipted
+            if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
+                ctx.retention = retention_mode(key.retention_ttl_s)
+                ctx.kept_request = raw_body
+                sink.keep()
             ctx.zone = resolve_zone(key.zone, headers.get(ZONE_HEADER))
             req = parse(raw_body)
             ctx.model, ctx.stream = req.model, req.stream
@@ -104,4 +110,6 @@ class Gateway:
             self.in_flight -= 1
             ctx.client_disconnected = ctx.client_disconnected or sink.disconnected
             ctx.response_sha256 = sink.response_sha256()
+            if ctx.kept_request is not None:
+                ctx.kept_response = sink.kept_body()
             self.settler.settle(ctx, out)

@@ -28,6 +28,7 @@ class ClientSink(Protocol):
     disconnected: bool  # set when the client went away before the answer was delivered
     cancellable: bool  # the relay is waiting on the engine: a disconnect may cancel it now
     delivered: bool  # the whole answer has been handed to the client
+    receipted: bool  # the request will be recorded: announce its receipt id
 
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None: ...
 
@@ -36,6 +37,10 @@ class ClientSink(Protocol):
     async def error(self, err: ApiError) -> None: ...
 
     def response_sha256(self) -> str: ...  # SHA-256 (hex) of the body bytes sent so far
+
+    def keep(self) -> None: ...  # keep the body bytes sent from now on (opt-in retention)
+
+    def kept_body(self) -> bytes: ...
 
 
 @dataclass(slots=True)

@@ -1,5 +1,6 @@
-"""Settle: turn a finished request into its charge, usage record and metrics (audit and energy
-hook in here later). Never blocks: record and ledger transaction go to the batched writer."""
+"""Settle: turn a finished request into its charge, usage record and metrics, and seal what an
+opted-in tenant retains. Never blocks: the record, its ledger transaction and the sealed bodies go
+to the batched writer, which also appends the audit entry."""
 
 from __future__ import annotations
 
@@ -11,13 +12,21 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
 from tokenport.gateway.usage import SOURCE_NONE, UsageRecord
 from tokenport.store.writer import BatchWriter
+from tokenport.zones.vault import Vault
 
 
 class Settler:
     def __init__(
-        self, writer: BatchWriter, metrics: Metrics, clock: Clock, charging: Charging, limiter: RateLimiter
+        self,
+        writer: BatchWriter,
+        metrics: Metrics,
+        clock: Clock,
+        charging: Charging,
+        limiter: RateLimiter,
+        vault: Vault | None = None,
     ) -> None:
         self.writer = writer
+        self.vault = vault
         self.charging = charging
         self.limiter = limiter
         self.metrics = metrics
@@ -75,9 +84,22 @@ class Settler:
             plan_units=plan_units,
             request_sha256=ctx.request_sha256,
             response_sha256=ctx.response_sha256,
+            retention=ctx.retention,
             started_at=ctx.started_at,
             finished_at=finished_at,
         )
-        # One database transaction for the record, its charge and the counters.
-        self.writer.submit({"usage": record.row(), "tx": tx, "charge": charge})
+        item = {"usage": record.row(), "tx": tx, "charge": charge}
+        if ctx.kept_request is not None and self.vault is not None and ctx.key.retention_ttl_s:
+            item["retained"] = self.vault.sealed_row(  # sealed here: the writer never sees plaintext
+                ctx.request_id,
+                ctx.key.tenant_id,
+                record.zone,
+                ctx.key.retention_ttl_s,
+                ctx.kept_request,
+                ctx.kept_response or b"",
+                finished_at,
+            )
+            ctx.kept_request = ctx.kept_response = None
+        # One database transaction for the record, its charge, the counters and what is retained.
+        self.writer.submit(item)
         return record

@@ -37,6 +37,7 @@ class UsageRecord:
     plan_units: int | None
     request_sha256: str | None  # evidence without content: hashes of the bodies in and out
     response_sha256: str | None
+    retention: str  # "none" (zero retention) or "encrypted:<ttl seconds>"
     started_at: datetime
     finished_at: datetime
 

@@ -21,8 +21,11 @@ def lock_zone(conn: Connection, zone: str) -> None:
     advisory_lock(conn, "tokenport.audit." + zone)
 
 
-def append(conn: Connection, zone: str, entries: list[bytes], at: datetime) -> list[int]:
-    """Append canonical entries to the zone's log, inside the caller's transaction; their indexes."""
+def append(
+    conn: Connection, zone: str, entries: list[bytes], at: datetime, refs: list[str | None] | None = None
+) -> list[int]:
+    """Append canonical entries to the zone's log, inside the caller's transaction; their indexes.
+    `refs`: the request id of each entry that has one (how a receipt finds its entry)."""
     if not entries:
         return []
     lock_zone(conn, zone)
@@ -34,7 +37,7 @@ def append(conn: Connection, zone: str, entries: list[bytes], at: datetime) -> l
     )
     first = frontier.size
     rows = []
-    for entry in entries:
+    for i, entry in enumerate(entries):
         leaf = leaf_hash(entry)
         frontier.append(leaf)
         rows.append(
@@ -45,6 +48,7 @@ def append(conn: Connection, zone: str, entries: list[bytes], at: datetime) -> l
                 "entry": entry.decode(),
                 "leaf": leaf.hex(),
                 "root": frontier.root().hex(),
+                "ref": refs[i] if refs else None,
             }
         )
     conn.execute(insert(audit_entries), rows)
@@ -79,6 +83,31 @@ class AuditStore:
         q = select(e.c.idx, e.c.entry, e.c.leaf, e.c.root).where(e.c.zone == zone).order_by(e.c.idx)
         with self.engine.connect() as conn:
             return [StoredEntry(int(r.idx), r.entry.encode(), r.leaf, r.root) for r in conn.execute(q)]
+
+    def leaves(self, zone: str, size: int) -> list[bytes]:
+        """The zone's first `size` leaf hashes."""
+        e = audit_entries
+        q = select(e.c.leaf).where(e.c.zone == zone, e.c.idx < size).order_by(e.c.idx)
+        with self.engine.connect() as conn:
+            return [bytes.fromhex(x) for x in conn.execute(q).scalars()]
+
+    def find_request(self, request_id: str) -> tuple[str, int, bytes] | None:
+        """A request's audit entry: its zone, index and canonical bytes."""
+        e = audit_entries
+        q = select(e.c.zone, e.c.idx, e.c.entry).where(e.c.ref == request_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        return (row.zone, int(row.idx), row.entry.encode()) if row else None
+
+    def head_covering(self, zone: str, index: int) -> StoredHead | None:
+        """The zone's latest signed head, if it covers entry `index`."""
+        h = audit_heads
+        q = select(h).where(h.c.zone == zone).order_by(h.c.size.desc()).limit(1)
+        with self.engine.connect() as conn:
+            r = conn.execute(q).first()
+        if r is None or r.size <= index:
+            return None
+        return StoredHead(TreeHead(r.zone, int(r.size), r.root, r.at), r.key_id, r.signature)
 
     def last_head_size(self, zone: str) -> int:
         q = select(func.coalesce(func.max(audit_heads.c.size), 0)).where(audit_heads.c.zone == zone)

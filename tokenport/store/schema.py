@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -57,6 +58,7 @@ tenants = Table(
     Column("name", String(128), nullable=False, unique=True),
     Column("zone", String(64), nullable=False),  # immutable after creation
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("retention_ttl_s", BigInteger, nullable=True),  # null: zero retention (the default)
 )
 
 api_keys = Table(
@@ -103,6 +105,7 @@ usage = Table(
     Column("plan_units", BigInteger, nullable=True),  # counted against the tenant's plan instead
     Column("request_sha256", String(64), nullable=True),  # hashes, never the bodies
     Column("response_sha256", String(64), nullable=True),
+    Column("retention", String(32), nullable=True),  # "none" or "encrypted:<ttl seconds>"
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),
@@ -314,6 +317,7 @@ audit_entries = Table(
     Column("entry", Text, nullable=False),
     Column("leaf", String(64), nullable=False),
     Column("root", String(64), nullable=False),
+    Column("ref", String(64), nullable=True, index=True),  # a request entry's request id
 )
 
 # Signed tree heads.
@@ -336,4 +340,32 @@ signing_keys = Table(
     Column("zone", String(64), nullable=False),
     Column("public_key", String(64), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+)
+
+
+# Opt-in retention: request and response bodies, AES-GCM under a per-record key wrapped with the
+# zone's key; zone, tenant and request id are bound in as associated data.
+retained = Table(
+    "retained",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("tenant_id", String(32), nullable=False, index=True),
+    Column("zone", String(64), nullable=False),
+    Column("kek_id", String(32), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("wrapped_key", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+)
+
+# Admin tokens scoped to zones (the configured server.admin_token acts on every zone).
+admin_tokens = Table(
+    "admin_tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("zones", Text, nullable=False),  # comma-separated
+    Column("token_hash", String(64), nullable=False, unique=True),  # SHA-256; the token is never stored
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime(), nullable=True),
 )

@@ -29,6 +29,7 @@ class Tenant:
     name: str
     zone: str
     created_at: datetime
+    retention_ttl_s: int | None = None  # None: zero retention (the default)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class KeyInfo:
 
 
 def _tenant(row) -> Tenant:
-    return Tenant(id=row.id, name=row.name, zone=row.zone, created_at=row.created_at)
+    return Tenant(row.id, row.name, row.zone, row.created_at, row.retention_ttl_s)
 
 
 class TenantStore:
@@ -107,6 +108,13 @@ class TenantStore:
     def list_tenants(self) -> list[Tenant]:
         with self.engine.connect() as conn:
             return [_tenant(r) for r in conn.execute(select(tenants).order_by(tenants.c.created_at))]
+
+    def set_retention(self, tenant: Tenant, ttl_s: int | None, at: datetime) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(tenants).where(tenants.c.id == tenant.id).values(retention_ttl_s=ttl_s))
+            conn.execute(insert(changes).values(kind="tenant", ref=tenant.id, at=at))
+            entry = admin_entry("tenant.retention", at, tenant_id=tenant.id, zone=tenant.zone, ttl_s=ttl_s)
+            _audit(conn, tenant.zone, entry, at)
 
     def count_tenants(self) -> int:
         with self.engine.connect() as conn:
@@ -176,10 +184,11 @@ class TenantStore:
         """Every key with its tenant, read on the caller's (snapshot) connection."""
         return [_key_record(r) for r in conn.execute(_KEY_RECORDS)]
 
-    def load_keys(self, key_ids: set[str]) -> list[KeyRecord]:
+    def load_keys(self, key_ids: set[str], tenant_ids: set[str] = frozenset()) -> list[KeyRecord]:
+        """The keys named, and every key of the tenants named."""
+        where = api_keys.c.id.in_(sorted(key_ids)) | api_keys.c.tenant_id.in_(sorted(tenant_ids))
         with self.engine.connect() as conn:
-            rows = conn.execute(_KEY_RECORDS.where(api_keys.c.id.in_(sorted(key_ids))))
-            return [_key_record(r) for r in rows]
+            return [_key_record(r) for r in conn.execute(_KEY_RECORDS.where(where))]
 
 
 _KEY_RECORDS = select(
@@ -193,6 +202,7 @@ _KEY_RECORDS = select(
     api_keys.c.budget_nano_usd,
     api_keys.c.budget_period,
     tenants.c.name.label("tenant_name"),
+    tenants.c.retention_ttl_s,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 
 
@@ -208,4 +218,5 @@ def _key_record(r) -> KeyRecord:
         tpm_limit=r.tpm_limit,
         budget_nano_usd=r.budget_nano_usd,
         budget_period=r.budget_period,
+        retention_ttl_s=r.retention_ttl_s,
     )

@@ -17,6 +17,7 @@ from tokenport.audit.entries import canonical, request_entry
 from tokenport.store.audit import append as audit_append
 from tokenport.store.billing import lock_tenants, write_transactions
 from tokenport.store.counters import count_usage
+from tokenport.store.retention import insert_retained
 from tokenport.store.schema import tenants, usage
 from tokenport.store.shared import SharedStore
 
@@ -49,6 +50,9 @@ class UsageStore:
             fresh = [r for r in rows if r["request_id"] in new]
             count_usage(conn, fresh)
             audit_requests(conn, fresh)
+            insert_retained(
+                conn, [i["retained"] for i in items if "retained" in i and i["usage"]["request_id"] in new]
+            )
             if charges:  # shared mode, last: the tenants' locks are held from here to the commit
                 lock_tenants(conn, {c.tenant_id for c in charges})
                 self.shared.settle(conn, [c for c in charges if c.request_id in new])
@@ -131,7 +135,8 @@ def audit_requests(conn, rows: list[dict]) -> None:
         by_zone.setdefault(r["zone"], []).append(r)
     for zone, records in sorted(by_zone.items()):
         at = max(r["finished_at"] for r in records)
-        audit_append(conn, zone, [canonical(request_entry(r)) for r in records], at)
+        entries = [canonical(request_entry(r)) for r in records]
+        audit_append(conn, zone, entries, at, [r["request_id"] for r in records])
 
 
 def _filter(q, tenant_name: str | None, since: datetime | None):

@@ -37,6 +37,7 @@ class KeyRecord:
     tpm_limit: int | None = None
     budget_nano_usd: int | None = None
     budget_period: str | None = None  # "day" | "month"
+    retention_ttl_s: int | None = None  # the tenant's opt-in retention; None: nothing is kept
 
 
 def new_id(kind: str) -> str:

@@ -73,6 +73,14 @@ class TenancyService:
             raise NotFound(f"no tenant named {name!r}")
         return tenant
 
+    def set_retention(self, name: str, ttl_s: int | None) -> Tenant:
+        """Opt a tenant in to retention for `ttl_s` seconds, or back out (None)."""
+        if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, int) or ttl_s <= 0):
+            raise InvalidInput("the retention TTL must be a positive number of seconds")
+        tenant = self.tenant(name)
+        self.store.set_retention(tenant, ttl_s, self.clock.now())
+        return self.tenant(name)
+
     def create_key(
         self,
         tenant_name: str,

@@ -4,7 +4,8 @@ Used by the tests (faults, exact metering) and by the benchmarks. Every
 streamed content chunk is exactly one token ("tok "); usage is fixed by
 MockConfig. A body field ``mock_scenario`` (or, calling the mock directly, a request header
 ``x-mock-scenario``) selects a behaviour:
-tool_calls, error_500, error_400, error_midstream, hang, slow_first_token.
+tool_calls, error_500, error_400, error_midstream, hang, slow_first_token, echo (every token
+is the last message's text, or the prompt: for canary tests).
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
 max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
 """
@@ -152,6 +153,9 @@ class _Gen:
         self.include_usage = bool(opts.get("include_usage"))
         self.continuous = bool(opts.get("continuous_usage_stats"))
         self.timings = bool(body.get("timings_per_token"))
+        self.text = "tok "
+        if (body.get("mock_scenario") or request.headers.get("x-mock-scenario")) == "echo":
+            self.text = f"{_last_text(body) if chat else body.get('prompt')} "
 
     def chunk(self, choice: dict[str, Any] | None, done: int, usage: bool = False) -> bytes:
         obj: dict[str, Any] = {
@@ -167,7 +171,8 @@ class _Gen:
             obj["timings"] = {"prompt_n": self.p, "cache_n": 0, "predicted_n": done}
         return _event(obj)
 
-    def token_choice(self, finish: str | None = None, text: str = "tok ") -> dict[str, Any]:
+    def token_choice(self, finish: str | None = None) -> dict[str, Any]:
+        text = self.text
         if self.chat:
             delta = {"content": text} if finish is None else {}
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -175,12 +180,12 @@ class _Gen:
 
     def full(self, n: int, finish: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         if self.chat:
-            msg: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else "tok " * n}
+            msg: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else self.text * n}
             if tool_calls:
                 msg["tool_calls"] = tool_calls
             choice = {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": "tok " * n, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": self.text * n, "logprobs": None, "finish_reason": finish}
         return {
             "id": self.id,
             "object": self.object,
@@ -189,6 +194,12 @@ class _Gen:
             "choices": [choice],
             "usage": _usage(self.p, n),
         }
+
+
+def _last_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages") or [{}]
+    content = messages[-1].get("content")
+    return content if isinstance(content, str) else orjson.dumps(content).decode()
 
 
 def _tool_call_list() -> list[dict[str, Any]]:

@@ -448,3 +448,88 @@ def test_every_response_carries_a_request_id(mock_server: LiveServer) -> None:
     ids = [r.headers.get("x-request-id") for r in replies]
     assert all(i and i.startswith("req_") for i in ids), list(zip(statuses, ids, strict=True))
     assert len(set(ids)) == len(ids)
+
+
+def _audit_entries(server: LiveServer, zone: str) -> list[dict]:
+    import sqlite3
+
+    db = sqlite3.connect(server.home / "tokenport.db")
+    try:
+        rows = db.execute("SELECT entry FROM audit_entries WHERE zone = ? ORDER BY idx", (zone,)).fetchall()
+    finally:
+        db.close()
+    return [json.loads(r[0]) for r in rows]
+
+
+def test_zone_scoped_admins_act_only_on_their_zone(mock_server: LiveServer) -> None:
+    name = f"ops-{uuid4().hex[:6]}"
+    made = mock_server.cli_json("admins", "create", name, "--zones", "domestic")
+    token = made["token"]
+    assert token.startswith("tpa_") and made["zones"] == ["domestic"]
+    mine, theirs = f"dom-{uuid4().hex[:6]}", f"over-{uuid4().hex[:6]}"
+    assert (
+        call(mock_server, "POST", "/admin/v1/tenants", {"name": mine, "zone": "domestic"}, token).status
+        == 201
+    )
+    assert call(mock_server, "POST", "/admin/v1/tenants", {"name": theirs, "zone": "overseas"}).status == 201
+    key = call(mock_server, "POST", "/admin/v1/keys", {"tenant": theirs}).json
+
+    listed = call(mock_server, "GET", "/admin/v1/tenants", token=token).json["data"]
+    assert mine in {t["name"] for t in listed} and {t["zone"] for t in listed} == {"domestic"}
+    keys = call(mock_server, "GET", "/admin/v1/keys", token=token).json["data"]
+    assert {k["zone"] for k in keys} <= {"domestic"}
+
+    before = len(_audit_entries(mock_server, "overseas"))
+    refused = [
+        ("POST", "/admin/v1/tenants", {"name": f"x-{uuid4().hex[:6]}", "zone": "overseas"}),
+        ("POST", "/admin/v1/keys", {"tenant": theirs}),
+        ("GET", f"/admin/v1/keys?tenant={theirs}", None),
+        ("POST", f"/admin/v1/keys/{key['id']}/revoke", {}),
+        ("GET", f"/admin/v1/usage?tenant={theirs}", None),
+        ("POST", f"/admin/v1/tenants/{theirs}/retention", {"ttl_s": 60}),
+        ("POST", f"/admin/v1/tenants/{theirs}/purge", {}),
+    ]
+    for method, path, body in refused:
+        r = call(mock_server, method, path, body, token)
+        assert r.status == 403 and r.error_code() == "zone_forbidden", (path, r.body)
+        assert r.headers["x-request-id"]
+    denials = [
+        e for e in _audit_entries(mock_server, "overseas")[before:] if e.get("action") == "admin.denied"
+    ]
+    assert [(e["admin"], e["zone"]) for e in denials] == [(name, "overseas")] * len(refused)
+    assert [e["attempted"] for e in denials] == [
+        "tenant.create",
+        "key.create",
+        "key.list",
+        "key.revoke",
+        "usage.read",
+        "tenant.retention",
+        "retention.purge",
+    ]
+    # The key was not revoked and the other zone's tenant is unchanged.
+    assert call(mock_server, "GET", f"/admin/v1/keys?tenant={theirs}").json["data"][0]["revoked_at"] is None
+
+    mock_server.cli("admins", "revoke", name)
+    r = call(mock_server, "GET", "/admin/v1/tenants", token=token)
+    assert r.status == 401 and r.error_code() == "invalid_admin_token"
+    assert name in {a["name"] for a in mock_server.cli_json("admins", "list") if a["revoked_at"]}
+
+
+def test_admins_need_existing_zones(mock_server: LiveServer) -> None:
+    res = mock_server.cli("admins", "create", f"a-{uuid4().hex[:6]}", "--zones", "atlantis", check=False)
+    assert res.returncode == 2 and "atlantis" in res.stderr
+
+
+def test_retention_and_purge_over_the_admin_api(mock_server: LiveServer) -> None:
+    from tokenport.audit.receipts import verify_receipt
+
+    name = f"ret-{uuid4().hex[:6]}"
+    assert call(mock_server, "POST", "/admin/v1/tenants", {"name": name}).status == 201
+    on = call(mock_server, "POST", f"/admin/v1/tenants/{name}/retention", {"ttl_s": 600})
+    assert on.status == 200 and on.json["retention_ttl_s"] == 600
+    bad = call(mock_server, "POST", f"/admin/v1/tenants/{name}/retention", {"ttl_s": -1})
+    assert bad.status == 400 and bad.error_code() == "invalid_request"
+    receipt = call(mock_server, "POST", f"/admin/v1/tenants/{name}/purge", {}).json
+    assert receipt["type"] == "tokenport.deletion_receipt.v1" and verify_receipt(receipt) == []
+    off = call(mock_server, "POST", f"/admin/v1/tenants/{name}/retention", {"ttl_s": None})
+    assert off.json["retention_ttl_s"] is None

@@ -359,3 +359,43 @@ def test_administrative_actions_are_audited_in_their_zone(tmp_path: Path) -> Non
     assert not any(key["key"] in e for _, _, e in rows), "never the secret"
     subprocess.run([TOKENPORT, "audit", "sign"], env=env, check=True, capture_output=True)
     assert subprocess.run([TOKENPORT, "audit", "verify"], env=env, capture_output=True).returncode == 0
+
+
+def test_billing_actions_are_audited(tmp_path: Path) -> None:
+    """Prices, rates and plans in every zone; credit, plan assignment and invoices in the
+    tenant's zone; every entry content-free and the log still verifies."""
+    home = tmp_path / "home"
+    env = {"TOKENPORT_HOME": str(home), "PATH": "/usr/bin:/bin"}
+
+    def run(*args: str) -> str:
+        res = subprocess.run([TOKENPORT, *args], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    run("zones", "create", "domestic")
+    run("tenants", "create", "acme", "--zone", "domestic")
+    run("tenants", "create", "globex")  # the default zone: overseas
+    run("prices", "set", "m1", "--input", "1", "--output", "2")
+    run("fx", "set", "--period", "2026-10", "--cny-per-usd", "7.1")
+    run("plans", "create", "pro", "--fee-usd", "20", "--five-hour", "1000", "--weekly", "5000")
+    run("credits", "grant", "acme", "5.00")
+    run("plans", "assign", "acme", "pro")
+    invoice = json.loads(run("invoices", "issue", "--tenant", "acme", "--period", "2026-10", "--json"))
+    run("invoices", "void", invoice["id"], "--reason", "duplicate")
+    db = sqlite3.connect(home / "tokenport.db")
+    try:
+        rows = db.execute("SELECT zone, entry FROM audit_entries ORDER BY zone, idx").fetchall()
+    finally:
+        db.close()
+    by_zone: dict[str, list[str]] = {}
+    for zone, e in rows:
+        by_zone.setdefault(zone, []).append(json.loads(e)["action"])
+    for zone in ("domestic", "overseas"):  # settings every zone is subject to
+        assert {"price.set", "fx.set", "plan.create"} <= set(by_zone[zone]), zone
+    tenant_actions = ["ledger.grant", "plan.assign", "invoice.issue", "invoice.void"]
+    assert [a for a in by_zone["domestic"] if a in tenant_actions] == tenant_actions
+    assert not set(tenant_actions) & set(by_zone["overseas"])  # acme's actions stay in its zone
+    issued = next(json.loads(e) for _, e in rows if json.loads(e)["action"] == "invoice.issue")
+    assert issued["invoice_id"] == invoice["id"] and len(issued["sha256"]) == 64
+    run("audit", "sign")
+    assert subprocess.run([TOKENPORT, "audit", "verify"], env=env, capture_output=True).returncode == 0

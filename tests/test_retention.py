@@ -153,6 +153,13 @@ def test_canaries_persist_nowhere_and_retained_ones_only_sealed(debug_server) ->
         headers={"Authorization": f"Bearer {keeper}"},
     )
     assert bad.status_code == 400
+    unknown = httpx.post(  # client text in the model field: refused, and recorded only as a hash
+        debug_server.base_url + "/v1/chat/completions",
+        json={"model": canaries[5], "messages": [{"role": "user", "content": "x"}]},
+        headers={"Authorization": f"Bearer {plain}"},
+    )
+    assert unknown.status_code == 404
+    assert debug_server.record(unknown.headers["x-request-id"])["model"].startswith("sha256:")
 
     for r in kept:
         request_id = r.headers["x-request-id"]
@@ -175,7 +182,7 @@ def test_canaries_persist_nowhere_and_retained_ones_only_sealed(debug_server) ->
         assert receipt["record"]["retention"] == "encrypted:3600" and verify_receipt(receipt) == []
 
     metrics = httpx.get(debug_server.base_url + "/metrics").text
-    needles = [c.encode() for c in canaries[:5]]
+    needles = [c.encode() for c in canaries]
     found = [
         (path.name, n[:16])
         for path in debug_server.home.rglob("*")
@@ -203,6 +210,20 @@ def test_canaries_persist_nowhere_and_retained_ones_only_sealed(debug_server) ->
             headers={"Authorization": f"Bearer {keeper}"},
         )
         assert gone.status_code == 404
+
+
+def test_usage_rows_outside_the_content_free_schema_are_refused(engine: Engine, tmp_path: Path) -> None:
+    from tokenport.gateway.usage import DisallowedField
+    from tokenport.store.usage import DeadLetterFile
+
+    row = {**usage_row("req_leaky", "ten_a", T0), "prompt": "CANARY-secret"}
+    with pytest.raises(DisallowedField):
+        UsageStore(engine).write_settlements([{"usage": row}])
+    assert UsageStore(engine).count() == 0
+    dead = DeadLetterFile(tmp_path / "dead.jsonl")
+    dead({"usage": row}, DisallowedField("x"))
+    text = (tmp_path / "dead.jsonl").read_text()
+    assert "req_leaky" in text and "CANARY" not in text
 
 
 def test_retention_settings_are_checked(debug_server) -> None:

@@ -204,7 +204,7 @@ def test_upgrading_fills_the_caches_from_existing_entries(database_url: str, clo
         command.upgrade(cfg, "0007")
     tenant = Tenant(id="ten_old", name="old", zone="overseas", created_at=now)
     with engine.begin() as conn:  # as 0007 knew it (no zones, no audit log yet)
-        conn.execute(insert(tenants).values(**tenant.__dict__))
+        conn.execute(insert(tenants).values(id=tenant.id, name=tenant.name, zone=tenant.zone, created_at=now))
     with engine.begin() as conn:  # as 0007 wrote them: a grant of $2, $0.5 spent, one usage record
         conn.execute(
             text(

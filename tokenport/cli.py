@@ -265,6 +265,67 @@ def _vault(args):
     return Vault(RetentionStore(audit.store.engine), audit.keys_dir, audit)
 
 
+def cmd_admins_create(args) -> int:
+    from tokenport.clock import SystemClock
+    from tokenport.store.admins import AdminStore
+    from tokenport.tenancy.admins import new_admin_token
+    from tokenport.tenancy.keys import NAME_RE, new_id
+    from tokenport.tenancy.service import Conflict, InvalidInput
+
+    svc, engine = _service(args)
+    zones = sorted({z.strip() for z in args.zones.split(",") if z.strip()})
+    if not NAME_RE.fullmatch(args.name):
+        raise InvalidInput("admin name must be 1-128 characters of letters, digits, '.', '_' or '-'")
+    missing = [z for z in zones if not svc.store.zone_exists(z)]
+    if not zones or missing:
+        raise InvalidInput(
+            f"--zones must name existing zones (unknown: {', '.join(missing) or 'none given'})"
+        )
+    token, token_hash = new_admin_token()
+    if not AdminStore(engine).insert(new_id("adm"), args.name, zones, token_hash, SystemClock().now()):
+        raise Conflict(f"admin {args.name!r} already exists")
+    view = {"name": args.name, "zones": zones, "token": token}
+    _print(
+        view,
+        args.json,
+        [f"created admin {args.name} for zones {', '.join(zones)}", "token (shown once):", token],
+    )
+    return 0
+
+
+def cmd_admins_list(args) -> int:
+    from tokenport.clock import utc_iso
+    from tokenport.store.admins import AdminStore
+
+    _, engine = _service(args)
+    items = [
+        {
+            **a,
+            "created_at": utc_iso(a["created_at"]),
+            "revoked_at": a["revoked_at"] and utc_iso(a["revoked_at"]),
+        }
+        for a in AdminStore(engine).list()
+    ]
+    lines = [
+        f"{a['name']:24} {','.join(a['zones']):24} {'revoked' if a['revoked_at'] else 'active'}"
+        for a in items
+    ]
+    _print(items, args.json, lines)
+    return 0
+
+
+def cmd_admins_revoke(args) -> int:
+    from tokenport.clock import SystemClock
+    from tokenport.store.admins import AdminStore
+    from tokenport.tenancy.service import NotFound
+
+    _, engine = _service(args)
+    if not AdminStore(engine).revoke(args.name, SystemClock().now()):
+        raise NotFound(f"no admin named {args.name!r}")
+    print(f"revoked admin {args.name}")
+    return 0
+
+
 def cmd_keys_create(args) -> int:
     from tokenport.api.views import key_view
 
@@ -632,6 +693,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c.add_argument("--out", help="also write the deletion receipt to this file")
     c.add_argument("--json", action="store_true")
+
+    admins = sub.add_parser("admins", help="zone-scoped admin tokens").add_subparsers(
+        dest="sub", required=True
+    )
+    c = command(admins, "create", cmd_admins_create, "an admin API token for some zones (shown once)")
+    c.add_argument("name")
+    c.add_argument("--zones", required=True, help="comma-separated zones the token may act on")
+    c.add_argument("--json", action="store_true")
+    c = command(admins, "list", cmd_admins_list, "list admin tokens")
+    c.add_argument("--json", action="store_true")
+    c = command(admins, "revoke", cmd_admins_revoke, "revoke an admin token")
+    c.add_argument("name")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="sub", required=True)
     c = command(keys, "create", cmd_keys_create, "create an API key (secret shown once)")

@@ -24,6 +24,7 @@ from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
+from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
@@ -71,6 +72,7 @@ class Runtime:
             dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
         )
         self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
+        self.admins = AdminStore(self.db)
         self.vault = Vault(RetentionStore(self.db), settings.keys_dir, self.audit, self.clock)
         for zone in declared:  # key files read now, not on the request path
             self.vault.zone_key(zone)

@@ -1,4 +1,8 @@
-"""Admin HTTP API under /admin/v1: tenants, keys, usage. Guarded by the configured admin token."""
+"""Admin HTTP API under /admin/v1: tenants, keys, retention, usage.
+
+Guarded by an admin token: the configured `server.admin_token` acts on every zone; a token made
+with `tokenport admins create` only on its zones. Reaching for another zone's object is refused
+(403 `zone_forbidden`) and audited in that zone; listings show only the admin's zones."""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenport.api.views import key_view, tenant_view, usage_view
+from tokenport.tenancy.admins import ADMIN_PREFIX, ROOT, Admin, OutOfZone, require
+from tokenport.tenancy.keys import hash_key
 from tokenport.tenancy.service import Conflict, InvalidInput, NotFound
 
 
@@ -23,21 +29,33 @@ def _error(status: int, message: str, type_: str, code: str) -> Response:
     return _json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
 
 
+def _admin(rt, given: str) -> Admin | None:
+    token = rt.settings.admin_token
+    if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        return ROOT
+    scheme, _, secret = given.partition(" ")
+    if scheme.lower() == "bearer" and secret.startswith(ADMIN_PREFIX):
+        return rt.admins.find(hash_key(secret))
+    return None
+
+
 def guarded(handler):
-    """Check the admin token, map domain errors to HTTP, run blocking work off the loop."""
+    """Check the admin token and its zones, map domain errors to HTTP, run blocking work off
+    the loop. `handler(rt, request, body, admin)`."""
 
     async def endpoint(request: Request) -> Response:
         rt = request.app.state.runtime
-        token = rt.settings.admin_token
-        if not token:
-            return _error(
-                403,
-                "The admin API is disabled: set server.admin_token or TOKENPORT_ADMIN_TOKEN",
-                "permission_error",
-                "admin_disabled",
-            )
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        admin = await run_in_threadpool(_admin, rt, given)
+        if admin is None:
+            if not rt.settings.admin_token and not given.partition(" ")[2].startswith(ADMIN_PREFIX):
+                return _error(
+                    403,
+                    "The admin API is disabled: set server.admin_token or TOKENPORT_ADMIN_TOKEN, "
+                    "or use a token from `tokenport admins create`",
+                    "permission_error",
+                    "admin_disabled",
+                )
             return _error(401, "Invalid admin token", "authentication_error", "invalid_admin_token")
         body = None
         if request.method == "POST":
@@ -49,7 +67,10 @@ def guarded(handler):
             if not isinstance(body, dict):
                 return _error(400, "The body must be a JSON object", "invalid_request_error", "invalid_json")
         try:
-            status, result = await run_in_threadpool(handler, rt, request, body)
+            status, result = await run_in_threadpool(handler, rt, request, body, admin)
+        except OutOfZone as exc:
+            await run_in_threadpool(rt.admins.audit_refusal, exc.admin, exc.zone, exc.action, rt.clock.now())
+            return _error(403, str(exc), "permission_error", "zone_forbidden")
         except InvalidInput as exc:
             return _error(400, str(exc), "invalid_request_error", "invalid_request")
         except NotFound as exc:
@@ -61,23 +82,48 @@ def guarded(handler):
     return endpoint
 
 
-def list_tenants(rt, request, body):
-    return 200, {"object": "list", "data": [tenant_view(t) for t in rt.tenancy.list_tenants()]}
+def _tenant(rt, name, admin: Admin, action: str):
+    """The named tenant, if the admin may act on its zone."""
+    if not isinstance(name, str):
+        raise InvalidInput("'tenant' is required")
+    tenant = rt.tenancy.tenant(name)
+    require(admin, tenant.zone, action)
+    return tenant
 
 
-def create_tenant(rt, request, body):
-    return 201, tenant_view(rt.tenancy.create_tenant(body.get("name"), body.get("zone")))
+def list_tenants(rt, request, body, admin: Admin):
+    tenants = [t for t in rt.tenancy.list_tenants() if admin.may(t.zone)]
+    return 200, {"object": "list", "data": [tenant_view(t) for t in tenants]}
 
 
-def list_keys(rt, request, body):
-    keys = rt.tenancy.list_keys(request.query_params.get("tenant"))
+def create_tenant(rt, request, body, admin: Admin):
+    zone = body.get("zone") or rt.settings.default_zone
+    if isinstance(zone, str):
+        require(admin, zone, "tenant.create")
+    return 201, tenant_view(rt.tenancy.create_tenant(body.get("name"), zone))
+
+
+def set_retention(rt, request, body, admin: Admin):
+    tenant = _tenant(rt, request.path_params["name"], admin, "tenant.retention")
+    return 200, tenant_view(rt.tenancy.set_retention(tenant.name, body.get("ttl_s")))
+
+
+def purge_tenant(rt, request, body, admin: Admin):
+    """Delete everything retained for the tenant; the signed deletion receipt."""
+    tenant = _tenant(rt, request.path_params["name"], admin, "retention.purge")
+    return 200, rt.vault.purge_tenant(tenant)
+
+
+def list_keys(rt, request, body, admin: Admin):
+    name = request.query_params.get("tenant")
+    if name is not None:
+        _tenant(rt, name, admin, "key.list")
+    keys = [k for k in rt.tenancy.list_keys(name) if admin.may(k.zone)]
     return 200, {"object": "list", "data": [key_view(k) for k in keys]}
 
 
-def create_key(rt, request, body):
-    tenant = body.get("tenant")
-    if not isinstance(tenant, str):
-        raise InvalidInput("'tenant' is required")
+def create_key(rt, request, body, admin: Admin):
+    tenant = _tenant(rt, body.get("tenant"), admin, "key.create").name
     info, secret = rt.tenancy.create_key(
         tenant,
         body.get("label"),
@@ -89,17 +135,22 @@ def create_key(rt, request, body):
     return 201, key_view(info, secret)
 
 
-def revoke_key(rt, request, body):
+def revoke_key(rt, request, body, admin: Admin):
     key_id = request.path_params["key_id"]
+    zone = rt.tenancy.store.key_zone(key_id)
+    if zone is not None:
+        require(admin, zone, "key.revoke")
     rt.tenancy.revoke_key(key_id)
     return 200, {"id": key_id, "revoked": True}
 
 
-def usage(rt, request, body):
+def usage(rt, request, body, admin: Admin):
     q = request.query_params
     tenant = q.get("tenant")
     if tenant is not None:
-        rt.tenancy.tenant(tenant)
+        _tenant(rt, tenant, admin, "usage.read")
+    elif admin.zones is not None:
+        raise InvalidInput("a zone-scoped admin must name the tenant: ?tenant=NAME")
     since = parse_since(q.get("since"))
     try:
         limit = int(q.get("limit", "1000"))
@@ -136,6 +187,8 @@ def parse_timestamp(value: str | None, what: str) -> datetime | None:
 routes = [
     Route("/admin/v1/tenants", guarded(list_tenants), methods=["GET"]),
     Route("/admin/v1/tenants", guarded(create_tenant), methods=["POST"]),
+    Route("/admin/v1/tenants/{name}/retention", guarded(set_retention), methods=["POST"]),
+    Route("/admin/v1/tenants/{name}/purge", guarded(purge_tenant), methods=["POST"]),
     Route("/admin/v1/keys", guarded(list_keys), methods=["GET"]),
     Route("/admin/v1/keys", guarded(create_key), methods=["POST"]),
     Route("/admin/v1/keys/{key_id}/revoke", guarded(revoke_key), methods=["POST"]),

@@ -36,6 +36,10 @@ def _op(
     return op
 
 
+def _path(name: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def _q(name: str, desc: str) -> dict:
     return {"name": name, "in": "query", "required": False, "description": desc, "schema": {"type": "string"}}
 
@@ -124,6 +128,22 @@ SPEC = {
                 "responses": {"200": {"description": "The keys"}},
             }
         },
+        "/v1/receipts/{request_id}": {
+            "get": {
+                **_op(
+                    "The signed processing receipt of one of the key's tenant's requests (its id is "
+                    "the response's x-tokenport-receipt-id header)",
+                    "audit",
+                ),
+                "parameters": [_path("request_id")],
+            }
+        },
+        "/v1/retained/{request_id}": {
+            "get": {
+                **_op("What the tenant opted to retain of one request, decrypted", "account"),
+                "parameters": [_path("request_id")],
+            }
+        },
         "/v1/audit/head": {"get": _op("The key's zone: its latest signed audit tree head", "audit")},
         "/v1/audit/proof/inclusion": {
             "get": _op(
@@ -183,6 +203,21 @@ SPEC = {
                     },
                 },
             ),
+        },
+        "/admin/v1/tenants/{name}/retention": {
+            "post": {
+                **_admin(
+                    "Opt the tenant in to encrypted retention for `ttl_s` seconds, or out (null)",
+                    body={"type": "object", "properties": {"ttl_s": {"type": ["integer", "null"]}}},
+                ),
+                "parameters": [_path("name")],
+            },
+        },
+        "/admin/v1/tenants/{name}/purge": {
+            "post": {
+                **_admin("Delete all the tenant's retained data; answers the signed deletion receipt"),
+                "parameters": [_path("name")],
+            },
         },
         "/admin/v1/keys/{key_id}/revoke": {
             "post": {

@@ -48,7 +48,8 @@ def request_entry(record: dict) -> dict:
 
 def admin_entry(action: str, at: datetime, **refs) -> dict:
     """An administrative action (`tenant.create`, `key.revoke`, ...) and the ids it touched."""
-    return {"type": "admin", "action": action, "at": _iso(at), **refs}
+    values = {k: _iso(v) if isinstance(v, datetime) else v for k, v in refs.items()}
+    return {"type": "admin", "action": action, "at": _iso(at), **values}
 
 
 def _iso(value) -> str:

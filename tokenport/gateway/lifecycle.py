@@ -21,6 +21,7 @@ from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
+from tokenport.gateway.usage import opaque
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
@@ -97,6 +98,8 @@ class Gateway:
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
             ctx.other_zone = err.other_zone
+            if err.code == "model_not_found" and ctx.model is not None:
+                ctx.model = opaque(ctx.model)  # not a model we serve: the client's text, not kept
             await sink.error(err)
         except Exception:  # a bug, not bad input: the client gets a 500, the record says so
             out.status, out.error_code = 500, "internal_error"

@@ -1,7 +1,8 @@
-"""The usage record: one per request, content-free (ids, counts, times)."""
+"""The usage record: one per request, content-free (ids, counts, times, hashes)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -46,3 +47,20 @@ class UsageRecord:
 
 
 _FIELDS = tuple(f.name for f in fields(UsageRecord))
+ALLOWED_FIELDS = frozenset(_FIELDS)
+
+
+class DisallowedField(ValueError):
+    """A usage row with a field outside the content-free schema: refused, never written."""
+
+
+def check_row(row: dict) -> None:
+    extra = set(row) - ALLOWED_FIELDS
+    if extra:
+        raise DisallowedField(f"usage rows may not carry {sorted(extra)}")
+
+
+def opaque(text: str) -> str:
+    """Client text that identifies nothing we serve (an unknown model name): kept as a short
+    hash, so that attempts can be correlated without keeping what the client typed."""
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]

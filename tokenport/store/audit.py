@@ -9,11 +9,12 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from tokenport.audit.entries import admin_entry, canonical
 from tokenport.audit.heads import TreeHead
 from tokenport.audit.merkle import Frontier, leaf_hash
 from tokenport.audit.verify import StoredEntry, StoredHead
-from tokenport.store.db import advisory_lock
-from tokenport.store.schema import audit_entries, audit_heads, audit_state, signing_keys
+from tokenport.store.db import advisory_lock, write_lock
+from tokenport.store.schema import audit_entries, audit_heads, audit_state, signing_keys, tenants, zones
 
 
 def lock_zone(conn: Connection, zone: str) -> None:
@@ -58,6 +59,20 @@ def append(
     else:
         conn.execute(update(audit_state).where(audit_state.c.zone == zone).values(**state))
     return list(range(first, frontier.size))
+
+
+def audit_action(conn: Connection, action: str, at: datetime, zone: str | None = None, **refs) -> None:
+    """An administrative action's entry, inside the caller's transaction: in `zone`, else in the
+    zone of `refs["tenant_id"]`, else (prices, rates, plans: settings every zone is subject to)
+    in every registered zone. Call it before the transaction's other writes: zone locks first,
+    as the usage writer takes them, so no lock-order deadlock."""
+    write_lock(conn)
+    if zone is None and refs.get("tenant_id") is not None:
+        zone = conn.execute(select(tenants.c.zone).where(tenants.c.id == refs["tenant_id"])).scalar()
+    targets = [zone] if zone is not None else sorted(conn.execute(select(zones.c.name)).scalars())
+    entry = canonical(admin_entry(action, at, **refs))
+    for z in targets:
+        append(conn, z, [entry], at)
 
 
 class AuditStore:

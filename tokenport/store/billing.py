@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction, expiry_tx
 from tokenport.billing.prices import Price
-from tokenport.store.db import advisory_lock
+from tokenport.store.audit import audit_action
+from tokenport.store.db import advisory_lock, write_lock
 from tokenport.store.schema import (
     changes,
     credit_lots,
@@ -34,6 +35,7 @@ class BillingStore:
     def insert_price(self, price: Price, at) -> None:
         try:
             with self.engine.begin() as conn:
+                audit_action(conn, "price.set", at, **price.__dict__)
                 conn.execute(insert(prices).values(**price.__dict__, created_at=at))
                 conn.execute(insert(changes).values(kind="price", ref=price.model[:64], at=at))
         except IntegrityError as exc:
@@ -56,6 +58,14 @@ class BillingStore:
         tx.check()
         try:
             with self.engine.begin() as conn:
+                audit_action(
+                    conn,
+                    f"ledger.{tx.kind}",
+                    tx.created_at,
+                    tx_id=tx.id,
+                    tenant_id=tx.tenant_id,
+                    **({"lot": lot.__dict__} if lot is not None else {}),
+                )
                 if lot is not None:
                     conn.execute(insert(credit_lots).values(**lot.__dict__))
                 write_transactions(conn, [tx])
@@ -181,6 +191,7 @@ class BillingStore:
     def set_fx_rate(self, period: str, micro: int, at) -> None:
         """One rate per period; setting it again replaces it (documents already issued keep theirs)."""
         with self.engine.begin() as conn:
+            audit_action(conn, "fx.set", at, period=period, cny_per_usd_micro=micro)
             conn.execute(delete(fx_rates).where(fx_rates.c.period == period))
             conn.execute(insert(fx_rates).values(period=period, cny_per_usd_micro=micro, set_at=at))
 
@@ -204,7 +215,7 @@ def lock_tenants(conn: Connection, tenant_ids) -> None:
         for tenant_id in sorted(set(tenant_ids)):
             advisory_lock(conn, "tokenport.tenant." + tenant_id)
     else:
-        conn.execute(update(credit_lots).where(credit_lots.c.id == "").values(remaining=0))
+        write_lock(conn)
 
 
 def write_transactions(conn, txs: list[Transaction]) -> None:

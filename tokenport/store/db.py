@@ -48,6 +48,14 @@ def advisory_lock(conn, name: str) -> None:
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": name})
 
 
+def write_lock(conn) -> None:
+    """SQLite: take the database's write lock now (a write that changes nothing), so that a
+    transaction that reads before it writes cannot fail on a stale snapshot. PostgreSQL: nothing
+    (its row locks and advisory locks do the work)."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(text("UPDATE audit_state SET size = size WHERE zone = ''"))
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     cfg = Config()

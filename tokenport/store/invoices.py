@@ -9,7 +9,9 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import Transaction
+from tokenport.store.audit import audit_action
 from tokenport.store.billing import write_transactions
+from tokenport.store.db import write_lock
 from tokenport.store.schema import invoice_voids, invoices, ledger_transactions
 
 
@@ -29,6 +31,17 @@ class InvoiceStore:
         text = canonical(doc)
         try:
             with self.engine.begin() as conn:
+                audit_action(
+                    conn,
+                    "invoice.issue",
+                    issued_at,
+                    tenant_id=tenant_id,
+                    invoice_id=doc["id"],
+                    number=doc["number"],
+                    period=doc["period"],
+                    total_nano_usd=doc["total_nano_usd"],
+                    sha256=hashlib.sha256(text.encode()).hexdigest(),
+                )
                 if txs:
                     ids = [tx.id for tx in txs]
                     known = set(
@@ -96,6 +109,14 @@ class InvoiceStore:
     def void(self, invoice_id: str, reason: str, at) -> bool:
         try:
             with self.engine.begin() as conn:
+                write_lock(conn)
+                tenant_id = conn.execute(
+                    select(invoices.c.tenant_id).where(invoices.c.id == invoice_id)
+                ).scalar()
+                if tenant_id is not None:
+                    audit_action(
+                        conn, "invoice.void", at, tenant_id=tenant_id, invoice_id=invoice_id, reason=reason
+                    )
                 conn.execute(insert(invoice_voids).values(invoice_id=invoice_id, reason=reason, voided_at=at))
         except IntegrityError:
             return False

@@ -9,6 +9,7 @@ from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.plans import Plan
+from tokenport.store.audit import audit_action
 from tokenport.store.schema import changes, plan_assignment_log, plan_assignments, plans, usage
 
 
@@ -28,6 +29,7 @@ class PlanStore:
         }
         try:
             with self.engine.begin() as conn:
+                audit_action(conn, "plan.create", at, **plan.__dict__)
                 conn.execute(insert(plans).values(**values))
                 conn.execute(insert(changes).values(kind="plan", ref=plan.name, at=at))
         except IntegrityError as exc:
@@ -35,6 +37,7 @@ class PlanStore:
 
     def assign(self, tenant_id: str, plan_name: str | None, at: datetime) -> None:
         with self.engine.begin() as conn:
+            audit_action(conn, "plan.assign", at, tenant_id=tenant_id, plan=plan_name)
             conn.execute(delete(plan_assignments).where(plan_assignments.c.tenant_id == tenant_id))
             if plan_name is not None:
                 conn.execute(

@@ -12,6 +12,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from tokenport.audit.entries import admin_entry, canonical
 from tokenport.audit.receipts import ids_digest
 from tokenport.store.audit import append as audit_append
+from tokenport.store.db import write_lock
 from tokenport.store.schema import retained
 from tokenport.zones.retention import Sealed
 
@@ -47,6 +48,7 @@ class RetentionStore:
     def purge_expired(self, now: datetime) -> int:
         """Delete every expired record; one audit entry per zone and tenant affected."""
         with self.engine.begin() as conn:
+            write_lock(conn)
             rows = conn.execute(
                 select(retained.c.request_id, retained.c.tenant_id, retained.c.zone).where(
                     retained.c.expires_at <= now
@@ -58,6 +60,7 @@ class RetentionStore:
     def purge_tenant(self, tenant_id: str, zone: str, now: datetime) -> tuple[list[str], int]:
         """Delete all of a tenant's retained records: their ids and the purge's audit index."""
         with self.engine.begin() as conn:
+            write_lock(conn)
             rows = conn.execute(
                 select(retained.c.request_id, retained.c.tenant_id, retained.c.zone).where(
                     retained.c.tenant_id == tenant_id

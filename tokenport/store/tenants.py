@@ -152,6 +152,10 @@ class TenantStore:
             conn.execute(insert(changes).values(kind="key", ref=key_id, at=at))
         return True
 
+    def key_zone(self, key_id: str) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(select(api_keys.c.zone).where(api_keys.c.id == key_id)).scalar()
+
     def list_keys(self, tenant_name: str | None = None) -> list[KeyInfo]:
         q = (
             select(api_keys, tenants.c.name.label("tenant_name"))

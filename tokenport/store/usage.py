@@ -14,6 +14,7 @@ from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.audit.entries import canonical, request_entry
+from tokenport.gateway.usage import ALLOWED_FIELDS, check_row
 from tokenport.store.audit import append as audit_append
 from tokenport.store.billing import lock_tenants, write_transactions
 from tokenport.store.counters import count_usage
@@ -42,6 +43,8 @@ class UsageStore:
         """Usage records, their ledger transactions and counters, in one database transaction.
         Idempotent: a batch retried after a commit that did happen writes nothing twice."""
         rows = [i["usage"] for i in items]
+        for r in rows:
+            check_row(r)  # only the content-free schema's fields, whatever a caller passes
         charges = [i["charge"] for i in items if i.get("charge") is not None]
         with self.engine.begin() as conn:
             new = self._insert_new(conn, rows)
@@ -159,7 +162,8 @@ class DeadLetterFile:
         self.path = path
 
     def __call__(self, item: dict, exc: Exception) -> None:
-        entry = {"error": type(exc).__name__, **item}
+        usage = {k: v for k, v in item.get("usage", {}).items() if k in ALLOWED_FIELDS}
+        entry = {"error": type(exc).__name__, **item, "usage": usage}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(entry, default=_plain) + "\n")

@@ -399,3 +399,77 @@ def test_billing_actions_are_audited(tmp_path: Path) -> None:
     assert issued["invoice_id"] == invoice["id"] and len(issued["sha256"]) == 64
     run("audit", "sign")
     assert subprocess.run([TOKENPORT, "audit", "verify"], env=env, capture_output=True).returncode == 0
+
+
+@pytest.mark.tampers
+def test_proofs_read_stored_subtrees_and_verify_checks_them(engine: Engine, tmp_path: Path) -> None:
+    """A log of 1,000 entries: proofs from stored subtrees (levels >= 6) equal the RFC's proofs
+    over all leaves, read O(log n) hashes, and a tampered stored subtree is found by verify."""
+    from functools import partial
+
+    from tokenport.audit.merkle import consistency_path, consistency_proof, inclusion_path
+    from tokenport.store.audit import NODE_LEVEL
+
+    _write(engine, range(1000))
+    store = AuditStore(engine)
+    leaves = [bytes.fromhex(e.leaf) for e in store.entries("overseas")]
+    nodes = store.nodes("overseas")
+    assert len(nodes) == sum(1000 >> level for level in range(NODE_LEVEL, 10))
+    for index, size in [(0, 1000), (999, 1000), (517, 1000), (64, 65), (3, 700)]:
+        proof = store.proof_source("overseas", size, partial(inclusion_path, index, size))
+        assert proof == inclusion_proof(index, leaves[:size])
+    for first in (1, 64, 333, 999):
+        proof = store.proof_source("overseas", 1000, partial(consistency_path, first, 1000))
+        assert proof == consistency_proof(first, leaves)
+    audit = AuditService(store, tmp_path / "keys", FakeClock(T0))
+    audit.sign_heads()
+    assert all(not z["problems"] for z in audit.verify())
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "UPDATE audit_nodes SET hash = '00' || substr(hash, 3) WHERE level = 7 AND idx = 3"
+        )
+    (report,) = audit.verify()
+    assert report["first_bad_index"] == 3 << 7 and "level 7, index 3" in report["problems"][0]
+
+
+def test_the_migration_stores_the_subtrees_of_an_existing_log(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from tokenport.audit.merkle import Frontier
+    from tokenport.store.db import MIGRATIONS, connect
+
+    engine = connect(database_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0013")
+    frontier, rows, expected = Frontier(), [], {}
+    for i in range(200):
+        entry = json.dumps({"type": "request", "request_id": f"req_{i}"}).encode()
+        for level, idx, h in frontier.append(leaf_hash(entry)):
+            if level >= 6:
+                expected[(level, idx)] = h.hex()
+        rows.append(
+            {
+                "zone": "overseas",
+                "idx": i,
+                "at": T0,
+                "entry": entry.decode(),
+                "leaf": leaf_hash(entry).hex(),
+                "root": frontier.root().hex(),
+                "ref": f"req_{i}",
+            }
+        )
+    from sqlalchemy import insert
+
+    from tokenport.store.schema import audit_entries
+
+    with engine.begin() as conn:
+        conn.execute(insert(audit_entries), rows)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    assert AuditStore(engine).nodes("overseas") == expected and len(expected) == 3 + 1
+    engine.dispose()

@@ -4,6 +4,7 @@ authentication (nothing lost)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import httpx
@@ -394,7 +395,9 @@ def test_every_authenticated_error_has_a_usage_record(mock_server, http):
         assert record["error_code"] == code, (rid, record)
         assert record["endpoint"] == ("chat" if path == CHAT else "completions")
         assert record["tenant"] == TENANT
-    assert found[next(r for r, c in sent.items() if c[1] == 404)]["model"] == "no-such-model"
+    # A model we do not serve is client text: recorded as its hash, never as typed.
+    unknown = hashlib.sha256(b"no-such-model").hexdigest()[:16]
+    assert found[next(r for r, c in sent.items() if c[1] == 404)]["model"] == f"sha256:{unknown}"
 
 
 def test_unauthenticated_requests_are_not_metered(mock_server, anon, http):

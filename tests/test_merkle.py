@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from tokenport.audit.merkle import (
     EMPTY_ROOT,
     Frontier,
+    consistency_path,
     consistency_proof,
+    inclusion_path,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -93,3 +95,36 @@ def test_the_frontier_gives_the_same_root_at_every_size(n: int) -> None:
     again.append(leaf_hash(b"next"))
     assert again.root() == root([*leaves, leaf_hash(b"next")])
     assert len(frontier.nodes) == bin(n).count("1")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=1, max_value=300), st.data())
+def test_proofs_from_perfect_subtrees_equal_proofs_from_all_leaves(n: int, data) -> None:
+    """What the store serves (O(log n) stored subtrees) is exactly the RFC's proof."""
+    leaves = _leaves(n)
+    asked: list[tuple[int, int]] = []
+
+    def subtree(level: int, index: int) -> bytes:
+        asked.append((level, index))
+        assert (index + 1) << level <= n, "only complete subtrees of this tree"
+        return root(leaves[index << level : (index + 1) << level])
+
+    index = data.draw(st.integers(min_value=0, max_value=n - 1))
+    first = data.draw(st.integers(min_value=0, max_value=n))
+    assert inclusion_path(index, n, subtree) == inclusion_proof(index, leaves)
+    assert consistency_path(first, n, subtree) == consistency_proof(first, leaves)
+    assert len(asked) <= 4 * n.bit_length()  # logarithmic, not linear
+    with pytest.raises(IndexError):
+        inclusion_path(n, n, subtree)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(min_value=0, max_value=200))
+def test_the_frontier_names_every_subtree_it_completes(n: int) -> None:
+    leaves = _leaves(n)
+    frontier = Frontier()
+    completed = [node for leaf in leaves for node in frontier.append(leaf)]
+    expected = {(level, i) for level in range(1, n.bit_length() + 1) for i in range(n >> level)}
+    assert {(lv, i) for lv, i, _ in completed} == expected
+    for level, i, h in completed:
+        assert h == root(leaves[i << level : (i + 1) << level])

@@ -8,7 +8,7 @@ the verifiers follow RFC 9162 sections 2.1.3.2 and 2.1.4.2 step by step.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -68,6 +68,60 @@ def _subproof(m: int, leaves: Sequence[bytes], whole: bool) -> list[bytes]:
     if m <= k:
         return [*_subproof(m, leaves[:k], whole), root(leaves[k:])]
     return [*_subproof(m - k, leaves[k:], False), root(leaves[:k])]
+
+
+# A perfect, aligned subtree's hash: (level, index) -> the root of leaves
+# [index * 2**level, (index + 1) * 2**level). Proofs built from it read O(log n) hashes.
+Subtree = Callable[[int, int], bytes]
+
+
+def range_root(start: int, end: int, subtree: Subtree) -> bytes:
+    """MTH(D[start:end]) for the ranges the RFC's recursion produces (start aligned to the
+    largest power of two that fits), from perfect subtrees."""
+    n = end - start
+    if n & (n - 1) == 0:
+        level = n.bit_length() - 1
+        return subtree(level, start >> level)
+    k = _split(n)
+    return node_hash(range_root(start, start + k, subtree), range_root(start + k, end, subtree))
+
+
+def inclusion_path(index: int, size: int, subtree: Subtree) -> list[bytes]:
+    """PATH(index, D[size]), as `inclusion_proof`, from perfect subtrees."""
+    if not 0 <= index < size:
+        raise IndexError(f"leaf {index} is not in a tree of {size}")
+    out: list[bytes] = []
+    start, end = 0, size
+    while end - start > 1:
+        k = _split(end - start)
+        if index < start + k:
+            out.append(range_root(start + k, end, subtree))
+            end = start + k
+        else:
+            out.append(range_root(start, start + k, subtree))
+            start += k
+    return out[::-1]
+
+
+def consistency_path(first: int, size: int, subtree: Subtree) -> list[bytes]:
+    """PROOF(first, D[size]), as `consistency_proof`, from perfect subtrees."""
+    if not 0 <= first <= size:
+        raise ValueError(f"a tree of {first} is not a prefix of a tree of {size}")
+    if first in (0, size):
+        return []
+    out: list[bytes] = []
+    start, end, m, whole = 0, size, first, True
+    while m != end - start:
+        k = _split(end - start)
+        if m <= k:
+            out.append(range_root(start + k, end, subtree))
+            end = start + k
+        else:
+            out.append(range_root(start, start + k, subtree))
+            start, m, whole = start + k, m - k, False
+    if not whole:
+        out.append(range_root(start, end, subtree))
+    return out[::-1]
 
 
 def verify_inclusion(index: int, size: int, leaf: bytes, proof: Sequence[bytes], root_hash: bytes) -> bool:
@@ -130,12 +184,17 @@ class Frontier:
         self.size = size
         self.nodes = list(nodes)  # (height, hash)
 
-    def append(self, leaf: bytes) -> None:
+    def append(self, leaf: bytes) -> list[tuple[int, int, bytes]]:
+        """Add a leaf; the perfect subtrees it completed, as (level, index, hash)."""
         self.nodes.append((0, leaf))
         self.size += 1
+        completed = []
         while len(self.nodes) > 1 and self.nodes[-1][0] == self.nodes[-2][0]:
             (h, left), (_, right) = self.nodes[-2], self.nodes[-1]
-            self.nodes[-2:] = [(h + 1, node_hash(left, right))]
+            merged = node_hash(left, right)
+            self.nodes[-2:] = [(h + 1, merged)]
+            completed.append((h + 1, (self.size >> (h + 1)) - 1, merged))
+        return completed
 
     def root(self) -> bytes:
         if not self.nodes:

@@ -9,6 +9,7 @@ vouch for a rewritten log.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -21,11 +22,11 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tokenport.audit.heads import Signer, TreeHead, public_hex
-from tokenport.audit.merkle import inclusion_proof
+from tokenport.audit.merkle import inclusion_path
 from tokenport.audit.receipts import processing_receipt
 from tokenport.audit.verify import verify_zone
 from tokenport.clock import Clock, SystemClock, utc_iso
-from tokenport.store.audit import AuditStore
+from tokenport.store.audit import NODE_LEVEL, AuditStore
 from tokenport.store.keyfiles import load_or_create
 
 
@@ -76,7 +77,7 @@ class AuditService:
             self.sign_heads(zone)
             head = self.store.head_covering(zone, index)
         assert head is not None, "a signed head covers every entry once the zone's head is signed"
-        proof = inclusion_proof(index, self.store.leaves(zone, head.head.size))
+        proof = self.store.proof_source(zone, head.head.size, partial(inclusion_path, index, head.head.size))
         issued = utc_iso(self.clock.now())
         return processing_receipt(entry, index, proof, head, self.signer(zone), issued)
 
@@ -94,7 +95,8 @@ class AuditService:
         report = []
         for zone in self.store.zones():
             entries = self.store.entries(zone)
-            problems, first_bad = verify_zone(zone, entries, self.store.heads(zone), keys)
+            nodes = (NODE_LEVEL, self.store.nodes(zone))
+            problems, first_bad = verify_zone(zone, entries, self.store.heads(zone), keys, nodes)
             report.append(
                 {"zone": zone, "entries": len(entries), "problems": problems, "first_bad_index": first_bad}
             )

@@ -30,13 +30,20 @@ class StoredHead:
 
 
 def verify_zone(
-    zone: str, entries: list[StoredEntry], heads: list[StoredHead], public_keys: dict[str, str]
+    zone: str,
+    entries: list[StoredEntry],
+    heads: list[StoredHead],
+    public_keys: dict[str, str],
+    nodes: tuple[int, dict[tuple[int, int], str]] | None = None,
 ) -> tuple[list[str], int | None]:
-    """(problems, the first bad index or None)."""
+    """(problems, the first bad index or None). `nodes`: (lowest stored level, the stored
+    subtree hashes proofs are built from), checked against the recomputed tree."""
     problems: list[str] = []
     first_bad: int | None = None
     roots: list[str] = []
     frontier = Frontier()
+    node_level, stored = nodes if nodes is not None else (0, None)
+    expected: dict[tuple[int, int], str] = {}
     for position, e in enumerate(entries):
         if e.index != position:
             what = "missing" if e.index > position else "out of order or repeated"
@@ -44,7 +51,9 @@ def verify_zone(
             first_bad = position
             break
         leaf = leaf_hash(e.entry)
-        frontier.append(leaf)
+        for level, i, h in frontier.append(leaf):
+            if level >= node_level:
+                expected[(level, i)] = h.hex()
         root = frontier.root().hex()
         if leaf.hex() != e.leaf or root != e.root:
             problems.append(f"{zone}: entry {position} does not match its hashes (modified or moved)")
@@ -69,4 +78,9 @@ def verify_zone(
             first_bad = good if first_bad is None else min(first_bad, good)
         elif head.size <= len(roots):
             good = max(good, head.size)
+    if stored is not None and first_bad is None and stored != expected:
+        bad = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
+        level, i = bad[0]
+        problems.append(f"{zone}: the stored subtree hash at level {level}, index {i} is wrong")
+        first_bad = i << level
     return problems, first_bad

@@ -6,15 +6,25 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.entries import admin_entry, canonical
 from tokenport.audit.heads import TreeHead
-from tokenport.audit.merkle import Frontier, leaf_hash
+from tokenport.audit.merkle import Frontier, leaf_hash, root
 from tokenport.audit.verify import StoredEntry, StoredHead
 from tokenport.store.db import advisory_lock, write_lock
-from tokenport.store.schema import audit_entries, audit_heads, audit_state, signing_keys, tenants, zones
+from tokenport.store.schema import (
+    audit_entries,
+    audit_heads,
+    audit_nodes,
+    audit_state,
+    signing_keys,
+    tenants,
+    zones,
+)
+
+NODE_LEVEL = 6  # subtrees of 64 leaves and more are stored; smaller ones are hashed from leaves
 
 
 def lock_zone(conn: Connection, zone: str) -> None:
@@ -37,10 +47,12 @@ def append(
         else Frontier()
     )
     first = frontier.size
-    rows = []
+    rows, nodes = [], []
     for i, entry in enumerate(entries):
         leaf = leaf_hash(entry)
-        frontier.append(leaf)
+        for level, idx, h in frontier.append(leaf):
+            if level >= NODE_LEVEL:
+                nodes.append({"zone": zone, "level": level, "idx": idx, "hash": h.hex()})
         rows.append(
             {
                 "zone": zone,
@@ -53,6 +65,8 @@ def append(
             }
         )
     conn.execute(insert(audit_entries), rows)
+    if nodes:
+        conn.execute(insert(audit_nodes), nodes)
     state = {"size": frontier.size, "frontier": json.dumps([[h, x.hex()] for h, x in frontier.nodes])}
     if row is None:
         conn.execute(insert(audit_state).values(zone=zone, **state))
@@ -73,6 +87,19 @@ def audit_action(conn: Connection, action: str, at: datetime, zone: str | None =
     entry = canonical(admin_entry(action, at, **refs))
     for z in targets:
         append(conn, z, [entry], at)
+
+
+# Fixed statements (compiled once): the subtrees a proof names, the leaves of one block.
+_NODES = select(audit_nodes.c.level, audit_nodes.c.idx, audit_nodes.c.hash).where(
+    audit_nodes.c.zone == bindparam("z"),
+    audit_nodes.c.level.in_(bindparam("lv", expanding=True)),
+    audit_nodes.c.idx.in_(bindparam("ix", expanding=True)),
+)
+_LEAVES = select(audit_entries.c.idx, audit_entries.c.leaf).where(
+    audit_entries.c.zone == bindparam("z"),
+    audit_entries.c.idx >= bindparam("lo"),
+    audit_entries.c.idx < bindparam("hi"),
+)
 
 
 class AuditStore:
@@ -99,12 +126,54 @@ class AuditStore:
         with self.engine.connect() as conn:
             return [StoredEntry(int(r.idx), r.entry.encode(), r.leaf, r.root) for r in conn.execute(q)]
 
-    def leaves(self, zone: str, size: int) -> list[bytes]:
-        """The zone's first `size` leaf hashes."""
-        e = audit_entries
-        q = select(e.c.leaf).where(e.c.zone == zone, e.c.idx < size).order_by(e.c.idx)
+    def proof_source(self, zone: str, size: int, build):
+        """Run `build(subtree)` (a proof builder from audit/merkle.py) against the zone's stored
+        subtrees: a dry run names the subtrees it needs; one query fetches the stored ones, one
+        per 64-leaf block (one or two) the leaves of the small ones."""
+        wanted: set[tuple[int, int]] = set()
+
+        def record(level: int, index: int) -> bytes:
+            if (index + 1) << level > size:
+                raise IndexError(f"the zone's log has no complete subtree ({level}, {index}) below {size}")
+            wanted.add((level, index))
+            return bytes(32)
+
+        build(record)
+        stored = [(lv, i) for lv, i in wanted if lv >= NODE_LEVEL]
+        spans = sorted((i << lv, (i + 1) << lv) for lv, i in wanted if lv < NODE_LEVEL)
+        hashes: dict[tuple[int, int], bytes] = {}
+        leaves: dict[int, bytes] = {}
+        blocks = sorted({a >> NODE_LEVEL for a, _ in spans})  # each small span lies in one block
         with self.engine.connect() as conn:
-            return [bytes.fromhex(x) for x in conn.execute(q).scalars()]
+            if stored:
+                params = {
+                    "z": zone,
+                    "lv": sorted({lv for lv, _ in stored}),
+                    "ix": sorted({i for _, i in stored}),
+                }
+                for r in conn.execute(_NODES, params):
+                    hashes[(int(r.level), int(r.idx))] = bytes.fromhex(r.hash)
+            for b in blocks:
+                params = {"z": zone, "lo": b << NODE_LEVEL, "hi": (b + 1) << NODE_LEVEL}
+                leaves.update((int(r.idx), bytes.fromhex(r.leaf)) for r in conn.execute(_LEAVES, params))
+
+        def subtree(level: int, index: int) -> bytes:
+            if level >= NODE_LEVEL:
+                return hashes[(level, index)]
+            return root([leaves[i] for i in range(index << level, (index + 1) << level)])
+
+        return build(subtree)
+
+    def nodes(self, zone: str) -> dict[tuple[int, int], str]:
+        n = audit_nodes
+        q = select(n.c.level, n.c.idx, n.c.hash).where(n.c.zone == zone)
+        with self.engine.connect() as conn:
+            return {(int(r.level), int(r.idx)): r.hash for r in conn.execute(q)}
+
+    def size(self, zone: str) -> int:
+        q = select(audit_state.c.size).where(audit_state.c.zone == zone)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
 
     def find_request(self, request_id: str) -> tuple[str, int, bytes] | None:
         """A request's audit entry: its zone, index and canonical bytes."""

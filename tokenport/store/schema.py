@@ -320,6 +320,17 @@ audit_entries = Table(
     Column("ref", String(64), nullable=True, index=True),  # a request entry's request id
 )
 
+# Hashes of the audit log's perfect subtrees from level 6 up (64 leaves and more): a proof reads
+# O(log n) of them and at most about 128 leaves, not the whole log.
+audit_nodes = Table(
+    "audit_nodes",
+    metadata,
+    Column("zone", String(64), primary_key=True),
+    Column("level", Integer, primary_key=True),
+    Column("idx", BigInteger, primary_key=True),
+    Column("hash", String(64), nullable=False),
+)
+
 # Signed tree heads.
 audit_heads = Table(
     "audit_heads",

@@ -258,7 +258,7 @@ def test_a_running_server_expires_credit_by_itself(tmp_path, clock: FakeClock) -
     lot = rt.billing_service.grant("lapsing", "3", promo=True, expires_at=clock.now() + timedelta(days=1))
 
     async def run_until(predicate, timeout: float = 5.0) -> bool:
-        task = asyncio.create_task(rt._expire_credits())
+        task = asyncio.create_task(rt._every(0.02, rt._expire_due_credits, "credit expiry", True))
         try:
             loop = asyncio.get_running_loop()
             end = loop.time() + timeout

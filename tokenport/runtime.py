@@ -99,12 +99,22 @@ class Runtime:
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
         settler = Settler(self.writer, self.metrics, self.clock, self.charging, limiter, self.vault)
         self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler)
+        s = self.settings
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),
             asyncio.create_task(self._expire_holds(), name="hold-expiry"),
-            asyncio.create_task(self._expire_credits(), name="credit-expiry"),
-            asyncio.create_task(self._sign_audit_heads(), name="audit-heads"),
-            asyncio.create_task(self._purge_retained(), name="retention-purge"),
+            asyncio.create_task(
+                self._every(s.expire_credits_every_s, self._expire_due_credits, "credit expiry", True),
+                name="credit-expiry",
+            ),
+            asyncio.create_task(
+                self._every(s.audit_sign_every_s, self.audit.sign_heads, "signing audit tree heads"),
+                name="audit-heads",
+            ),
+            asyncio.create_task(
+                self._every(s.retention_purge_every_s, self.vault.purge_expired, "retention purge"),
+                name="retention-purge",
+            ),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
             ),
@@ -122,42 +132,26 @@ class Runtime:
             else:
                 self.billing.accountant.expire_holds(self.clock.now())
 
-    async def _purge_retained(self) -> None:
-        every = self.settings.retention_purge_every_s
-        if every <= 0:
+    async def _every(self, seconds: float, job, what: str, first_now: bool = False) -> None:
+        """Run a blocking `job` in a thread every `seconds` (0: never); a failure is logged (its
+        type only) and retried next round."""
+        if seconds <= 0:
             return
+        if not first_now:
+            await asyncio.sleep(seconds)
         while True:
-            await asyncio.sleep(every)
             try:
-                await asyncio.to_thread(self.vault.purge_expired)
+                await asyncio.to_thread(job)
             except Exception as exc:
-                log.warning("purging expired retained records failed: %s", type(exc).__name__)
+                log.warning("%s failed: %s", what, type(exc).__name__)
+            await asyncio.sleep(seconds)
 
-    async def _sign_audit_heads(self) -> None:
-        every = self.settings.audit_sign_every_s
-        if every <= 0:
-            return
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await asyncio.to_thread(self.audit.sign_heads)
-            except Exception as exc:
-                log.warning("signing audit tree heads failed: %s", type(exc).__name__)
-
-    async def _expire_credits(self) -> None:
-        """Post due credit expiries (what `tokenport credits expire` does): each lot's expiry has
-        a fixed id, so several processes doing this post it once."""
-        every = self.settings.expire_credits_every_s
-        if every <= 0:
-            return
-        while True:
-            try:
-                posted = await asyncio.to_thread(self.billing_service.expire_due, EXPIRY_GRACE)
-                if posted:
-                    log.info("expired %d credit lots", len(posted))
-            except Exception as exc:
-                log.warning("credit expiry failed: %s", type(exc).__name__)
-            await asyncio.sleep(every)
+    def _expire_due_credits(self) -> None:
+        """What `tokenport credits expire` does: each lot's expiry has a fixed id, so several
+        processes doing this post it once."""
+        posted = self.billing_service.expire_due(EXPIRY_GRACE)
+        if posted:
+            log.info("expired %d credit lots", len(posted))
 
     async def _start_engine(self) -> None:
         assert self.engine is not None and self.session is not None

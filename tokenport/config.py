@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tokenport.energy.config import EnergyConfig, EnergyConfigError, energy_config
+
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 BACKEND_KINDS = ("llamacpp", "vllm", "sglang", "openai")
 
@@ -70,6 +72,7 @@ class Settings:
 
     engine: EngineConfig = field(default_factory=EngineConfig)
     backends: tuple[BackendConfig, ...] = ()
+    energy: EnergyConfig = field(default_factory=EnergyConfig)
 
 
 def _cache_home() -> Path:
@@ -105,6 +108,10 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
     url = os.environ.get("TOKENPORT_DATABASE_URL") or db.get("url") or f"sqlite:///{home / 'tokenport.db'}"
     engine = _engine(data.get("engine", {}))
     backends = tuple(_backend(b, default_zone) for b in data.get("backends", []))
+    try:
+        energy = energy_config(data.get("energy", {}))
+    except EnergyConfigError as exc:
+        raise ConfigError(str(exc)) from None
     names = [b.name for b in backends]
     if len(set(names)) != len(names) or (engine.enabled and "embedded" in names):
         raise ConfigError("backend names must be unique (and 'embedded' is reserved)")
@@ -131,6 +138,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         else None,
         engine=engine,
         backends=backends,
+        energy=energy,
     )
 
 

@@ -12,7 +12,11 @@ import aiohttp
 from tokenport.audit.service import AuditService
 from tokenport.billing.service import BillingService
 from tokenport.clock import Clock, SystemClock
-from tokenport.config import Settings
+from tokenport.config import ConfigError, Settings
+from tokenport.energy.config import EnergyConfigError
+from tokenport.energy.meter import EnergyMeter
+from tokenport.energy.nodes import build_nodes
+from tokenport.energy.service import EnergyService
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
@@ -28,6 +32,7 @@ from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
+from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
 from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
@@ -83,6 +88,15 @@ class Runtime:
         if settings.engine.enabled:
             self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)
             self.pool.add(Backend(self.engine.backend_config, ready=self.engine.ready))
+        try:
+            nodes = build_nodes(settings.energy, {b.name: b.zone for b in self.pool.backends})
+        except EnergyConfigError as exc:
+            raise ConfigError(str(exc)) from None
+        self.meter = EnergyMeter(nodes, settings.energy.alpha_milli)
+        self.energy_store = EnergyStore(self.db)
+        self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
+        self.audit.sections = self.energy.receipt_section
+        self._energy_pending: list = []
         self.session: aiohttp.ClientSession | None = None
         self.gateway: Gateway | None = None
         self.started = False
@@ -97,8 +111,10 @@ class Runtime:
         )
         relay = Relay(self.session, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
-        settler = Settler(self.writer, self.metrics, self.clock, self.charging, limiter, self.vault)
-        self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler)
+        settler = Settler(
+            self.writer, self.metrics, self.clock, self.charging, limiter, self.vault, self.meter
+        )
+        self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler, self.meter)
         s = self.settings
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),
@@ -114,6 +130,10 @@ class Runtime:
             asyncio.create_task(
                 self._every(s.retention_purge_every_s, self.vault.purge_expired, "retention purge"),
                 name="retention-purge",
+            ),
+            asyncio.create_task(
+                self._every(s.energy.window_s, self._meter_energy, "energy metering", True),
+                name="energy-meter",
             ),
             asyncio.create_task(
                 self.pool.check_health(self.session, self.settings.health_interval_s), name="health"
@@ -146,6 +166,14 @@ class Runtime:
                 log.warning("%s failed: %s", what, type(exc).__name__)
             await asyncio.sleep(seconds)
 
+    def _meter_energy(self) -> None:
+        """Close a window on every node; write the windows whose requests have all finished
+        (kept for the next round if the database is unavailable)."""
+        self._energy_pending += self.meter.tick(self.clock.monotonic(), self.clock.now())
+        if self._energy_pending:
+            self.energy_store.write(self._energy_pending)
+            self._energy_pending = []
+
     def _expire_due_credits(self) -> None:
         """What `tokenport credits expire` does: each lot's expiry has a fixed id, so several
         processes doing this post it once."""
@@ -169,6 +197,10 @@ class Runtime:
             await self.session.close()
         self.charging.close()
         await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
+        try:  # the last window: every request has finished, so it can be allocated now
+            await asyncio.to_thread(self._meter_energy)
+        except Exception as exc:
+            log.warning("energy metering failed: %s", type(exc).__name__)
         try:  # the last entries get a signed head too
             await asyncio.to_thread(self.audit.sign_heads)
         except Exception as exc:

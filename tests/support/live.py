@@ -35,7 +35,8 @@ def free_port() -> int:
 
 
 def to_toml(data: dict) -> str:
-    """Enough TOML for tokenport configs: tables of scalars/lists and arrays of tables."""
+    """Enough TOML for tokenport configs: tables of scalars, lists and inline tables, and arrays
+    of tables."""
 
     def val(v: Any) -> str:
         if isinstance(v, bool):
@@ -46,6 +47,8 @@ def to_toml(data: dict) -> str:
             return json.dumps(v)
         if isinstance(v, list | tuple):
             return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):  # an inline table
+            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
         raise TypeError(v)
 
     out: list[str] = []

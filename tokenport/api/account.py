@@ -14,10 +14,15 @@ from tokenport.api.keyed import keyed, when_recorded
 from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
 from tokenport.billing.money import nano_to_usd
+from tokenport.energy.reports import green_csv, green_html
+from tokenport.energy.service import EnergyInputError, period_of
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.tenancy.service import InvalidInput, NotFound
 
 GROUPS = ("day", "model", "key")
+TOTALS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_nano_usd")
+# Facility energy (x PUE), the IT energy at the node, green energy (millijoules); carbon (ug CO2e).
+ENERGY_FIELDS = ("energy_mj", "it_energy_mj", "green_mj", "co2_location_ug", "co2_market_ug")
 
 
 @keyed
@@ -39,12 +44,11 @@ async def usage(request: Request, rt, key) -> Response:
     except InvalidInput as exc:
         raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
     rows = await run_in_threadpool(rt.usage_store.grouped, key.tenant_id, group_by, start, end)
+    energy = await run_in_threadpool(rt.energy.group_figures, key.tenant_id, group_by, start, end)
     for r in rows:
         r["cost_usd"] = nano_to_usd(r["cost_nano_usd"])
-    totals = {
-        k: sum(r[k] for r in rows)
-        for k in ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_nano_usd")
-    }
+        r.update(energy.get(r[group_by], dict.fromkeys(ENERGY_FIELDS, 0)))
+    totals = {k: sum(r[k] for r in rows) for k in (*TOTALS, *ENERGY_FIELDS)}
     totals["cost_usd"] = nano_to_usd(totals["cost_nano_usd"])
     body = {"object": "list", "group_by": group_by, "data": rows, "totals": totals}
     return Response(orjson.dumps(body), media_type="application/json")
@@ -87,7 +91,28 @@ async def retained(request: Request, rt, key) -> Response:
     return Response(orjson.dumps(doc), media_type="application/json")
 
 
+@keyed
+async def green(request: Request, rt, key) -> Response:
+    """The tenant's green report for a month (`?period=YYYY-MM`, `&format=json|csv|html`)."""
+    period = request.query_params.get("period") or period_of(rt.clock.now())
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("json", "csv", "html"):
+        raise bad_request("'format' must be json, csv or html", param="format")
+    try:
+        doc = await run_in_threadpool(
+            rt.energy.green_report, key.tenant_id, key.tenant_name, key.zone, period
+        )
+    except EnergyInputError as exc:
+        raise bad_request(str(exc), param="period") from None
+    if fmt == "csv":
+        return Response(green_csv(doc), media_type="text/csv")
+    if fmt == "html":
+        return Response(green_html(doc), media_type="text/html")
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
 routes = [
+    Route("/v1/account/green", green, methods=["GET"]),
     Route("/v1/retained/{request_id}", retained, methods=["GET"]),
     Route("/v1/account/invoices", invoices, methods=["GET"]),
     Route("/v1/account/invoices/{invoice_id}", invoice, methods=["GET"]),

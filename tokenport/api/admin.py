@@ -157,9 +157,10 @@ def usage(rt, request, body, admin: Admin):
     except ValueError:
         raise InvalidInput("'limit' must be an integer") from None
     rows = rt.usage_store.query(tenant, since, limit=max(1, min(limit, 100_000)))
+    energy = rt.energy.request_figures(rows)
     return 200, {
         "object": "list",
-        "data": [usage_view(r) for r in rows],
+        "data": [{**usage_view(r), "energy": energy.get(r["request_id"])} for r in rows],
         "totals": rt.usage_store.totals(tenant, since),
     }
 

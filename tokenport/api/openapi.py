@@ -138,6 +138,14 @@ SPEC = {
                 "parameters": [_path("request_id")],
             }
         },
+        "/v1/account/green": {
+            "get": _op(
+                "The key's tenant's green report for a month: energy, green energy with its "
+                "certificates, carbon (location- and market-based), intensity per million tokens",
+                "account",
+                params=[_q("period", "YYYY-MM (default: this month)"), _q("format", "json, csv or html")],
+            )
+        },
         "/v1/retained/{request_id}": {
             "get": {
                 **_op("What the tenant opted to retain of one request, decrypted", "account"),

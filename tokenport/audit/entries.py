@@ -3,6 +3,7 @@ and per administrative action. Never prompt or completion text: ids, hashes, cou
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 import orjson
@@ -54,3 +55,13 @@ def admin_entry(action: str, at: datetime, **refs) -> dict:
 
 def _iso(value) -> str:
     return utc_iso(value) if isinstance(value, datetime) else str(value)
+
+
+def energy_entry(window: dict, shares: list[dict]) -> dict:
+    """A metered window and the digest of its per-request shares (ids and millijoules)."""
+    digest = hashlib.sha256(canonical(sorted(shares, key=lambda s: s["request_id"]))).hexdigest()
+    return {
+        "type": "energy",
+        **{k: _iso(v) if isinstance(v, datetime) else v for k, v in window.items()},
+        "shares_sha256": digest,
+    }

@@ -7,8 +7,10 @@ tree head, and the head itself) and the zone key's signature over all of it. Any
 zone's public key (`/.well-known/tokenport/keys`) can check, offline, that the gateway signed this
 record and that it is in the log every other customer's receipt is checked against.
 
-Extending a receipt: new facts about a request (energy, carbon) go into its usage record and so
-into its audit entry, and appear in `record`; the format's version is in `type`.
+Extending a receipt: facts known when the request is recorded go into its usage record and so
+into its audit entry (`record`); facts learnt later (its energy, allocated once the metering
+windows it ran in close) are sections of their own (`energy`), signed with the rest. The
+format's version is in `type`.
 """
 
 from __future__ import annotations
@@ -37,8 +39,15 @@ def sign(doc: dict, signer: Signer) -> dict:
 
 
 def processing_receipt(
-    entry: bytes, index: int, proof: list[bytes], head: StoredHead, signer: Signer, issued_at: str
+    entry: bytes,
+    index: int,
+    proof: list[bytes],
+    head: StoredHead,
+    signer: Signer,
+    issued_at: str,
+    sections: dict | None = None,
 ) -> dict:
+    """`sections`: facts learnt after the request (its `energy`), signed with the rest."""
     record = orjson.loads(entry)
     doc = {
         "type": RECEIPT,
@@ -52,6 +61,7 @@ def processing_receipt(
             "inclusion_proof": [p.hex() for p in proof],
             "tree_head": {**head.head.__dict__, "key_id": head.key_id, "signature": head.signature},
         },
+        **(sections or {}),
     }
     return sign(doc, signer)
 

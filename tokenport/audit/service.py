@@ -40,6 +40,7 @@ class AuditService:
         self.keys_dir = keys_dir
         self.clock = clock or SystemClock()
         self._signers: dict[str, Signer] = {}
+        self.sections = None  # record -> more signed sections of a receipt (energy), or None
 
     def signer(self, zone: str) -> Signer:
         if zone not in self._signers:
@@ -79,7 +80,8 @@ class AuditService:
         assert head is not None, "a signed head covers every entry once the zone's head is signed"
         proof = self.store.proof_source(zone, head.head.size, partial(inclusion_path, index, head.head.size))
         issued = utc_iso(self.clock.now())
-        return processing_receipt(entry, index, proof, head, self.signer(zone), issued)
+        extra = self.sections(orjson.loads(entry)) if self.sections is not None else None
+        return processing_receipt(entry, index, proof, head, self.signer(zone), issued, extra)
 
     def trusted_keys(self) -> dict[str, str]:
         """key id -> public key (hex), from the key files."""

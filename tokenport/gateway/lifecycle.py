@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import partial
 
 from tokenport.api.openai_protocol import ParsedRequest
+from tokenport.energy.meter import EnergyMeter
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import BackendPool
 from tokenport.gateway.charging import Charging
@@ -37,8 +38,10 @@ class Gateway:
         charging: Charging,
         relay: Relay,
         settler: Settler,
+        energy: EnergyMeter | None = None,
     ) -> None:
         self.keys = keys
+        self.energy = energy
         self.charging = charging
         self.limiter = limiter
         self.pool = pool
@@ -88,6 +91,8 @@ class Gateway:
                 None if price.free or plan else partial(Charging.usage_fields, price),
             )
             backend.in_flight += 1
+            if self.energy is not None:  # the engine works for it from now: its energy is metered
+                self.energy.opened(ctx.request_id, backend.name, ctx.t0)
             try:
                 if req.stream:
                     await self.relay.stream(call, sink, req.include_usage, out)

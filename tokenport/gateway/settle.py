@@ -5,6 +5,8 @@ to the batched writer, which also appends the audit entry."""
 from __future__ import annotations
 
 from tokenport.clock import Clock
+from tokenport.energy.allocation import Span
+from tokenport.energy.meter import EnergyMeter, RequestMeta
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
@@ -24,8 +26,10 @@ class Settler:
         charging: Charging,
         limiter: RateLimiter,
         vault: Vault | None = None,
+        energy: EnergyMeter | None = None,
     ) -> None:
         self.writer = writer
+        self.energy = energy
         self.vault = vault
         self.charging = charging
         self.limiter = limiter
@@ -58,6 +62,14 @@ class Settler:
         charge = self.charging.charge(
             ctx.request_id, ctx.key, money, cost, counts, ctx.started_at, finished_at
         )
+        if self.energy is not None:  # the span of engine work this request asked for
+            span = None
+            if counts is not None and counts.prompt + counts.completion > 0:
+                first = out.first_token_at
+                span = Span(
+                    ctx.request_id, ctx.t0, first, now, counts.prompt - counts.cached, counts.completion
+                )
+            self.energy.closed(ctx.request_id, span, RequestMeta(ctx.key.tenant_id))
         if counts is not None and ctx.key.tpm_limit:
             self.limiter.record_tokens(ctx.key.id, counts.prompt + counts.completion)
         record = UsageRecord(

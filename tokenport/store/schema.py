@@ -380,3 +380,76 @@ admin_tokens = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
 )
+
+# Energy: a node's metered window (millijoules), and each request's share of it.
+energy_windows = Table(
+    "energy_windows",
+    metadata,
+    Column("id", String(128), primary_key=True),  # "<node>@<start, ISO 8601>"
+    Column("node", String(64), nullable=False),
+    Column("zone", String(64), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False, index=True),
+    Column("ended_at", UTCDateTime(), nullable=False),
+    Column("energy_mj", BigInteger, nullable=False),
+    Column("idle_mj", BigInteger, nullable=False),  # nobody in flight: spread over the period
+    Column("method", String(16), nullable=False),  # measured | estimated
+    Column("requests", Integer, nullable=False),
+)
+
+energy_shares = Table(
+    "energy_shares",
+    metadata,
+    Column("window_id", String(128), primary_key=True),
+    Column("request_id", String(64), primary_key=True, index=True),
+    Column("tenant_id", String(32), nullable=False, index=True),
+    Column("static_mj", BigInteger, nullable=False),
+    Column("dynamic_mj", BigInteger, nullable=False),
+)
+
+# Per month: the PUE, the electricity bought (per source), the green certificates retired.
+energy_periods = Table(
+    "energy_periods",
+    metadata,
+    Column("period", String(7), primary_key=True),  # YYYY-MM
+    Column("pue_milli", Integer, nullable=False),
+    Column("set_at", UTCDateTime(), nullable=False),
+)
+
+electricity = Table(
+    "electricity",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("source", String(64), primary_key=True),
+    Column("kwh_milli", BigInteger, nullable=True),  # null: the metered facility energy
+    Column("cny_per_kwh_micro", BigInteger, nullable=False),
+    Column("set_at", UTCDateTime(), nullable=False),
+)
+
+certificates = Table(
+    "certificates",
+    metadata,
+    Column("id", String(128), primary_key=True),  # e.g. the GEC's number
+    Column("source", String(64), nullable=False),
+    Column("wh", BigInteger, nullable=False),
+    Column("period", String(7), nullable=False, index=True),  # retired for this site, this month
+    Column("added_at", UTCDateTime(), nullable=False),
+)
+
+# A period's certificates are allocated to tenants once (the first run wins, under a unique key).
+certificate_runs = Table(
+    "certificate_runs",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("consumed_wh", BigInteger, nullable=False),
+    Column("retired_wh", BigInteger, nullable=False),
+    Column("allocated_at", UTCDateTime(), nullable=False),
+)
+
+certificate_allocations = Table(
+    "certificate_allocations",
+    metadata,
+    Column("period", String(7), primary_key=True),
+    Column("certificate_id", String(128), primary_key=True),
+    Column("tenant_id", String(32), primary_key=True),
+    Column("wh", BigInteger, nullable=False),
+)

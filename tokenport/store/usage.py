@@ -181,8 +181,19 @@ def _day(dialect: str):
     return func.date(usage.c.started_at) if dialect == "sqlite" else cast(usage.c.started_at, Date)
 
 
+def group_key(dialect: str, group_by: str):
+    return {"day": _day(dialect), "model": usage.c.model, "key": usage.c.key_id}[group_by].label(group_by)
+
+
+def month(dialect: str):
+    """A usage record's month, YYYY-MM (UTC)."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m", usage.c.started_at)
+    return func.to_char(func.timezone("UTC", usage.c.started_at), "YYYY-MM")
+
+
 def grouped_query(dialect: str, tenant_id: str, group_by: str, start, end):
-    key = {"day": _day(dialect), "model": usage.c.model, "key": usage.c.key_id}[group_by].label(group_by)
+    key = group_key(dialect, group_by)
     q = select(
         key,
         func.count().label("requests"),

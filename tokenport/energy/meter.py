@@ -1,0 +1,153 @@
+"""The energy meter of one gateway process: reads each node's source once per window, keeps the
+spans of the requests its backends served, and allocates a window once every request that
+overlapped it has finished. Plain Python: the runtime calls `tick` from a thread and writes
+what it returns.
+
+A node is a machine (or a set of GPUs) whose energy one source measures; it serves some
+backends, all in one zone. Requests to a backend no node covers get no energy figure.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tokenport.energy.allocation import ALPHA_MILLI, Allocation, Span, allocate
+from tokenport.energy.sources import EnergySource
+
+MAX_WAIT_S = 600.0  # a window waits at most this long for requests still in flight
+
+
+@dataclass
+class Node:
+    name: str
+    zone: str
+    source: EnergySource
+    idle_w: float
+    backends: frozenset[str]
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class Window:
+    node: str
+    zone: str
+    lo: float  # monotonic
+    hi: float
+    started_at: datetime
+    ended_at: datetime
+    energy_mj: int
+    method: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.node}@{self.started_at.isoformat()}"
+
+
+@dataclass(frozen=True)
+class Allocated:
+    window: Window
+    allocation: Allocation
+    meta: dict[str, RequestMeta]  # of the requests with a share
+
+
+@dataclass
+class _NodeState:
+    node: Node
+    last: float | None = None  # monotonic time of the previous read
+    last_wall: datetime | None = None
+    windows: list[Window] = field(default_factory=list)  # read, not yet allocated
+    spans: list[tuple[Span, RequestMeta]] = field(default_factory=list)
+    open: dict[str, float] = field(default_factory=dict)  # request id -> start (in flight)
+
+
+class EnergyMeter:
+    def __init__(self, nodes: list[Node], alpha_milli: int = ALPHA_MILLI) -> None:
+        self.alpha_milli = alpha_milli
+        self._nodes = {n.name: _NodeState(n) for n in nodes}
+        self._by_backend = {b: n.name for n in nodes for b in n.backends}
+        self._lock = threading.Lock()  # the loop adds spans; the ticking thread reads them
+
+    def node_of(self, backend: str) -> str | None:
+        return self._by_backend.get(backend)
+
+    # --- from the request path (the event loop): constant time, no I/O ---
+
+    def opened(self, request_id: str, backend: str, start: float) -> None:
+        name = self._by_backend.get(backend)
+        if name is not None:
+            with self._lock:
+                self._nodes[name].open[request_id] = start
+
+    def closed(self, request_id: str, span: Span | None, meta: RequestMeta) -> None:
+        """The request finished; `span` is None when the engine did no work for it."""
+        with self._lock:
+            for state in self._nodes.values():
+                if state.open.pop(request_id, None) is not None:
+                    if span is not None:
+                        state.spans.append((span, meta))
+                    return
+
+    # --- from the meter's thread ---
+
+    def tick(self, mono: float, wall: datetime) -> list[Allocated]:
+        """Read every node's source for the window since the last tick; allocate the windows
+        whose requests have all finished."""
+        done: list[Allocated] = []
+        for state in self._nodes.values():
+            if state.last is not None:
+                busy = self._busy(state, state.last, mono)
+                reading = state.node.source.read(busy, mono - state.last)
+                if reading is not None:
+                    w = Window(
+                        state.node.name,
+                        state.node.zone,
+                        state.last,
+                        mono,
+                        state.last_wall or wall - timedelta(seconds=mono - state.last),
+                        wall,
+                        reading.energy_mj,
+                        reading.method,
+                    )
+                    state.windows.append(w)
+            else:
+                state.node.source.read(0.0, 0.0)  # the counters' baseline
+            state.last, state.last_wall = mono, wall
+            done += self._allocate_ready(state, mono)
+        return done
+
+    def _busy(self, state: _NodeState, lo: float, hi: float) -> float:
+        """Seconds of [lo, hi) with a request of this node in flight (for the power model)."""
+        with self._lock:
+            intervals = [(max(s.start, lo), min(s.end, hi)) for s, _ in state.spans if s.end > lo]
+            intervals += [(max(start, lo), hi) for start in state.open.values() if start < hi]
+        total, end = 0.0, lo
+        for a, b in sorted(intervals):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
+
+    def _allocate_ready(self, state: _NodeState, mono: float) -> list[Allocated]:
+        out = []
+        with self._lock:
+            earliest_open = min(state.open.values(), default=float("inf"))
+            while state.windows:
+                w = state.windows[0]
+                if earliest_open < w.hi and mono - w.hi < MAX_WAIT_S:
+                    break  # a request overlapping it is still in flight
+                spans = [(s, m) for s, m in state.spans if s.end > w.lo and s.start < w.hi]
+                alloc = allocate(
+                    w.energy_mj, state.node.idle_w, w.lo, w.hi, [s for s, _ in spans], self.alpha_milli
+                )
+                meta = {s.request_id: m for s, m in spans}
+                out.append(Allocated(w, alloc, {k: meta[k] for k in (sh.request_id for sh in alloc.shares)}))
+                state.windows.pop(0)
+            floor = state.windows[0].lo if state.windows else state.last or mono
+            state.spans = [(s, m) for s, m in state.spans if s.end > floor]
+        return out

@@ -1,0 +1,401 @@
+"""Energy behind the CLI, the API and receipts: per-request figures, the period's supply and
+green share, the certificates' allocation, the customer green report and the value chain."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from tokenport.clock import Clock, SystemClock
+from tokenport.energy.allocation import apportion
+from tokenport.energy.config import EnergyConfig
+from tokenport.energy.green import (
+    MJ_PER_KWH,
+    MJ_PER_WH,
+    PPM,
+    Figures,
+    Grant,
+    allocate_certificates,
+    carbon_ug,
+    facility_mj,
+    figures,
+    green_share_ppm,
+)
+from tokenport.store.energy import EnergyStore
+from tokenport.store.schema import usage
+
+PERIOD_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+
+
+class EnergyInputError(ValueError):
+    pass
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    if not isinstance(period, str) or not PERIOD_RE.fullmatch(period):
+        raise EnergyInputError(f"a period is YYYY-MM, not {period!r}")
+    year, month = int(period[:4]), int(period[5:])
+    start = datetime(year, month, 1, tzinfo=UTC)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
+    return start, end
+
+
+def period_of(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m")
+
+
+def fixed(value: Decimal, places: str) -> str:
+    """A decimal at a fixed number of places, never in exponent notation."""
+    return format(Decimal(value).quantize(Decimal(places)), "f")
+
+
+def kwh(mj: int) -> str:
+    """Millijoules as kWh, a decimal string (nine places: microwatt-hours)."""
+    return fixed(Decimal(mj) / Decimal(3_600_000_000), "0.000000001")
+
+
+class EnergyService:
+    def __init__(self, store: EnergyStore, config: EnergyConfig, clock: Clock | None = None) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock or SystemClock()
+
+    # --- supply ---
+
+    def set_pue(self, period: str, value: str) -> int:
+        from tokenport.energy.config import EnergyConfigError, milli
+
+        period_bounds(period)
+        try:
+            pue = milli(value, "PUE", 1000, 5000)
+        except EnergyConfigError as exc:
+            raise EnergyInputError(f"{exc} (a PUE is between 1.0 and 5.0)") from None
+        self.store.set_pue(period, pue, self.clock.now())
+        return pue
+
+    def pue(self, period: str) -> int:
+        return self.store.pue(period) or self.config.pue_milli
+
+    def set_tariff(
+        self, period: str, cny_per_kwh: str, source: str = "grid", kwh_value: str | None = None
+    ) -> dict:
+        period_bounds(period)
+        try:
+            price = Decimal(str(cny_per_kwh))
+            amount = None if kwh_value is None else Decimal(str(kwh_value))
+        except ArithmeticError:
+            raise EnergyInputError("the tariff and the kWh must be decimal numbers") from None
+        if (
+            not price.is_finite()
+            or price < 0
+            or (amount is not None and (not amount.is_finite() or amount < 0))
+        ):
+            raise EnergyInputError("the tariff and the kWh must be non-negative numbers")
+        cny_micro = int((price * 1_000_000).to_integral_value())
+        kwh_milli = None if amount is None else int((amount * 1000).to_integral_value())
+        others = [e for e in self.store.electricity(period) if e["source"] != source]
+        if kwh_milli is None and any(e["kwh_milli"] is None for e in others):
+            raise EnergyInputError(
+                "only one source per period can stand for the metered energy not recorded otherwise; "
+                "give the others' --kwh"
+            )
+        self.store.set_electricity(period, source, cny_micro, kwh_milli, self.clock.now())
+        return {
+            "period": period,
+            "source": source,
+            "cny_per_kwh": str(price),
+            "kwh": None if amount is None else str(amount),
+        }
+
+    def add_certificate(self, cert_id: str, mwh: str, period: str, source: str = "offshore-wind") -> dict:
+        period_bounds(period)
+        try:
+            volume = Decimal(str(mwh))
+        except ArithmeticError:
+            raise EnergyInputError("--mwh must be a decimal number") from None
+        if not volume.is_finite() or volume <= 0:
+            raise EnergyInputError("--mwh must be positive")
+        if not cert_id or len(cert_id) > 128:
+            raise EnergyInputError("a certificate id is 1-128 characters")
+        wh = int((volume * 1_000_000).to_integral_value())
+        self.store.add_certificate(cert_id, source, wh, period, self.clock.now())
+        return {"id": cert_id, "mwh": str(volume), "period": period, "source": source}
+
+    # --- a period's figures ---
+
+    def consumed_mj(self, period: str) -> dict:
+        """Metered IT energy, the facility's (x PUE), and the electricity the period consumed:
+        the kWh recorded per source, where a source without kWh stands for the metered facility
+        energy not recorded otherwise."""
+        start, end = period_bounds(period)
+        metered = self.store.metered(start, end)
+        facility = facility_mj(metered["energy_mj"], self.pue(period))
+        sources = self.store.electricity(period)
+        recorded = sum(s["kwh_milli"] * MJ_PER_WH for s in sources if s["kwh_milli"] is not None)
+        unrecorded = any(s["kwh_milli"] is None for s in sources) or not sources
+        consumed = recorded + (max(0, facility - recorded) if unrecorded else 0)
+        return {**metered, "facility_mj": facility, "consumed_mj": consumed}
+
+    def retired_wh(self, period: str) -> int:
+        return sum(c["wh"] for c in self.store.certificates(period))
+
+    def share_ppm(self, period: str) -> int:
+        return green_share_ppm(self.retired_wh(period), self.consumed_mj(period)["consumed_mj"] // MJ_PER_WH)
+
+    # --- per request ---
+
+    def request_figures(self, records: list[dict]) -> dict[str, dict]:
+        """For usage records (request_id, zone, started_at): energy, green energy and carbon, from
+        the windows allocated so far (`complete` once no window of the request is pending)."""
+        energy = self.store.request_energy([r["request_id"] for r in records])
+        shares: dict[str, int] = {}
+        out = {}
+        for r in records:
+            e = energy.get(r["request_id"])
+            if e is None:
+                continue
+            period = period_of(r["started_at"])
+            if period not in shares:
+                shares[period] = self.share_ppm(period)
+            grid, residual = self.config.factors(r["zone"])
+            f = figures(e["energy_mj"], self.pue(period), shares[period], grid, residual)
+            out[r["request_id"]] = {**_figures_view(f), "method": e["method"], "windows": e["windows"]}
+        return out
+
+    def group_figures(self, tenant_id: str, group_by: str, start, end) -> dict[str | None, dict]:
+        """The usage API's groups (day, model or key): energy, green energy and carbon, summed
+        over the months and zones in each group."""
+        out: dict[str | None, dict] = {}
+        shares: dict[str, int] = {}
+        for key, zone, period, it_mj in self.store.grouped_energy(tenant_id, group_by, start, end):
+            if period not in shares:
+                shares[period] = self.share_ppm(period)
+            grid, residual = self.config.factors(zone)
+            view = _figures_view(figures(it_mj, self.pue(period), shares[period], grid, residual))
+            acc = out.setdefault(key, dict.fromkeys(view, 0))
+            for k, v in view.items():
+                acc[k] += v
+        return out
+
+    def receipt_section(self, record: dict) -> dict:
+        """The `energy` part of a request's signed receipt (its record is the audit entry)."""
+        started = datetime.fromisoformat(record["started_at"].replace("Z", "+00:00"))
+        finished = datetime.fromisoformat(record["finished_at"].replace("Z", "+00:00"))
+        found = self.request_figures(
+            [{"request_id": record["request_id"], "zone": record["zone"], "started_at": started}]
+        ).get(record["request_id"])
+        if found is None:
+            return {"energy": {"metered": False}}
+        period = period_of(started)
+        grid, residual = self.config.factors(record["zone"])
+        return {
+            "energy": {
+                "metered": True,
+                "complete": self.store.metered_since(record["zone"], finished),
+                **found,
+                "period": period,
+                "pue": str(Decimal(self.pue(period)) / 1000),
+                "green_share": ratio(self.share_ppm(period), PPM),
+                "grid_g_per_kwh": str(Decimal(grid) / 1000),
+                "residual_g_per_kwh": str(Decimal(residual) / 1000),
+            }
+        }
+
+    # --- certificates ---
+
+    def allocation(self, period: str) -> tuple[list[Grant], bool]:
+        """(grants, final). A period that has ended is allocated once and kept (the first run
+        stores it; concurrent runs read what it stored); the current one is provisional."""
+        frozen = self.store.allocation(period)
+        if frozen is not None:
+            return frozen[1], True
+        grants, consumed_wh, retired_wh = self._compute_allocation(period)
+        if self.clock.now() >= period_bounds(period)[1]:
+            if not self.store.freeze_allocation(period, consumed_wh, retired_wh, grants, self.clock.now()):
+                frozen = self.store.allocation(period)
+                assert frozen is not None
+                return frozen[1], True
+            return grants, True
+        return grants, False
+
+    def _tenant_facility_mj(self, period: str) -> dict[str, int]:
+        """Each tenant's facility energy: its shares, plus the period's idle energy spread in
+        proportion to them, x PUE."""
+        start, end = period_bounds(period)
+        own = self.store.tenant_energy(start, end)
+        idle = apportion(self.store.metered(start, end)["idle_mj"], own)
+        pue = self.pue(period)
+        return {t: facility_mj(own[t] + idle.get(t, 0), pue) for t in own}
+
+    def _compute_allocation(self, period: str) -> tuple[list[Grant], int, int]:
+        consumed_wh = self.consumed_mj(period)["consumed_mj"] // MJ_PER_WH
+        certs = [(c["id"], c["wh"]) for c in self.store.certificates(period)]
+        retired = sum(wh for _, wh in certs)
+        share = green_share_ppm(retired, consumed_wh)
+        demand = {t: mj * share // PPM // MJ_PER_WH for t, mj in self._tenant_facility_mj(period).items()}
+        return allocate_certificates(certs, demand), consumed_wh, retired
+
+    # --- reports ---
+
+    def green_report(self, tenant_id: str, tenant_name: str, zone: str, period: str) -> dict:
+        """What an EU buyer puts in its own Scope 3 report: supplier-specific energy, green
+        energy with the certificates behind it, and carbon both ways."""
+        start, end = period_bounds(period)
+        total = self._tenant_facility_mj(period).get(tenant_id, 0)
+        grants, final = self.allocation(period)
+        mine = [g for g in grants if g.tenant_id == tenant_id]
+        green = min(total, sum(g.wh for g in mine) * MJ_PER_WH)
+        grid, residual = self.config.factors(zone)
+        location, market = carbon_ug(total, grid), carbon_ug(total - green, residual)
+        tokens = self.store.tokens(start, end, usage.c.tenant_id).get(tenant_id, 0)
+        return {
+            "tenant": tenant_name,
+            "zone": zone,
+            "period": period,
+            "final": final,
+            "tokens": tokens,
+            "energy_kwh": kwh(total),
+            "green_kwh": kwh(green),
+            "green_share": ratio(green, total),
+            "certificates": [{"id": g.certificate_id, "kwh": str(Decimal(g.wh) / 1000)} for g in mine],
+            "co2_location_g": grams(location),
+            "co2_market_g": grams(market),
+            "intensity": {
+                "kwh_per_million_tokens": per_million(Decimal(total) / MJ_PER_KWH, tokens),
+                "co2_location_g_per_million_tokens": per_million(Decimal(location) / 1_000_000, tokens),
+                "co2_market_g_per_million_tokens": per_million(Decimal(market) / 1_000_000, tokens),
+            },
+            "method": _method_note(
+                self.store.metered(start, end), self.pue(period), self.config, grid, residual
+            ),
+        }
+
+    def economics(self, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
+        """The value chain of a month: electricity in (kWh, CNY), tokens out, revenue (USD from
+        the ledger; CNY at the period's rate), the value multiple, per model and per customer."""
+        start, end = period_bounds(period)
+        supply = self.consumed_mj(period)
+        sources = self.store.electricity(period)
+        cost_micro_cny = 0
+        bought = []
+        for src in sources:
+            mj = (
+                src["kwh_milli"] * MJ_PER_WH
+                if src["kwh_milli"] is not None
+                else supply["consumed_mj"]
+                - sum(x["kwh_milli"] * MJ_PER_WH for x in sources if x["kwh_milli"] is not None)
+            )
+            cost = mj * src["cny_per_kwh_micro"] // MJ_PER_KWH
+            cost_micro_cny += cost
+            bought.append(
+                {
+                    "source": src["source"],
+                    "kwh": kwh(mj),
+                    "cny_per_kwh": str(Decimal(src["cny_per_kwh_micro"]) / 1_000_000),
+                    "cny": fixed(Decimal(cost) / 1_000_000, "0.01"),
+                }
+            )
+        revenue = self.store.revenue(start, end)
+        by_tenant: dict[str, int] = {}
+        by_model: dict[str, int] = {}
+        for tenant, model, nano in revenue:
+            by_tenant[tenant] = by_tenant.get(tenant, 0) + nano
+            key = model if model is not None else "(plan fees)"
+            by_model[key] = by_model.get(key, 0) + nano
+        usd_nano = sum(by_tenant.values())
+        cny_micro = usd_nano * fx_micro // 1_000_000_000 if fx_micro else None
+        tokens_t = self.store.tokens(start, end, usage.c.tenant_id)
+        tokens_m = self.store.tokens(start, end, usage.c.model)
+        energy_t = self._tenant_facility_mj(period)
+        pue = self.pue(period)
+        energy_m = {m: facility_mj(v, pue) for m, v in self.store.model_energy(start, end).items()}
+        tokens = sum(tokens_t.values())
+
+        def row(name: str, tok: int, nano: int, mj: int) -> dict:
+            return {
+                "name": name,
+                "tokens": tok,
+                "revenue_usd": usd(nano),
+                "energy_kwh": kwh(mj),
+                "kwh_per_million_tokens": per_million(Decimal(mj) / MJ_PER_KWH, tok),
+            }
+
+        return {
+            "period": period,
+            "electricity": {
+                "kwh": kwh(supply["consumed_mj"]),
+                "cny": fixed(Decimal(cost_micro_cny) / 1_000_000, "0.01") if sources else None,
+                "sources": bought,
+            },
+            "metered_kwh": kwh(supply["energy_mj"]),
+            "pue": str(Decimal(pue) / 1000),
+            "tokens": tokens,
+            "revenue_usd": usd(usd_nano),
+            "cny_per_usd": str(Decimal(fx_micro) / 1_000_000) if fx_micro else None,
+            "revenue_cny": fixed(Decimal(cny_micro) / 1_000_000, "0.01") if cny_micro is not None else None,
+            "value_multiple": fixed(Decimal(cny_micro) / cost_micro_cny, "0.01")
+            if cny_micro is not None and cost_micro_cny
+            else None,
+            "kwh_per_million_tokens": per_million(Decimal(supply["consumed_mj"]) / MJ_PER_KWH, tokens),
+            "green_share": ratio(self.share_ppm(period), PPM),
+            "by_model": [
+                row(m, tokens_m.get(m, 0), by_model.get(m, 0), energy_m.get(m, 0))
+                for m in sorted(set(tokens_m) | set(by_model), key=str)
+            ],
+            "by_customer": [
+                row(tenant_names.get(t, t), tokens_t.get(t, 0), by_tenant.get(t, 0), energy_t.get(t, 0))
+                for t in sorted(set(tokens_t) | set(by_tenant))
+            ],
+        }
+
+
+def usd(nano: int) -> str:
+    return fixed(Decimal(nano) / 1_000_000_000, "0.000001")
+
+
+def ratio(part: int, whole: int) -> str | None:
+    return fixed(Decimal(part) / whole, "0.0001") if whole else None
+
+
+def grams(ug: int) -> str:
+    return fixed(Decimal(ug) / 1_000_000, "0.001")
+
+
+def per_million(value: Decimal, tokens: int) -> str | None:
+    return fixed(value * 1_000_000 / tokens, "0.001") if tokens else None
+
+
+def _figures_view(f: Figures) -> dict:
+    return {
+        "energy_mj": f.facility_mj,
+        "it_energy_mj": f.it_mj,
+        "green_mj": f.green_mj,
+        "co2_location_ug": f.co2_location_ug,
+        "co2_market_ug": f.co2_market_ug,
+    }
+
+
+def _method_note(metered: dict, pue: int, cfg: EnergyConfig, grid: int, residual: int) -> dict:
+    total = metered["energy_mj"]
+    estimated = metered["estimated_mj"]
+    return {
+        "measured_share": ratio(total - estimated, total),
+        "estimated_share": ratio(estimated, total),
+        "pue": str(Decimal(pue) / 1000),
+        "alpha": str(Decimal(cfg.alpha_milli) / 1000),
+        "grid_g_per_kwh": str(Decimal(grid) / 1000),
+        "residual_g_per_kwh": str(Decimal(residual) / 1000),
+        "notes": [
+            "Energy per request: each metering window's node energy is split into static (idle power x "
+            "time) shared by time in flight, and dynamic shared by work units (alpha x computed prompt "
+            "tokens + generated tokens); idle time is spread over the period's energy; x PUE.",
+            "Estimated figures come from a power model (idle + dynamic watts x utilisation), not a "
+            "meter; their uncertainty is that of the model's watts, typically +/-30 %.",
+            "Green energy is the tenant's share of green certificates (GEC) retired for this site "
+            "and period, allocated once, never more than retired (annual or monthly matching, not "
+            "hourly).",
+            "Location-based carbon uses the grid average factor; market-based uses a residual-mix "
+            "factor for the energy not covered by certificates (GHG Protocol Scope 2).",
+        ],
+    }

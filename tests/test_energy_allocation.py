@@ -36,23 +36,25 @@ def spans(draw) -> list[Span]:
     st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=8),
     st.floats(min_value=0, max_value=500),
     st.sampled_from([1.0, 2.5, 5.0, 10.0]),
+    st.integers(min_value=0, max_value=1_000_000),
 )
-def test_every_window_is_shared_out_exactly(timeline, energies, idle_w, width) -> None:
-    """Shares sum to the metered energy (idle included), none is negative, and over a run of
-    windows nothing is created or lost."""
+def test_every_window_is_shared_out_exactly(timeline, energies, idle_w, width, own_ppm) -> None:
+    """Shares sum to the metered energy (idle and others' work included), none is negative, and
+    over a run of windows nothing is created or lost."""
     metered = allotted = idle = 0
     for i, energy in enumerate(energies):
         lo, hi = i * width, (i + 1) * width
-        a = allocate(energy, idle_w, lo, hi, timeline)
+        a = allocate(energy, idle_w, lo, hi, timeline, own_ppm=own_ppm)
         assert a.total_mj() == energy
-        assert a.idle_mj >= 0 and all(s.static_mj >= 0 and s.dynamic_mj >= 0 for s in a.shares)
+        assert a.idle_mj >= 0 and a.unattributed_mj >= 0
+        assert all(s.static_mj >= 0 and s.dynamic_mj >= 0 for s in a.shares)
         in_window = {s.request_id for s in timeline if min(s.end, hi) > max(s.start, lo)}
         assert {s.request_id for s in a.shares} <= in_window
         if not a.shares:
             assert a.idle_mj == energy  # an idle window is kept whole for the period
         metered += energy
         allotted += sum(s.total_mj for s in a.shares)
-        idle += a.idle_mj
+        idle += a.idle_mj + a.unattributed_mj
     assert allotted + idle == metered
 
 
@@ -96,3 +98,29 @@ def test_prefill_counts_before_the_first_token_and_decode_after() -> None:
     assert units_in_window(span, 10, 20) == 0
     with pytest.raises(ValueError):
         allocate(-1, 1.0, 0, 1, [span])
+
+
+def test_work_the_engine_did_for_others_is_not_ours() -> None:
+    a = allocate(40_000, 1.0, 0, 10, [Span("a", 0, 0, 10, 0, 100)], own_ppm=250_000)
+    (share,) = a.shares
+    assert a.unattributed_mj == 30_000 and share.total_mj == 10_000  # a quarter of the work
+    assert (a.prefill_milli, a.decode_milli, a.static_mj) == (0, 100_000, 10_000)
+
+
+def test_alpha_is_recovered_from_measured_windows() -> None:
+    import random
+
+    from tokenport.energy.calibration import Sample, calibrate
+
+    rng = random.Random(7)
+    samples = []
+    for _ in range(200):  # 0.02 J per prompt token, 0.08 J per generated token: alpha 0.25
+        p, d = rng.randint(0, 5000), rng.randint(0, 800)
+        noise = rng.gauss(0, 2.0)
+        samples.append(Sample(int((0.02 * p + 0.08 * d + noise) * 1000), p * 1000, d * 1000))
+    c = calibrate(samples)
+    assert c is not None and c.windows == 200 and c.r2 > 0.95
+    assert abs(c.alpha - 0.25) < 0.02 and abs(c.j_per_decode_token - 0.08) < 0.005
+    assert calibrate(samples[:2]) is None  # too few
+    same_mix = [Sample(1000 * k, 2000 * k, 1000 * k) for k in range(1, 10)]  # no variation in the mix
+    assert calibrate(same_mix) is None

@@ -64,16 +64,18 @@ def test_windows_are_shared_among_the_requests_in_flight(metered) -> None:
         metered, "SELECT 1 FROM energy_shares WHERE request_id = ?", refused.headers["x-request-id"]
     ), "a request the engine never saw uses none of its energy"
     time.sleep(1.2)  # one more window, idle
-    windows = _rows(metered, "SELECT id, energy_mj, idle_mj, method, requests, zone FROM energy_windows")
+    windows = _rows(
+        metered, "SELECT id, energy_mj, idle_mj, method, requests, zone, unattributed_mj FROM energy_windows"
+    )
     assert windows and {w[3] for w in windows} == {"estimated"} and {w[5] for w in windows} == {"overseas"}
-    for wid, energy, idle, _, n, _ in windows:
+    for wid, energy, idle, _, n, _, others in windows:
         shared = _rows(
             metered,
             "SELECT COALESCE(SUM(static_mj + dynamic_mj), 0), COUNT(*) FROM energy_shares"
             " WHERE window_id = ?",
             wid,
         )[0]
-        assert shared[0] + idle == energy and shared[1] == n
+        assert shared[0] + idle + others == energy and shared[1] == n
         # the power model: between idle (10 W) and full (100 W) over about one second
         assert 8_000 <= energy <= 110_000
     assert any(w[4] == 0 and w[2] == w[1] for w in windows), "an idle window is kept whole"
@@ -120,3 +122,27 @@ def test_energy_reaches_the_usage_api_receipts_and_the_green_report(metered) -> 
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "period"
     html = httpx.get(metered.base_url + "/v1/account/green?format=html", headers=headers)
     assert html.headers["content-type"].startswith("text/html") and "energy-reader" in html.text
+
+
+def test_work_the_engine_did_for_others_is_not_charged_to_ours(metered, mock_engine) -> None:
+    """Requests sent to the engine directly (not through this gateway) show in its token
+    counters: their share of the energy is left unattributed."""
+    _, secret = metered.new_key("energy-neighbour")
+    before = _rows(metered, "SELECT COALESCE(MAX(started_at), '') FROM energy_windows")[0][0]
+    body = {"model": "mock-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+    for _ in range(6):  # three times our work, straight to the engine
+        assert httpx.post(mock_engine.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+    r = httpx.post(
+        metered.base_url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {secret}"}
+    )
+    for _ in range(6):
+        assert httpx.post(mock_engine.url + "/v1/chat/completions", json=body, timeout=10).status_code == 200
+    rid = r.headers["x-request-id"]
+    wait_until(
+        lambda: _rows(metered, "SELECT 1 FROM energy_shares WHERE request_id = ?", rid), 10, 0.2, "share"
+    )
+    time.sleep(2.5)
+    (others,) = _rows(
+        metered, "SELECT COALESCE(SUM(unattributed_mj), 0) FROM energy_windows WHERE started_at > ?", before
+    )[0]
+    assert others > 0

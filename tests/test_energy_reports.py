@@ -166,3 +166,4 @@ def test_the_cli(tmp_path: Path) -> None:
         in run("energy", "pue", "--period", "10-2026", "--value", "1.2", ok=False).stderr
     )
     assert "PUE" in run("energy", "pue", "--period", "2026-10", "--value", "0.5", ok=False).stderr
+    assert "not enough measured windows" in run("energy", "calibrate", ok=False).stdout

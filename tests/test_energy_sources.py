@@ -104,3 +104,30 @@ def test_the_power_model_is_labelled_estimated() -> None:
     assert src.read(0, 5) == Reading(100_000, ESTIMATED)  # idle: 20 W x 5 s
     assert src.read(2.5, 5) == Reading(175_000, ESTIMATED)  # half busy
     assert src.read(9, 5) == Reading(250_000, ESTIMATED)  # busy is capped at the window
+
+
+def test_a_node_that_cannot_read_its_source_is_a_configuration_error() -> None:
+    from tokenport.config import BackendConfig
+    from tokenport.energy.config import EnergyConfigError, energy_config
+    from tokenport.energy.nodes import build_nodes
+
+    backends = {"gpu": BackendConfig("gpu", "http://127.0.0.1:1", "overseas", ("m",), "vllm")}
+    unreadable = [
+        s
+        for s, there in (("nvml", Path("/dev/nvidia0")), ("rapl", Path("/sys/class/powercap")))
+        if not there.exists()
+    ]
+    for source in unreadable:  # no NVIDIA driver, no RAPL in these VMs
+        cfg = energy_config({"nodes": [{"name": "n", "source": source, "backends": ["gpu"]}]})
+        with pytest.raises(EnergyConfigError, match="energy node n"):
+            build_nodes(cfg, backends)
+    two_zones = {**backends, "dom": BackendConfig("dom", "http://127.0.0.1:1", "domestic", ("m",))}
+    cfg = energy_config({"nodes": [{"name": "n", "source": "model", "backends": ["gpu", "dom"]}]})
+    with pytest.raises(EnergyConfigError, match="several zones"):
+        build_nodes(cfg, two_zones)
+    (node,) = build_nodes(
+        energy_config({"nodes": [{"name": "n", "source": "model", "backends": ["gpu"]}]}), backends
+    )
+    assert node.zone == "overseas" and len(node.engines) == 1  # vLLM's token counters are read
+    with pytest.raises(EnergyConfigError):
+        energy_config({"window_s": 30})

@@ -627,6 +627,29 @@ def cmd_energy_pue(args) -> int:
     return 0
 
 
+def cmd_energy_calibrate(args) -> int:
+    from tokenport.energy.calibration import calibrate
+
+    energy, _ = _energy(args)
+    result = calibrate(energy.store.calibration_samples(args.node, _when(args.since, "--since")))
+    if result is None:
+        msg = "not enough measured windows with varied work to separate prompt and generation costs"
+        _print({"calibrated": False, "reason": msg}, args.json, [msg])
+        return 1
+    view = {"calibrated": True, **result.__dict__}
+    _print(
+        view,
+        args.json,
+        [
+            f"{result.windows} measured windows: alpha = {result.alpha:.3f} "
+            f"({result.j_per_prefill_token:.4f} J per prompt token, "
+            f"{result.j_per_decode_token:.4f} J per generated token; R2 {result.r2:.3f})",
+            f"set it with [energy] alpha = {result.alpha:.3f}",
+        ],
+    )
+    return 0
+
+
 def cmd_certificates_add(args) -> int:
     energy, _ = _energy(args)
     cert = energy.add_certificate(args.id, args.mwh, args.period, args.source)
@@ -886,6 +909,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--cny-per-kwh", required=True)
     c.add_argument("--source", default="grid", help="e.g. offshore-wind, grid")
     c.add_argument("--kwh", help="kWh bought (default: the metered facility energy not recorded otherwise)")
+    c.add_argument("--json", action="store_true")
+    c = command(energy, "calibrate", cmd_energy_calibrate, "estimate alpha from measured windows")
+    c.add_argument("--node")
+    c.add_argument("--since", help="ISO 8601 or a date")
     c.add_argument("--json", action="store_true")
     c = command(energy, "pue", cmd_energy_pue, "the month's PUE (default: [energy] pue)")
     c.add_argument("--period", required=True, help="YYYY-MM")

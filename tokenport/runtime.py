@@ -89,7 +89,7 @@ class Runtime:
             self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)
             self.pool.add(Backend(self.engine.backend_config, ready=self.engine.ready))
         try:
-            nodes = build_nodes(settings.energy, {b.name: b.zone for b in self.pool.backends})
+            nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends})
         except EnergyConfigError as exc:
             raise ConfigError(str(exc)) from None
         self.meter = EnergyMeter(nodes, settings.energy.alpha_milli)

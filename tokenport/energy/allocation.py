@@ -48,9 +48,13 @@ class Share:
 class Allocation:
     shares: tuple[Share, ...]
     idle_mj: int  # nobody was in flight: spread over the period later
+    unattributed_mj: int = 0  # the engine's work for others (not this process's requests)
+    static_mj: int = 0  # the window's static part: idle power x its length, capped at its energy
+    prefill_milli: int = 0  # prompt tokens computed in the window (thousandths; for calibration)
+    decode_milli: int = 0  # tokens generated in the window (thousandths)
 
     def total_mj(self) -> int:
-        return self.idle_mj + sum(s.total_mj for s in self.shares)
+        return self.idle_mj + self.unattributed_mj + sum(s.total_mj for s in self.shares)
 
 
 def apportion(total: int, weights: dict[str, int]) -> dict[str, int]:
@@ -71,44 +75,59 @@ def _overlap(a: float, b: float, lo: float, hi: float) -> float:
     return max(0.0, min(b, hi) - max(a, lo))
 
 
+def _fraction(a: float, b: float, lo: float, hi: float) -> float:
+    """The share of [a, b) inside [lo, hi); an instant counts whole where it falls."""
+    return _overlap(a, b, lo, hi) / (b - a) if b > a else float(lo <= a < hi)
+
+
+def work_in_window(span: Span, lo: float, hi: float) -> tuple[int, int]:
+    """(prompt tokens computed, tokens generated) inside [lo, hi), in thousandths of a token."""
+    first = span.first_token if span.first_token is not None else span.end
+    prefill = 1000 * span.prefill_tokens * _fraction(span.start, first, lo, hi) if span.prefill_tokens else 0
+    decode = 1000 * span.decode_tokens * _fraction(first, span.end, lo, hi) if span.decode_tokens else 0
+    return int(prefill), int(decode)
+
+
 def units_in_window(span: Span, lo: float, hi: float, alpha_milli: int = ALPHA_MILLI) -> int:
     """The span's work units (in thousandths) done inside [lo, hi)."""
-    first = span.first_token if span.first_token is not None else span.end
-    units = 0.0
-    prefill = alpha_milli * span.prefill_tokens
-    if prefill:
-        length = first - span.start
-        units += prefill * (
-            _overlap(span.start, first, lo, hi) / length if length > 0 else float(lo <= first < hi)
-        )
-    decode = 1000 * span.decode_tokens
-    if decode:
-        length = span.end - first
-        units += decode * (
-            _overlap(first, span.end, lo, hi) / length if length > 0 else float(lo <= first < hi)
-        )
-    return int(units)
+    prefill, decode = work_in_window(span, lo, hi)
+    return (alpha_milli * prefill + 1000 * decode) // 1000
 
 
 def allocate(
-    energy_mj: int, idle_w: float, lo: float, hi: float, spans: list[Span], alpha_milli: int = ALPHA_MILLI
+    energy_mj: int,
+    idle_w: float,
+    lo: float,
+    hi: float,
+    spans: list[Span],
+    alpha_milli: int = ALPHA_MILLI,
+    own_ppm: int = 1_000_000,
 ) -> Allocation:
-    """Share one window's energy among the spans that overlap it."""
+    """Share one window's energy among the spans that overlap it. `own_ppm`: the part of the
+    engine's work these spans account for (from its token counters; less when the engine also
+    served requests this process did not send): the rest is `unattributed`, not theirs."""
     if energy_mj < 0:
         raise ValueError("a window's energy cannot be negative")
+    static_all = min(energy_mj, int(idle_w * (hi - lo) * 1000))
     time_us = {s.request_id: int(_overlap(s.start, s.end, lo, hi) * 1_000_000) for s in spans}
     time_us = {k: v for k, v in time_us.items() if v > 0}
     if not time_us:
-        return Allocation((), energy_mj)
-    static = min(energy_mj, int(idle_w * (hi - lo) * 1000))
-    dynamic = energy_mj - static
-    busy = _union_length([(max(s.start, lo), min(s.end, hi)) for s in spans if s.request_id in time_us])
+        return Allocation((), energy_mj, 0, static_all)
+    inside = [s for s in spans if s.request_id in time_us]
+    work = [work_in_window(s, lo, hi) for s in inside]
+    prefill, decode = sum(p for p, _ in work), sum(d for _, d in work)
+    own = energy_mj * min(own_ppm, 1_000_000) // 1_000_000
+    static = static_all * own // energy_mj if energy_mj else 0
+    dynamic = own - static
+    busy = _union_length([(max(s.start, lo), min(s.end, hi)) for s in inside])
     idle = static - static * int(busy * 1_000_000) // max(1, int((hi - lo) * 1_000_000))
-    units = {s.request_id: units_in_window(s, lo, hi, alpha_milli) for s in spans if s.request_id in time_us}
+    units = {
+        s.request_id: (alpha_milli * p + 1000 * d) // 1000 for s, (p, d) in zip(inside, work, strict=True)
+    }
     static_parts = apportion(static - idle, time_us)
     dynamic_parts = apportion(dynamic, units if sum(units.values()) else time_us)
     shares = tuple(Share(k, static_parts[k], dynamic_parts[k]) for k in sorted(time_us))
-    return Allocation(shares, idle)
+    return Allocation(shares, idle, energy_mj - own, static_all, prefill, decode)
 
 
 def _union_length(intervals: list[tuple[float, float]]) -> float:

@@ -10,13 +10,15 @@ backends, all in one zone. Requests to a backend no node covers get no energy fi
 from __future__ import annotations
 
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from tokenport.energy.allocation import ALPHA_MILLI, Allocation, Span, allocate
-from tokenport.energy.sources import EnergySource
+from tokenport.energy.allocation import ALPHA_MILLI, Allocation, Span, allocate, units_in_window
+from tokenport.energy.sources import EnergySource, EngineTokens
 
 MAX_WAIT_S = 600.0  # a window waits at most this long for requests still in flight
+RECENT_WINDOWS = 12  # the own-work fraction is taken over this many windows (engine counters lag)
 
 
 @dataclass
@@ -26,6 +28,7 @@ class Node:
     source: EnergySource
     idle_w: float
     backends: frozenset[str]
+    engines: tuple[EngineTokens, ...] = ()  # its engines' token counters, where they have them
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class Window:
     ended_at: datetime
     energy_mj: int
     method: str
+    engine_units: int | None = None  # the engines' work in the window (thousandths), if known
 
     @property
     def id(self) -> str:
@@ -64,6 +68,7 @@ class _NodeState:
     windows: list[Window] = field(default_factory=list)  # read, not yet allocated
     spans: list[tuple[Span, RequestMeta]] = field(default_factory=list)
     open: dict[str, float] = field(default_factory=dict)  # request id -> start (in flight)
+    recent: deque = field(default_factory=lambda: deque(maxlen=RECENT_WINDOWS))  # (own, engine) units
 
 
 class EnergyMeter:
@@ -103,6 +108,7 @@ class EnergyMeter:
             if state.last is not None:
                 busy = self._busy(state, state.last, mono)
                 reading = state.node.source.read(busy, mono - state.last)
+                engine_units = self._engine_units(state.node)
                 if reading is not None:
                     w = Window(
                         state.node.name,
@@ -113,13 +119,36 @@ class EnergyMeter:
                         wall,
                         reading.energy_mj,
                         reading.method,
+                        engine_units,
                     )
                     state.windows.append(w)
             else:
                 state.node.source.read(0.0, 0.0)  # the counters' baseline
+                self._engine_units(state.node)
             state.last, state.last_wall = mono, wall
             done += self._allocate_ready(state, mono)
         return done
+
+    def _engine_units(self, node: Node) -> int | None:
+        """Work units the node's engines report for the window (None: unknown)."""
+        if not node.engines:
+            return None
+        total = 0
+        for engine in node.engines:
+            tokens = engine.read()
+            if tokens is None:
+                return None
+            total += self.alpha_milli * tokens[0] + 1000 * tokens[1]
+        return total
+
+    def _own_ppm(self, state: _NodeState, w: Window, spans: list[Span]) -> int:
+        """The share of the engines' recent work that this process's requests account for."""
+        if w.engine_units is None:
+            return 1_000_000
+        own = sum(units_in_window(s, w.lo, w.hi, self.alpha_milli) for s in spans)
+        state.recent.append((own, w.engine_units))
+        own_sum, engine_sum = sum(o for o, _ in state.recent), sum(e for _, e in state.recent)
+        return 1_000_000 if engine_sum <= own_sum else own_sum * 1_000_000 // engine_sum
 
     def _busy(self, state: _NodeState, lo: float, hi: float) -> float:
         """Seconds of [lo, hi) with a request of this node in flight (for the power model)."""
@@ -142,9 +171,9 @@ class EnergyMeter:
                 if earliest_open < w.hi and mono - w.hi < MAX_WAIT_S:
                     break  # a request overlapping it is still in flight
                 spans = [(s, m) for s, m in state.spans if s.end > w.lo and s.start < w.hi]
-                alloc = allocate(
-                    w.energy_mj, state.node.idle_w, w.lo, w.hi, [s for s, _ in spans], self.alpha_milli
-                )
+                own = [s for s, _ in spans]
+                ppm = self._own_ppm(state, w, own)
+                alloc = allocate(w.energy_mj, state.node.idle_w, w.lo, w.hi, own, self.alpha_milli, ppm)
                 meta = {s.request_id: m for s, m in spans}
                 out.append(Allocated(w, alloc, {k: meta[k] for k in (sh.request_id for sh in alloc.shares)}))
                 state.windows.pop(0)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import urllib.request
 
+from tokenport.config import BackendConfig
 from tokenport.energy.config import EnergyConfig, EnergyConfigError, NodeConfig
 from tokenport.energy.meter import Node
 from tokenport.energy.sources import (
+    TOKEN_COUNTERS,
     EnergySource,
+    EngineTokens,
     NvmlSource,
     PowerModelSource,
     PrometheusCounterSource,
@@ -28,9 +31,17 @@ def _fetcher(url: str):
 
 def make_source(cfg: NodeConfig) -> EnergySource:
     if cfg.source == "nvml":
-        return NvmlSource(list(cfg.gpus) or None)
+        try:
+            return NvmlSource(list(cfg.gpus) or None)
+        except Exception as exc:  # pynvml raises NVMLError subclasses without a driver
+            raise EnergyConfigError(
+                f"energy node {cfg.name}: NVML is unavailable ({type(exc).__name__})"
+            ) from None
     if cfg.source == "rapl":
-        return RaplSource()
+        try:
+            return RaplSource()
+        except OSError as exc:
+            raise EnergyConfigError(f"energy node {cfg.name}: no readable RAPL counters ({exc})") from None
     if cfg.source == "prometheus":
         assert cfg.url is not None
         return PrometheusCounterSource(_fetcher(cfg.url), cfg.metric, cfg.scale_mj)
@@ -44,9 +55,11 @@ def make_source(cfg: NodeConfig) -> EnergySource:
     return PowerModelSource(cfg.idle_w, cfg.dynamic_w)
 
 
-def build_nodes(cfg: EnergyConfig, backend_zones: dict[str, str]) -> list[Node]:
-    """`backend_zones`: every backend's zone. Without configured nodes, the embedded engine (if
-    any) is one node with the default source; other backends are not metered."""
+def build_nodes(cfg: EnergyConfig, backends: dict[str, BackendConfig]) -> list[Node]:
+    """`backends`: every backend by name. Without configured nodes, the embedded engine (if
+    any) is one node with the default source; other backends are not metered. The engines' token
+    counters are read where their kind has them (llama.cpp, vLLM, SGLang)."""
+    backend_zones = {name: b.zone for name, b in backends.items()}
     if not cfg.enabled:
         return []
     configured = cfg.nodes or (
@@ -54,17 +67,22 @@ def build_nodes(cfg: EnergyConfig, backend_zones: dict[str, str]) -> list[Node]:
     )
     nodes, taken = [], set()
     for nc in configured:
-        backends = nc.backends or (("embedded",) if "embedded" in backend_zones else ())
-        unknown = [b for b in backends if b not in backend_zones]
-        if unknown or not backends:
+        names = nc.backends or (("embedded",) if "embedded" in backend_zones else ())
+        unknown = [b for b in names if b not in backend_zones]
+        if unknown or not names:
             raise EnergyConfigError(f"energy node {nc.name}: unknown or no backends {unknown or ''}".strip())
-        if taken & set(backends):
+        if taken & set(names):
             raise EnergyConfigError(f"energy node {nc.name}: a backend belongs to one node only")
-        taken |= set(backends)
-        zones = {backend_zones[b] for b in backends}
+        taken |= set(names)
+        zones = {backend_zones[b] for b in names}
         if len(zones) != 1:
             raise EnergyConfigError(
                 f"energy node {nc.name}: its backends are in several zones {sorted(zones)}"
             )
-        nodes.append(Node(nc.name, zones.pop(), make_source(nc), nc.idle_w, frozenset(backends)))
+        engines = tuple(
+            EngineTokens(_fetcher(backends[b].url.rstrip("/") + "/metrics"), backends[b].kind)
+            for b in names
+            if backends[b].kind in TOKEN_COUNTERS
+        )
+        nodes.append(Node(nc.name, zones.pop(), make_source(nc), nc.idle_w, frozenset(names), engines))
     return nodes

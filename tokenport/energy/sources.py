@@ -8,6 +8,8 @@ or estimated.
 - `PrometheusCounterSource`: an energy counter another process exports, e.g. NVIDIA DCGM
   exporter's `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (mJ) on a remote GPU node or node_exporter's
   `node_rapl_package_joules_total` (J); measured.
+- `EngineTokens`: not energy but the engine's own token counters (vLLM, SGLang, llama.cpp), so
+  that work an engine did for requests this process did not send is not charged to its requests.
 - `PowerModelSource`: idle watts + dynamic watts x utilisation, where utilisation is the share of
   the window the node's engine was busy (a request in flight); estimated. The embedded engine on a
   CPU-only machine uses this.
@@ -137,3 +139,36 @@ class PowerModelSource:
     def read(self, busy_s: float, window_s: float) -> Reading | None:
         utilisation = min(1.0, max(0.0, busy_s / window_s)) if window_s > 0 else 0.0
         return Reading(round((self.idle_w + self.dynamic_w * utilisation) * window_s * 1000), ESTIMATED)
+
+
+# The engines' cumulative token counters: (prompt tokens, generated tokens).
+TOKEN_COUNTERS = {
+    "llamacpp": ("llamacpp:prompt_tokens_total", "llamacpp:tokens_predicted_total"),
+    "vllm": ("vllm:prompt_tokens_total", "vllm:generation_tokens_total"),
+    "sglang": ("sglang:prompt_tokens_total", "sglang:generation_tokens_total"),
+}
+
+
+class EngineTokens:
+    """Tokens an engine processed since the previous read, from its /metrics (`fetch()` returns
+    the text; the caller's thread does the HTTP). None when unknown (first read, engine down)."""
+
+    def __init__(self, fetch, kind: str) -> None:
+        self.fetch = fetch
+        self.names = TOKEN_COUNTERS[kind]
+        self._last: tuple[int, int] | None = None
+
+    def read(self) -> tuple[int, int] | None:
+        try:
+            text = self.fetch()
+        except OSError:
+            return None  # the next good read covers this window too
+        found = [parse_counter(text, name) for name in self.names]
+        if found[0] is None or found[1] is None:
+            return None
+        now = (sum(found[0].values()), sum(found[1].values()))
+        last, self._last = self._last, now
+        if last is None:
+            return None
+        # A counter that went down was reset (the engine restarted): count from zero.
+        return tuple(n - b if n >= b else n for n, b in zip(now, last, strict=True))  # type: ignore[return-value]

@@ -10,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.entries import canonical, energy_entry
 from tokenport.billing.ledger import REVENUE_PLANS, REVENUE_USAGE
+from tokenport.energy.calibration import Sample
 from tokenport.energy.green import Grant
 from tokenport.energy.meter import Allocated
 from tokenport.store.audit import append as audit_append
@@ -61,6 +62,11 @@ class EnergyStore:
                     "ended_at": w.ended_at,
                     "energy_mj": w.energy_mj,
                     "idle_mj": a.allocation.idle_mj,
+                    "unattributed_mj": a.allocation.unattributed_mj,
+                    "static_mj": a.allocation.static_mj,
+                    "prefill_milli": a.allocation.prefill_milli,
+                    "decode_milli": a.allocation.decode_milli,
+                    "engine_units": w.engine_units,
                     "method": w.method,
                     "requests": len(a.allocation.shares),
                 }
@@ -321,3 +327,16 @@ class EnergyStore:
         )
         with self.engine.connect() as conn:
             return conn.execute(q).first() is not None
+
+    def calibration_samples(self, node: str | None = None, since: datetime | None = None) -> list:
+        """Measured windows in which only this process's requests ran (none unattributed)."""
+        w = energy_windows
+        q = select(w.c.energy_mj, w.c.static_mj, w.c.prefill_milli, w.c.decode_milli).where(
+            w.c.method == "measured", w.c.unattributed_mj == 0, w.c.requests > 0
+        )
+        if node is not None:
+            q = q.where(w.c.node == node)
+        if since is not None:
+            q = q.where(w.c.started_at >= since)
+        with self.engine.connect() as conn:
+            return [Sample(int(e - st), int(p), int(d)) for e, st, p, d in conn.execute(q)]

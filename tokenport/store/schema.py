@@ -392,6 +392,11 @@ energy_windows = Table(
     Column("ended_at", UTCDateTime(), nullable=False),
     Column("energy_mj", BigInteger, nullable=False),
     Column("idle_mj", BigInteger, nullable=False),  # nobody in flight: spread over the period
+    Column("unattributed_mj", BigInteger, nullable=False),  # the engine's work for others
+    Column("static_mj", BigInteger, nullable=False),  # idle power x length (capped): for calibration
+    Column("prefill_milli", BigInteger, nullable=False),  # prompt tokens computed, thousandths
+    Column("decode_milli", BigInteger, nullable=False),  # tokens generated, thousandths
+    Column("engine_units", BigInteger, nullable=True),  # the engines' own counters, if read
     Column("method", String(16), nullable=False),  # measured | estimated
     Column("requests", Integer, nullable=False),
 )

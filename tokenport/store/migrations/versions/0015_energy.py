@@ -26,6 +26,11 @@ def upgrade() -> None:
         sa.Column("ended_at", UTCDateTime(), nullable=False),
         sa.Column("energy_mj", sa.BigInteger, nullable=False),
         sa.Column("idle_mj", sa.BigInteger, nullable=False),
+        sa.Column("unattributed_mj", sa.BigInteger, nullable=False),
+        sa.Column("static_mj", sa.BigInteger, nullable=False),
+        sa.Column("prefill_milli", sa.BigInteger, nullable=False),
+        sa.Column("decode_milli", sa.BigInteger, nullable=False),
+        sa.Column("engine_units", sa.BigInteger, nullable=True),
         sa.Column("method", sa.String(16), nullable=False),
         sa.Column("requests", sa.Integer, nullable=False),
     )

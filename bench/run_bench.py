@@ -108,7 +108,9 @@ def write_config(home: Path, mock_url: str, database_url: str | None = None, sha
         "[engine]\nenabled = false\n\n"
         + (f'[database]\nurl = "{database_url}"\n\n' if database_url else "")
         + ("[cluster]\nshared = true\n\n" if shared else "")
-        + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n'
+        + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n\n'
+        # energy metered per request too: a power-model node over the mock, its token counters read
+        + '[[energy.nodes]]\nname = "mock-node"\nsource = "model"\nbackends = ["mock"]\n'
     )
     return cfg
 

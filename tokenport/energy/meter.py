@@ -102,11 +102,14 @@ class EnergyMeter:
 
     def tick(self, mono: float, wall: datetime) -> list[Allocated]:
         """Read every node's source for the window since the last tick; allocate the windows
-        whose requests have all finished."""
+        whose requests have all finished. The request path's lock is held only to copy and to
+        prune the spans: all the work is done on the copies."""
         done: list[Allocated] = []
         for state in self._nodes.values():
+            with self._lock:
+                spans, starts = list(state.spans), list(state.open.values())
             if state.last is not None:
-                busy = self._busy(state, state.last, mono)
+                busy = _busy(spans, starts, state.last, mono)
                 reading = state.node.source.read(busy, mono - state.last)
                 engine_units = self._engine_units(state.node)
                 if reading is not None:
@@ -126,7 +129,10 @@ class EnergyMeter:
                 state.node.source.read(0.0, 0.0)  # the counters' baseline
                 self._engine_units(state.node)
             state.last, state.last_wall = mono, wall
-            done += self._allocate_ready(state, mono)
+            done += self._allocate_ready(state, spans, min(starts, default=float("inf")), mono)
+            floor = state.windows[0].lo if state.windows else mono
+            with self._lock:
+                state.spans = [(s, m) for s, m in state.spans if s.end > floor]
         return done
 
     def _engine_units(self, node: Node) -> int | None:
@@ -150,33 +156,31 @@ class EnergyMeter:
         own_sum, engine_sum = sum(o for o, _ in state.recent), sum(e for _, e in state.recent)
         return 1_000_000 if engine_sum <= own_sum else own_sum * 1_000_000 // engine_sum
 
-    def _busy(self, state: _NodeState, lo: float, hi: float) -> float:
-        """Seconds of [lo, hi) with a request of this node in flight (for the power model)."""
-        with self._lock:
-            intervals = [(max(s.start, lo), min(s.end, hi)) for s, _ in state.spans if s.end > lo]
-            intervals += [(max(start, lo), hi) for start in state.open.values() if start < hi]
-        total, end = 0.0, lo
-        for a, b in sorted(intervals):
-            if b > end:
-                total += b - max(a, end)
-                end = b
-        return total
-
-    def _allocate_ready(self, state: _NodeState, mono: float) -> list[Allocated]:
+    def _allocate_ready(
+        self, state: _NodeState, spans: list[tuple[Span, RequestMeta]], earliest_open: float, mono: float
+    ) -> list[Allocated]:
         out = []
-        with self._lock:
-            earliest_open = min(state.open.values(), default=float("inf"))
-            while state.windows:
-                w = state.windows[0]
-                if earliest_open < w.hi and mono - w.hi < MAX_WAIT_S:
-                    break  # a request overlapping it is still in flight
-                spans = [(s, m) for s, m in state.spans if s.end > w.lo and s.start < w.hi]
-                own = [s for s, _ in spans]
-                ppm = self._own_ppm(state, w, own)
-                alloc = allocate(w.energy_mj, state.node.idle_w, w.lo, w.hi, own, self.alpha_milli, ppm)
-                meta = {s.request_id: m for s, m in spans}
-                out.append(Allocated(w, alloc, {k: meta[k] for k in (sh.request_id for sh in alloc.shares)}))
-                state.windows.pop(0)
-            floor = state.windows[0].lo if state.windows else state.last or mono
-            state.spans = [(s, m) for s, m in state.spans if s.end > floor]
+        while state.windows:
+            w = state.windows[0]
+            if earliest_open < w.hi and mono - w.hi < MAX_WAIT_S:
+                break  # a request overlapping it is still in flight
+            inside = [(s, m) for s, m in spans if s.end > w.lo and s.start < w.hi]
+            own = [s for s, _ in inside]
+            ppm = self._own_ppm(state, w, own)
+            alloc = allocate(w.energy_mj, state.node.idle_w, w.lo, w.hi, own, self.alpha_milli, ppm)
+            meta = {s.request_id: m for s, m in inside}
+            out.append(Allocated(w, alloc, {sh.request_id: meta[sh.request_id] for sh in alloc.shares}))
+            state.windows.pop(0)
         return out
+
+
+def _busy(spans: list[tuple[Span, RequestMeta]], starts: list[float], lo: float, hi: float) -> float:
+    """Seconds of [lo, hi) with a request of the node in flight (for the power model)."""
+    intervals = [(max(s.start, lo), min(s.end, hi)) for s, _ in spans if s.end > lo]
+    intervals += [(max(start, lo), hi) for start in starts if start < hi]
+    total, end = 0.0, lo
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total

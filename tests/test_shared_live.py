@@ -3,6 +3,7 @@ plan windows hold across both (on PostgreSQL, and on SQLite for processes on one
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import threading
@@ -30,6 +31,13 @@ def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, L
         **mock_config(mock_engine.url),
         "cluster": {"shared": True},
         "audit": {"keys_dir": str(root / "keys")},
+        "energy": {
+            "window_s": 1,
+            "settle_delay_s": 2,
+            "nodes": [
+                {"name": "box", "source": "model", "idle_w": 10, "dynamic_w": 90, "backends": ["mock"]}
+            ],
+        },
     }
     env = {"TOKENPORT_DATABASE_URL": url}
     a = start_server(root / "a", json.loads(json.dumps(config)), env)
@@ -221,3 +229,54 @@ def test_a_plan_window_fills_from_both_processes(pair):
         assert exc.value.code == "plan_quota_exceeded"
         assert exc.value.response.headers["x-ratelimit-remaining-plan"] == "0"
         assert int(exc.value.response.headers["retry-after"]) > 4 * 3600
+
+
+def test_a_node_is_metered_once_for_both_processes(pair) -> None:
+    """One process holds the node's lease and allocates its windows to the requests of both,
+    from their usage records: no window twice, every request's share in, nothing lost."""
+    from sqlalchemy import create_engine, text
+
+    a, b = pair
+    secret = _key(a, b, "energy-shared")
+    ids = []
+    for i in range(6):
+        server = (a, b)[i % 2]
+        r = urllib.request.Request(
+            server.base_url + "/v1/chat/completions",
+            data=json.dumps({"model": "mock-model", "messages": MESSAGES, "max_tokens": 5}).encode(),
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(r, timeout=10) as resp:
+            ids.append(resp.headers["x-request-id"])
+        time.sleep(0.3)
+    db = create_engine(a.env["TOKENPORT_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
+
+    def shared_out() -> bool:
+        with db.connect() as conn:
+            got = set(conn.execute(text("SELECT DISTINCT request_id FROM energy_shares")).scalars())
+        return set(ids) <= got
+
+    try:
+        wait_until(shared_out, 20, 0.3, "both processes' requests allocated")
+        with db.connect() as conn:
+            windows = conn.execute(
+                text(
+                    "SELECT id, started_at, ended_at, energy_mj, idle_mj, unattributed_mj FROM energy_windows"
+                    " WHERE node = 'box' ORDER BY started_at"
+                )
+            ).all()
+            for w in windows:
+                shared = conn.execute(
+                    text(
+                        "SELECT COALESCE(SUM(static_mj + dynamic_mj), 0) FROM energy_shares"
+                        " WHERE window_id = :w"
+                    ),
+                    {"w": w.id},
+                ).scalar_one()
+                assert shared + w.idle_mj + w.unattributed_mj == w.energy_mj
+            holders = conn.execute(text("SELECT COUNT(*) FROM energy_leases WHERE node = 'box'")).scalar_one()
+        assert holders == 1
+        for before, after in itertools.pairwise(windows):
+            assert after.started_at >= before.ended_at, "a window metered twice"
+    finally:
+        db.dispose()

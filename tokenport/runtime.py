@@ -17,6 +17,7 @@ from tokenport.energy.config import EnergyConfigError
 from tokenport.energy.meter import EnergyMeter
 from tokenport.energy.nodes import build_nodes
 from tokenport.energy.service import EnergyService
+from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
@@ -92,8 +93,13 @@ class Runtime:
             nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends})
         except EnergyConfigError as exc:
             raise ConfigError(str(exc)) from None
-        self.meter = EnergyMeter(nodes, settings.energy.alpha_milli)
         self.energy_store = EnergyStore(self.db)
+        e = settings.energy
+        self.meter = (  # several processes: one meters each node, from every process's records
+            SharedEnergyMeter(nodes, self.energy_store, e.window_s, e.alpha_milli, e.settle_delay_s)
+            if settings.shared
+            else EnergyMeter(nodes, e.alpha_milli)
+        )
         self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
         self.audit.sections = self.energy.receipt_section
         self._energy_pending: list = []

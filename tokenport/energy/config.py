@@ -34,6 +34,7 @@ class NodeConfig:
 class EnergyConfig:
     enabled: bool = True
     window_s: float = 5.0
+    settle_delay_s: float = 30.0  # shared mode: a reading is allocated once this old
     alpha_milli: int = 250
     pue_milli: int = 1200  # the default PUE; a period may have its own (`tokenport energy pue`)
     grid_mg_per_kwh: int = GRID_MG_PER_KWH
@@ -81,6 +82,7 @@ def energy_config(data: dict) -> EnergyConfig:
     return EnergyConfig(
         enabled=bool(data.get("enabled", True)),
         window_s=window,
+        settle_delay_s=float(data.get("settle_delay_s", 30.0)),
         alpha_milli=milli(data.get("alpha", 0.25), "energy.alpha", 0, 100_000),
         pue_milli=milli(data.get("pue", 1.2), "energy.pue", 1000, 5000),
         grid_mg_per_kwh=milli(

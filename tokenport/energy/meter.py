@@ -136,25 +136,11 @@ class EnergyMeter:
         return done
 
     def _engine_units(self, node: Node) -> int | None:
-        """Work units the node's engines report for the window (None: unknown)."""
-        if not node.engines:
-            return None
-        total = 0
-        for engine in node.engines:
-            tokens = engine.read()
-            if tokens is None:
-                return None
-            total += self.alpha_milli * tokens[0] + 1000 * tokens[1]
-        return total
+        return engine_units(node, self.alpha_milli)
 
     def _own_ppm(self, state: _NodeState, w: Window, spans: list[Span]) -> int:
-        """The share of the engines' recent work that this process's requests account for."""
-        if w.engine_units is None:
-            return 1_000_000
         own = sum(units_in_window(s, w.lo, w.hi, self.alpha_milli) for s in spans)
-        state.recent.append((own, w.engine_units))
-        own_sum, engine_sum = sum(o for o, _ in state.recent), sum(e for _, e in state.recent)
-        return 1_000_000 if engine_sum <= own_sum else own_sum * 1_000_000 // engine_sum
+        return own_ppm(state.recent, own, w.engine_units)
 
     def _allocate_ready(
         self, state: _NodeState, spans: list[tuple[Span, RequestMeta]], earliest_open: float, mono: float
@@ -177,10 +163,37 @@ class EnergyMeter:
 def _busy(spans: list[tuple[Span, RequestMeta]], starts: list[float], lo: float, hi: float) -> float:
     """Seconds of [lo, hi) with a request of the node in flight (for the power model)."""
     intervals = [(max(s.start, lo), min(s.end, hi)) for s, _ in spans if s.end > lo]
-    intervals += [(max(start, lo), hi) for start in starts if start < hi]
+    return busy_time(intervals + [(max(start, lo), hi) for start in starts if start < hi], lo)
+
+
+def busy_time(intervals: list[tuple[float, float]], lo: float) -> float:
+    """The length of the union of intervals that start at or after `lo`."""
     total, end = 0.0, lo
     for a, b in sorted(intervals):
         if b > end:
             total += b - max(a, end)
             end = b
     return total
+
+
+def engine_units(node: Node, alpha_milli: int) -> int | None:
+    """Work units the node's engines report since the last read (None: unknown)."""
+    if not node.engines:
+        return None
+    total = 0
+    for engine in node.engines:
+        tokens = engine.read()
+        if tokens is None:
+            return None
+        total += alpha_milli * tokens[0] + 1000 * tokens[1]
+    return total
+
+
+def own_ppm(recent: deque, own_units: int, engine_units: int | None) -> int:
+    """The share of the engines' recent work that our requests account for (parts per million),
+    over the last windows in `recent` (engines count some tokens only when a request ends)."""
+    if engine_units is None:
+        return 1_000_000
+    recent.append((own_units, engine_units))
+    own, engine = sum(o for o, _ in recent), sum(e for _, e in recent)
+    return 1_000_000 if engine <= own else own * 1_000_000 // engine

@@ -3,16 +3,17 @@ the same transaction), the periods' PUE, electricity bought, green certificates.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.entries import canonical, energy_entry
 from tokenport.billing.ledger import REVENUE_PLANS, REVENUE_USAGE
+from tokenport.energy.allocation import Span
 from tokenport.energy.calibration import Sample
 from tokenport.energy.green import Grant
-from tokenport.energy.meter import Allocated
+from tokenport.energy.meter import MAX_WAIT_S, Allocated, RequestMeta
 from tokenport.store.audit import append as audit_append
 from tokenport.store.audit import audit_action
 from tokenport.store.db import write_lock
@@ -21,7 +22,9 @@ from tokenport.store.schema import (
     certificate_runs,
     certificates,
     electricity,
+    energy_leases,
     energy_periods,
+    energy_readings,
     energy_shares,
     energy_windows,
     ledger_entries,
@@ -39,13 +42,16 @@ class EnergyStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def write(self, allocated: list[Allocated]) -> None:
-        """Windows, their shares and audit entries, atomically; a window written before (a retry
-        after a commit that did happen) is skipped."""
+    def write(self, allocated: list[Allocated], readings_done: list[str] = ()) -> None:
+        """Windows, their shares and audit entries, atomically (and, in shared mode, the readings
+        they came from deleted); a window written before (a retry after a commit that did
+        happen) is skipped."""
         if not allocated:
             return
         with self.engine.begin() as conn:
             write_lock(conn)
+            if readings_done:
+                conn.execute(delete(energy_readings).where(energy_readings.c.id.in_(list(readings_done))))
             ids = [a.window.id for a in allocated]
             known = set(
                 conn.execute(select(energy_windows.c.id).where(energy_windows.c.id.in_(ids))).scalars()
@@ -340,3 +346,65 @@ class EnergyStore:
             q = q.where(w.c.started_at >= since)
         with self.engine.connect() as conn:
             return [Sample(int(e - st), int(p), int(d)) for e, st, p, d in conn.execute(q)]
+
+    # --- shared mode: one process meters each node ---
+
+    def take_lease(self, node: str, holder: str, now: datetime, ttl_s: float) -> bool:
+        """Hold (or renew) the right to meter `node`; False while another live process holds it."""
+        le = energy_leases
+        until = now + timedelta(seconds=ttl_s)
+        try:
+            with self.engine.begin() as conn:
+                write_lock(conn)
+                row = conn.execute(select(le).where(le.c.node == node)).first()
+                if row is None:
+                    conn.execute(insert(le).values(node=node, holder=holder, expires_at=until))
+                    return True
+                if row.holder != holder and row.expires_at > now:
+                    return False
+                conn.execute(update(le).where(le.c.node == node).values(holder=holder, expires_at=until))
+                return True
+        except IntegrityError:  # another process inserted it first
+            return False
+
+    def add_reading(self, row: dict) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(energy_readings).values(**row))
+
+    def due_readings(self, node: str, ended_before: datetime) -> list[dict]:
+        r = energy_readings
+        q = select(r).where(r.c.node == node, r.c.ended_at <= ended_before).order_by(r.c.started_at)
+        with self.engine.connect() as conn:
+            return [dict(x._mapping) for x in conn.execute(q)]
+
+    def spans(self, backends: list[str], lo: datetime, hi: datetime) -> list[tuple[Span, RequestMeta]]:
+        """Every process's requests to these backends that overlap [lo, hi) and made the engine
+        work, from their usage records (times as epoch seconds)."""
+        u = usage
+        q = select(
+            u.c.request_id,
+            u.c.tenant_id,
+            u.c.started_at,
+            u.c.finished_at,
+            u.c.ttft_ms,
+            u.c.prompt_tokens,
+            u.c.cached_tokens,
+            u.c.completion_tokens,
+        ).where(
+            u.c.backend.in_(backends),
+            u.c.started_at < hi,
+            u.c.started_at > lo - timedelta(seconds=MAX_WAIT_S),  # the index's range
+            u.c.finished_at > lo,
+            u.c.prompt_tokens + u.c.completion_tokens > 0,
+        )
+        out = []
+        with self.engine.connect() as conn:
+            for r in conn.execute(q):
+                start = r.started_at.timestamp()
+                first = start + r.ttft_ms / 1000 if r.ttft_ms is not None else None
+                prefill = r.prompt_tokens - r.cached_tokens
+                span = Span(
+                    r.request_id, start, first, r.finished_at.timestamp(), prefill, r.completion_tokens
+                )
+                out.append((span, RequestMeta(r.tenant_id)))
+        return out

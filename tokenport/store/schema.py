@@ -109,6 +109,7 @@ usage = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),
+    Index("ix_usage_started", "started_at"),
 )
 
 # Append-only feed of administrative changes; running servers poll it (key revocation < 1 s).
@@ -409,6 +410,28 @@ energy_shares = Table(
     Column("tenant_id", String(32), nullable=False, index=True),
     Column("static_mj", BigInteger, nullable=False),
     Column("dynamic_mj", BigInteger, nullable=False),
+)
+
+# Shared mode: one process meters each node (a lease it renews), and writes its readings here;
+# they are allocated once the usage records of every process's requests in them are written.
+energy_leases = Table(
+    "energy_leases",
+    metadata,
+    Column("node", String(64), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+energy_readings = Table(
+    "energy_readings",
+    metadata,
+    Column("id", String(128), primary_key=True),  # the window's id
+    Column("node", String(64), nullable=False, index=True),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=False),
+    Column("energy_mj", BigInteger, nullable=True),  # null: a power model, evaluated at allocation
+    Column("method", String(16), nullable=False),
+    Column("engine_units", BigInteger, nullable=True),
 )
 
 # Per month: the PUE, the electricity bought (per source), the green certificates retired.

@@ -1,5 +1,6 @@
-"""Energy: metered windows and their per-request shares; the periods' PUE, electricity bought and
-green certificates, and the certificates' allocation to tenants.
+"""Energy: metered windows and their per-request shares; in shared mode, which process meters a
+node (a lease) and its readings waiting to be allocated; the periods' PUE, electricity bought
+and green certificates, and the certificates' allocation to tenants.
 
 Revision ID: 0015
 Revises: 0014
@@ -43,6 +44,23 @@ def upgrade() -> None:
         sa.Column("dynamic_mj", sa.BigInteger, nullable=False),
     )
     op.create_index("ix_energy_shares_request_id", "energy_shares", ["request_id"])
+    op.create_index("ix_usage_started", "usage", ["started_at"])  # requests by time, any tenant
+    op.create_table(
+        "energy_leases",
+        sa.Column("node", sa.String(64), primary_key=True),
+        sa.Column("holder", sa.String(64), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+    )
+    op.create_table(
+        "energy_readings",
+        sa.Column("id", sa.String(128), primary_key=True),
+        sa.Column("node", sa.String(64), nullable=False, index=True),
+        sa.Column("started_at", UTCDateTime(), nullable=False),
+        sa.Column("ended_at", UTCDateTime(), nullable=False),
+        sa.Column("energy_mj", sa.BigInteger, nullable=True),
+        sa.Column("method", sa.String(16), nullable=False),
+        sa.Column("engine_units", sa.BigInteger, nullable=True),
+    )
     op.create_table(
         "energy_periods",
         sa.Column("period", sa.String(7), primary_key=True),
@@ -82,12 +100,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_usage_started", "usage")
     for table in (
         "certificate_allocations",
         "certificate_runs",
         "certificates",
         "electricity",
         "energy_periods",
+        "energy_readings",
+        "energy_leases",
         "energy_shares",
         "energy_windows",
     ):

@@ -200,7 +200,12 @@ def test_created_key_works_then_revoked_key_is_refused(mock_server: LiveServer) 
     # the running server accepts it within 1 s
     wait_until(lambda: models_status(mock_server, secret) == 200, 1.0, 0.02, "new key accepted")
     models = call(mock_server, "GET", "/v1/models", token=secret).json
-    assert [m["id"] for m in models["data"]] == ["dead-model", "mock-model", "paid-model"]  # its zone only
+    assert [m["id"] for m in models["data"]] == [
+        "dead-model",
+        "mock-model",
+        "mock-tools",
+        "paid-model",
+    ]  # its zone only
 
     r = call(mock_server, "POST", f"/admin/v1/keys/{key['id']}/revoke")
     assert r.status == 200

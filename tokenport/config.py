@@ -73,6 +73,9 @@ class Settings:
     engine: EngineConfig = field(default_factory=EngineConfig)
     backends: tuple[BackendConfig, ...] = ()
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    # Model names clients may use for a served model (glob patterns allowed), e.g. Claude Code's
+    # `claude-*` for the embedded model. Applied to Anthropic requests.
+    model_aliases: dict[str, str] = field(default_factory=dict)
 
 
 def _cache_home() -> Path:
@@ -139,6 +142,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         engine=engine,
         backends=backends,
         energy=energy,
+        model_aliases=_aliases(data.get("models", {}).get("aliases"), engine),
     )
 
 
@@ -191,3 +195,12 @@ def _log_level(value: str) -> str:
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level must be debug, info, warning or error, not {value!r}")
     return level
+
+
+def _aliases(configured, engine: EngineConfig) -> dict[str, str]:
+    """Configured aliases; by default any `claude-*` name means the embedded model, if it runs."""
+    if configured is None:
+        return {"claude-*": engine.model_id} if engine.enabled else {}
+    if not isinstance(configured, dict) or not all(isinstance(v, str) for v in configured.values()):
+        raise ConfigError("models.aliases must map names (or glob patterns) to model names")
+    return dict(configured)

@@ -22,6 +22,7 @@ DEFAULT_PRICES = {
     "smollm2-135m-instruct": ["--free"],
     "mock-model": ["--free"],
     "domestic-model": ["--free"],
+    "mock-tools": ["--free"],
     "paid-model": PAID_MODEL_PRICE,
 }
 VENV_BIN = Path(sys.executable).parent
@@ -246,7 +247,12 @@ def mock_config(mock_url: str) -> dict:
     return {
         "engine": {"enabled": False},
         "backends": [
-            {"name": "mock", "url": mock_url, "models": ["mock-model", "paid-model"], "kind": "llamacpp"},
+            {
+                "name": "mock",
+                "url": mock_url,
+                "models": ["mock-model", "paid-model", "mock-tools"],
+                "kind": "llamacpp",
+            },
             {"name": "dead", "url": f"http://127.0.0.1:{free_port()}", "models": ["dead-model"]},
             {"name": "dom", "url": mock_url, "zone": "domestic", "models": ["domestic-model"]},
         ],

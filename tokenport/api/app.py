@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenport.api import account, admin, audit, ops
+from tokenport.api import account, admin, anthropic_routes, audit, ops
 from tokenport.api.errors import openai_error_body
 from tokenport.api.middleware import RequestIdMiddleware
 from tokenport.api.openai_routes import completion_endpoints
@@ -39,7 +39,9 @@ class TokenportApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         s = runtime.settings
-        self.hot = completion_endpoints(lambda: runtime.gateway, runtime.clock, s.max_body_bytes)
+        self.hot = completion_endpoints(
+            lambda: runtime.gateway, runtime.clock, s.max_body_bytes, s.model_aliases
+        )
 
         @asynccontextmanager
         async def lifespan(app):
@@ -55,6 +57,7 @@ class TokenportApp:
             Route("/v1/models", ops.models, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             *account.routes,
+            *anthropic_routes.routes,
             *audit.routes,
             *admin.routes,
         ]

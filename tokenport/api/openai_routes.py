@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 
-from tokenport.api.errors import error_headers, openai_error_body, send_error
+from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.middleware import INTERNAL_ERROR, log_unhandled, new_request_id
 from tokenport.api.openai_protocol import ParsedRequest, parse_chat, parse_completion
 from tokenport.clock import Clock
@@ -58,12 +58,14 @@ class AsgiSink:
     def response_sha256(self) -> str:
         return self._digest.hexdigest()
 
-    def _ids(self) -> tuple[tuple[bytes, bytes], ...]:
+    def ids(self) -> tuple[tuple[bytes, bytes], ...]:
         """The request id, and the receipt id once the request will have a receipt (same value)."""
         return (self._rid, (RECEIPT_HEADER, self._rid[1])) if self.receipted else (self._rid,)
 
-    async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
-        headers = [(b"content-type", content_type), *self._ids()]
+    async def start(
+        self, status: int, content_type: bytes, length: int | None = None, extra: tuple = ()
+    ) -> None:
+        headers = [(b"content-type", content_type), *self.ids(), *extra]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
         if content_type == b"text/event-stream":
@@ -82,15 +84,13 @@ class AsgiSink:
         if self.streaming:  # after streaming started: an error event, then the stream ends
             await self.send(sse_error(err.message, err.type, err.code))
             return
-        self.started = True
         body = openai_error_body(err)
-        await self._send(
-            {
-                "type": "http.response.start",
-                "status": err.status,
-                "headers": error_headers(err, body, self._ids()),
-            }
-        )
+        await self.raw_error(err.status, error_headers(err, body, self.ids()), body)
+
+    async def raw_error(self, status: int, headers: list, body: bytes) -> None:
+        """An error answer already in the client's protocol shape."""
+        self.started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
         self._digest.update(body)
         if self.kept is not None:
             self.kept.append(body)
@@ -119,16 +119,22 @@ class CompletionEndpoint:
     async def __call__(self, scope, receive, send) -> None:
         """Served without middleware (the hot path): it sets its own request id header."""
         request_id = new_request_id()
-        rid = (b"x-request-id", request_id.encode())
-        sink = AsgiSink(send, rid)
+        sink = self.make_sink(AsgiSink(send, (b"x-request-id", request_id.encode())), request_id)
         try:
             await self._serve(scope, receive, request_id, sink)
         except Exception as exc:
             log_unhandled(exc, scope.get("path"))
             if not sink.started:
-                return await send_error(send, INTERNAL_ERROR, (rid,))
+                return await sink.error(INTERNAL_ERROR)
         if sink.started and not sink.disconnected:
             await sink.finish()
+
+    def make_sink(self, sink: AsgiSink, request_id: str):
+        """The sink in the client's protocol (an Anthropic endpoint wraps this one)."""
+        return sink
+
+    def parser(self, sink) -> Callable[[bytes], ParsedRequest]:
+        return self.parse
 
     async def _serve(self, scope, receive, request_id: str, sink: AsgiSink) -> None:
         if scope["method"] != "POST":
@@ -146,7 +152,7 @@ class CompletionEndpoint:
         ctx.request_sha256 = hashlib.sha256(body).hexdigest()  # evidence of what was processed
         watcher = asyncio.create_task(_watch_disconnect(receive, sink, asyncio.current_task()))
         try:
-            await gateway.handle(ctx, headers, body, self.parse, sink)
+            await gateway.handle(ctx, headers, body, self.parser(sink), sink)
         finally:
             watcher.cancel()
 
@@ -192,8 +198,13 @@ async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes |
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def completion_endpoints(gateway_ref, clock: Clock, max_body: int) -> dict[str, CompletionEndpoint]:
+def completion_endpoints(
+    gateway_ref, clock: Clock, max_body: int, aliases: dict[str, str] | None = None
+) -> dict[str, CompletionEndpoint]:
+    from tokenport.api.anthropic_routes import MessagesEndpoint
+
     return {
         "/v1/chat/completions": CompletionEndpoint("chat", parse_chat, gateway_ref, clock, max_body),
         "/v1/completions": CompletionEndpoint("completions", parse_completion, gateway_ref, clock, max_body),
+        "/v1/messages": MessagesEndpoint(gateway_ref, clock, max_body, aliases or {}),
     }

@@ -92,6 +92,21 @@ SPEC = {
         "/v1/completions": {
             "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
         },
+        "/v1/messages": {
+            "post": _op(
+                "Anthropic Messages API: a message, streaming or not (docs/anthropic-api.md); "
+                "`?beta=true` accepted",
+                "anthropic",
+                body={"type": "object", "required": ["model", "max_tokens", "messages"]},
+            )
+        },
+        "/v1/messages/count_tokens": {
+            "post": _op(
+                "The input tokens a message would bill, counted by the engine that would serve it",
+                "anthropic",
+                body={"type": "object", "required": ["model", "messages"]},
+            )
+        },
         "/v1/models": {"get": _op("Models served in the key's zone", "openai")},
         "/v1/account/invoices": {"get": _op("The key's tenant's invoices", "account")},
         "/v1/account/invoices/{invoice_id}": {

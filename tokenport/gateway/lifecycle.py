@@ -26,7 +26,12 @@ from tokenport.gateway.usage import opaque
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
-UPSTREAM_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+# Every protocol reaches the engines as OpenAI: Anthropic messages are translated chat completions.
+UPSTREAM_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "messages": "/v1/chat/completions",
+}
 
 
 class Gateway:

@@ -5,7 +5,8 @@ streamed content chunk is exactly one token ("tok "); usage is fixed by
 MockConfig. A body field ``mock_scenario`` (or, calling the mock directly, a request header
 ``x-mock-scenario``) selects a behaviour:
 tool_calls, error_500, error_400, error_midstream, hang, slow_first_token, echo (every token
-is the last message's text, or the prompt: for canary tests).
+is the last message's text, or the prompt: for canary tests). A model named `*-tools` always
+behaves as tool_calls.
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
 max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
 """
@@ -298,6 +299,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         st.last_stream_options = body.get("stream_options")
         st.last_headers = {k.lower(): v for k, v in request.headers.items()}
         scenario = str(body.get("mock_scenario") or request.headers.get("x-mock-scenario", ""))
+        if not scenario and str(body.get("model", "")).endswith("-tools"):
+            scenario = "tool_calls"  # a model that always calls tools (protocols that drop extra fields)
         if scenario == "error_500":
             return _json(
                 {"error": {"message": "mock engine exploded", "type": "server_error", "code": 500}},
@@ -327,6 +330,18 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         st.in_flight -= 1
 
 
+async def apply_template(request: web.Request) -> web.Response:
+    """llama.cpp's /apply-template: the chat formatted as one prompt."""
+    body = orjson.loads(await request.read())
+    prompt = "".join(f"<{m.get('role')}>{m.get('content') or ''}\n" for m in body.get("messages", []))
+    return _json({"prompt": prompt})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """llama.cpp's /tokenize: as many tokens as the mock bills for a prompt (exact counts)."""
+    return _json({"tokens": list(range(request.app[CFG].prompt_tokens))})
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     return await _generate(request, chat=True)
 
@@ -346,6 +361,8 @@ def build_app(cfg: MockConfig | None = None) -> web.Application:
     app.router.add_post("/mock/reset", reset)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/apply-template", apply_template)
+    app.router.add_post("/tokenize", tokenize)
     return app
 
 

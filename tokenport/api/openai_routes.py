@@ -202,9 +202,11 @@ def completion_endpoints(
     gateway_ref, clock: Clock, max_body: int, aliases: dict[str, str] | None = None
 ) -> dict[str, CompletionEndpoint]:
     from tokenport.api.anthropic_routes import MessagesEndpoint
+    from tokenport.api.responses_routes import ResponsesEndpoint
 
     return {
         "/v1/chat/completions": CompletionEndpoint("chat", parse_chat, gateway_ref, clock, max_body),
         "/v1/completions": CompletionEndpoint("completions", parse_completion, gateway_ref, clock, max_body),
         "/v1/messages": MessagesEndpoint(gateway_ref, clock, max_body, aliases or {}),
+        "/v1/responses": ResponsesEndpoint(gateway_ref, clock, max_body),
     }

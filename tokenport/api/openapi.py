@@ -92,6 +92,14 @@ SPEC = {
         "/v1/completions": {
             "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
         },
+        "/v1/responses": {
+            "post": _op(
+                "OpenAI Responses API: a response, streaming or not, with function tools "
+                "(docs/openai-api.md)",
+                "openai",
+                body={"type": "object", "required": ["model", "input"]},
+            )
+        },
         "/v1/messages": {
             "post": _op(
                 "Anthropic Messages API: a message, streaming or not (docs/anthropic-api.md); "

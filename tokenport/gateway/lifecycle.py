@@ -26,11 +26,13 @@ from tokenport.gateway.usage import opaque
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
-# Every protocol reaches the engines as OpenAI: Anthropic messages are translated chat completions.
+# Every protocol reaches the engines as OpenAI: Anthropic messages and Responses requests are
+# translated chat completions.
 UPSTREAM_PATHS = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "messages": "/v1/chat/completions",
+    "responses": "/v1/chat/completions",
 }
 
 

@@ -1,0 +1,337 @@
+"""Responses API answers from the engine's OpenAI chat output (a sink around the HTTP sink).
+
+Streaming, the events Codex relies on, each with `event:` and a `sequence_number`:
+`response.created`, `response.in_progress`; per output item `response.output_item.added`, then
+for a message `response.content_part.added`, `response.output_text.delta`...,
+`response.output_text.done`, `response.content_part.done`, or for a function call
+`response.function_call_arguments.delta`..., `response.function_call_arguments.done`; then
+`response.output_item.done`; finally `response.completed` (or `response.incomplete` when the
+token limit cut it) with the whole response and `usage` (input, cached, output, reasoning, total
+tokens). A failure once the request is known to stream is `response.failed` with its `code`
+(`insufficient_quota`, `rate_limit_exceeded`, `context_length_exceeded`, ...).
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from tokenport.api.errors import error_headers, openai_error_body
+from tokenport.api.openai_routes import AsgiSink
+from tokenport.gateway.errors import ApiError
+
+
+def responses_usage(usage: dict | None) -> dict:
+    usage = usage or {}
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": prompt + completion,
+    }
+
+
+class ResponsesSink:
+    def __init__(self, inner: AsgiSink, request_id: str) -> None:
+        self.inner = inner
+        self.request: dict = {}  # the client's request, for the echoed fields
+        self.streaming = False  # the client asked to stream (known once parsed)
+        self.id = "resp_" + request_id.removeprefix("req_")
+        self.created_at = int(time.time())
+        self._buf = b""
+        self._seq = 0
+        self._opened = False  # response.created sent
+        self._ended = False
+        self._output: list[dict] = []  # finished items
+        self._text: dict | None = None  # the message item being written
+        self._calls: dict[int, dict] = {}  # the engine's tool-call index -> function_call item
+        self._finish: str | None = None
+
+    disconnected = property(lambda s: s.inner.disconnected, lambda s, v: setattr(s.inner, "disconnected", v))
+    cancellable = property(lambda s: s.inner.cancellable, lambda s, v: setattr(s.inner, "cancellable", v))
+    delivered = property(lambda s: s.inner.delivered, lambda s, v: setattr(s.inner, "delivered", v))
+    receipted = property(lambda s: s.inner.receipted, lambda s, v: setattr(s.inner, "receipted", v))
+    started = property(lambda s: s.inner.started)
+    finished = property(lambda s: s.inner.finished)
+
+    def response_sha256(self) -> str:
+        return self.inner.response_sha256()
+
+    def keep(self) -> None:
+        self.inner.keep()
+
+    def kept_body(self) -> bytes:
+        return self.inner.kept_body()
+
+    def _response(self, status: str, output: list[dict], usage: dict | None = None, **extra) -> dict:
+        r = self.request
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "model": r.get("model", ""),
+            "output": output,
+            "instructions": r.get("instructions"),
+            "max_output_tokens": r.get("max_output_tokens"),
+            "parallel_tool_calls": r.get("parallel_tool_calls", True),
+            "temperature": r.get("temperature"),
+            "top_p": r.get("top_p"),
+            "tool_choice": r.get("tool_choice", "auto"),
+            "tools": r.get("tools") or [],
+            "text": r.get("text") or {"format": {"type": "text"}},
+            "store": False,
+            "error": None,
+            "incomplete_details": None,
+            "metadata": r.get("metadata") or {},
+            "usage": usage,
+            **extra,
+        }
+
+    def _event(self, kind: str, **data) -> bytes:
+        body = {"type": kind, "sequence_number": self._seq, **data}
+        self._seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(body) + b"\n\n"
+
+    async def start(self, status: int, content_type: bytes, length: int | None = None) -> None:
+        if content_type == b"text/event-stream":
+            await self.inner.start(status, content_type)
+            await self.inner.send(self._open())
+
+    def _open(self) -> bytes:
+        self._opened = True
+        created = self._response("in_progress", [])
+        return self._event("response.created", response=created) + self._event(
+            "response.in_progress", response=created
+        )
+
+    async def send(self, data: bytes) -> None:
+        if not self.streaming:
+            body = orjson.dumps(self._whole(orjson.loads(data)))
+            await self.inner.start(200, b"application/json", len(body))
+            await self.inner.send(body)
+            return
+        self._buf += data
+        out: list[bytes] = []
+        while (cut := self._buf.find(b"\n\n")) >= 0:
+            event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:"):
+                    out += self._data(line[5:].strip())
+        if out:
+            await self.inner.send(b"".join(out))
+
+    async def error(self, err: ApiError) -> None:
+        if not self.streaming or self._ended:
+            if not self.inner.started:
+                body = openai_error_body(err)
+                await self.inner.raw_error(err.status, error_headers(err, body, self.inner.ids()), body)
+            return
+        out = []
+        if not self.inner.started:
+            await self.inner.start(200, b"text/event-stream")
+            out.append(self._open())
+        self._ended = True
+        failed = self._response(
+            "failed", self._output, error={"code": err.code or err.type, "message": err.message}
+        )
+        out.append(self._event("response.failed", response=failed))
+        await self.inner.send(b"".join(out))
+
+    async def finish(self) -> None:
+        await self.inner.finish()
+
+    # --- streaming ---
+
+    def _data(self, payload: bytes) -> list[bytes]:
+        if payload == b"[DONE]" or self._ended:
+            return []
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(obj, dict):
+            return []
+        if obj.get("error"):
+            e = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+            self._ended = True
+            error = {
+                "code": str(e.get("code") or e.get("type") or "server_error"),
+                "message": str(e.get("message") or ""),
+            }
+            return [
+                self._event("response.failed", response=self._response("failed", self._output, error=error))
+            ]
+        out: list[bytes] = []
+        for choice in obj.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if self._text is None:
+                    out += self._close_calls()
+                    out += self._open_text()
+                self._text["content"][0]["text"] += delta["content"]
+                out.append(
+                    self._event(
+                        "response.output_text.delta",
+                        item_id=self._text["id"],
+                        output_index=self._text["_index"],
+                        content_index=0,
+                        delta=delta["content"],
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                k = call.get("index", 0)
+                fn = call.get("function") or {}
+                if k not in self._calls:
+                    out += self._close_text()
+                    item = {
+                        "type": "function_call",
+                        "id": f"fc_{self.id[5:]}_{k}",
+                        "call_id": call.get("id") or f"call_{k}",
+                        "name": fn.get("name") or "",
+                        "arguments": "",
+                        "status": "in_progress",
+                        "_index": len(self._output) + len(self._calls),
+                    }
+                    self._calls[k] = item
+                    out.append(
+                        self._event(
+                            "response.output_item.added", output_index=item["_index"], item=_public(item)
+                        )
+                    )
+                item = self._calls[k]
+                if fn.get("arguments"):
+                    item["arguments"] += fn["arguments"]
+                    out.append(
+                        self._event(
+                            "response.function_call_arguments.delta",
+                            item_id=item["id"],
+                            output_index=item["_index"],
+                            delta=fn["arguments"],
+                        )
+                    )
+            if choice.get("finish_reason"):
+                self._finish = choice["finish_reason"]
+        if obj.get("usage") and not obj.get("choices"):
+            out += self._close_text() + self._close_calls()
+            usage = responses_usage(obj["usage"])
+            self._ended = True
+            if self._finish == "length":
+                details = {"reason": "max_output_tokens"}
+                done = self._response("incomplete", self._output, usage, incomplete_details=details)
+                out.append(self._event("response.incomplete", response=done))
+            else:
+                out.append(
+                    self._event(
+                        "response.completed", response=self._response("completed", self._output, usage)
+                    )
+                )
+        return out
+
+    def _open_text(self) -> list[bytes]:
+        index = len(self._output)
+        self._text = {
+            "type": "message",
+            "id": f"msg_{self.id[5:]}_{index}",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "", "annotations": []}],
+            "_index": index,
+        }
+        item = {**_public(self._text), "content": []}
+        return [
+            self._event("response.output_item.added", output_index=index, item=item),
+            self._event(
+                "response.content_part.added",
+                item_id=self._text["id"],
+                output_index=index,
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": []},
+            ),
+        ]
+
+    def _close_text(self) -> list[bytes]:
+        if self._text is None:
+            return []
+        item, self._text = self._text, None
+        item["status"] = "completed"
+        part = item["content"][0]
+        self._output.append(_public(item))
+        i = item["_index"]
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=item["id"],
+                output_index=i,
+                content_index=0,
+                text=part["text"],
+            ),
+            self._event(
+                "response.content_part.done", item_id=item["id"], output_index=i, content_index=0, part=part
+            ),
+            self._event("response.output_item.done", output_index=i, item=_public(item)),
+        ]
+
+    def _close_calls(self) -> list[bytes]:
+        out = []
+        for item in sorted(self._calls.values(), key=lambda x: x["_index"]):
+            item["status"] = "completed"
+            self._output.append(_public(item))
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=item["_index"],
+                    arguments=item["arguments"],
+                )
+            )
+            out.append(
+                self._event("response.output_item.done", output_index=item["_index"], item=_public(item))
+            )
+        self._calls = {}
+        return out
+
+    # --- a whole answer ---
+
+    def _whole(self, obj: dict) -> dict:
+        choice = (obj.get("choices") or [{}])[0]
+        msg = choice.get("message") or {}
+        output: list[dict] = []
+        if msg.get("content"):
+            output.append(
+                {
+                    "type": "message",
+                    "id": f"msg_{self.id[5:]}_0",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": msg["content"], "annotations": []}],
+                }
+            )
+        for k, call in enumerate(msg.get("tool_calls") or []):
+            fn = call.get("function") or {}
+            output.append(
+                {
+                    "type": "function_call",
+                    "id": f"fc_{self.id[5:]}_{k}",
+                    "call_id": call.get("id") or f"call_{k}",
+                    "name": fn.get("name") or "",
+                    "arguments": fn.get("arguments") or "",
+                    "status": "completed",
+                }
+            )
+        usage = responses_usage(obj.get("usage"))
+        if choice.get("finish_reason") == "length":
+            return self._response(
+                "incomplete", output, usage, incomplete_details={"reason": "max_output_tokens"}
+            )
+        return self._response("completed", output, usage)
+
+
+def _public(item: dict) -> dict:
+    return {k: v for k, v in item.items() if not k.startswith("_")}

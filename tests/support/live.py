@@ -49,7 +49,7 @@ def to_toml(data: dict) -> str:
         if isinstance(v, list | tuple):
             return "[" + ", ".join(val(x) for x in v) + "]"
         if isinstance(v, dict):  # an inline table
-            return "{ " + ", ".join(f"{k} = {val(x)}" for k, x in v.items()) + " }"
+            return "{ " + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + " }"
         raise TypeError(v)
 
     out: list[str] = []

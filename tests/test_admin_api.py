@@ -202,6 +202,7 @@ def test_created_key_works_then_revoked_key_is_refused(mock_server: LiveServer) 
     models = call(mock_server, "GET", "/v1/models", token=secret).json
     assert [m["id"] for m in models["data"]] == [
         "dead-model",
+        "mock-embed",
         "mock-model",
         "mock-tools",
         "paid-model",

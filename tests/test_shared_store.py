@@ -31,7 +31,7 @@ from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import KeyRecord
 from tokenport.tenancy.service import TenancyService
 
-BODY = {"max_tokens": 100}
+MAX_OUTPUT = 100  # the request's max_tokens
 # 100 body bytes x $0.30/M + 100 output tokens x $1.20/M = 150,000 nano-USD held per request.
 HOLD = 150_000
 
@@ -63,7 +63,7 @@ class Harness:
 
     async def admit_async(self, request_id: str, key: KeyRecord, charging: Charging) -> str:
         try:
-            await charging.admit(request_id, key, "m", BODY, 100, 1000, self.clock.now())
+            await charging.admit(request_id, key, "m", MAX_OUTPUT, 100, 1000, self.clock.now())
             return "ok"
         except ApiError as exc:
             return exc.code or str(exc.status)

@@ -28,6 +28,7 @@ class BackendConfig:
     kind: str = "openai"  # how to ask the engine for per-chunk token counts
     api_key: str | None = None
     context: int = 131072  # the models' context window, in tokens: bounds what a request can cost
+    embeddings: tuple[str, ...] = ()  # the models (among `models`) it serves /v1/embeddings for
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,15 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         kind=kind,
         api_key=raw.get("api_key") or None,
         context=int(raw.get("context", 131072)),
+        embeddings=_embeddings(name, raw.get("embeddings", ()), models),
     )
+
+
+def _embeddings(backend: str, names, models: tuple[str, ...]) -> tuple[str, ...]:
+    names = tuple(names)
+    if any(n not in models for n in names):
+        raise ConfigError(f"backend {backend}: embeddings must name some of its models")
+    return names
 
 
 def _log_level(value: str) -> str:

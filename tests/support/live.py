@@ -23,6 +23,7 @@ DEFAULT_PRICES = {
     "mock-model": ["--free"],
     "domestic-model": ["--free"],
     "mock-tools": ["--free"],
+    "mock-embed": PAID_MODEL_PRICE,
     "paid-model": PAID_MODEL_PRICE,
 }
 VENV_BIN = Path(sys.executable).parent
@@ -250,8 +251,9 @@ def mock_config(mock_url: str) -> dict:
             {
                 "name": "mock",
                 "url": mock_url,
-                "models": ["mock-model", "paid-model", "mock-tools"],
+                "models": ["mock-model", "paid-model", "mock-tools", "mock-embed"],
                 "kind": "llamacpp",
+                "embeddings": ["mock-embed"],
             },
             {"name": "dead", "url": f"http://127.0.0.1:{free_port()}", "models": ["dead-model"]},
             {"name": "dom", "url": mock_url, "zone": "domestic", "models": ["domestic-model"]},

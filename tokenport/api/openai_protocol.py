@@ -21,6 +21,13 @@ class ParsedRequest:
     include_usage: bool  # the client asked for the usage chunk
     body: dict[str, Any]
 
+    @property
+    def max_output(self) -> int | None:
+        """The most output tokens the request allows (None: up to the context); held for."""
+        if self.endpoint == "embeddings":
+            return 0
+        return self.body.get("max_tokens") or self.body.get("max_completion_tokens")
+
 
 def parse_body(raw: bytes) -> dict[str, Any]:
     try:
@@ -134,3 +141,30 @@ def parse_completion(raw: bytes) -> ParsedRequest:
     if not (isinstance(prompt, str) or (isinstance(prompt, list) and len(prompt) == 1)):
         raise bad_request("'prompt' must be a string (or a list of one)", param="prompt")
     return ParsedRequest("completions", model, stream, include_usage, body)
+
+
+def parse_embeddings(raw: bytes) -> ParsedRequest:
+    body = parse_body(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 128:
+        raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
+    data = body.get("input")
+    ok = (
+        isinstance(data, str)
+        or (isinstance(data, list) and data and all(isinstance(x, str) for x in data))
+        or (isinstance(data, list) and data and all(_is_int(x) for x in data))
+        or (
+            isinstance(data, list)
+            and data
+            and all(isinstance(x, list) and all(_is_int(t) for t in x) for x in data)
+        )
+    )
+    if not ok or (isinstance(data, list) and len(data) > 2048):
+        raise bad_request(
+            "'input' must be a string, an array of up to 2048 strings, or token arrays", param="input"
+        )
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise bad_request("'encoding_format' must be float or base64", param="encoding_format")
+    _check_int(body, "dimensions", 1, 65536)
+    return ParsedRequest("embeddings", model, False, False, body)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.middleware import INTERNAL_ERROR, log_unhandled, new_request_id
-from tokenport.api.openai_protocol import ParsedRequest, parse_chat, parse_completion
+from tokenport.api.openai_protocol import ParsedRequest, parse_chat, parse_completion, parse_embeddings
 from tokenport.clock import Clock
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError
@@ -209,4 +209,5 @@ def completion_endpoints(
         "/v1/completions": CompletionEndpoint("completions", parse_completion, gateway_ref, clock, max_body),
         "/v1/messages": MessagesEndpoint(gateway_ref, clock, max_body, aliases or {}),
         "/v1/responses": ResponsesEndpoint(gateway_ref, clock, max_body),
+        "/v1/embeddings": CompletionEndpoint("embeddings", parse_embeddings, gateway_ref, clock, max_body),
     }

@@ -92,6 +92,13 @@ SPEC = {
         "/v1/completions": {
             "post": _op("Text completion (streaming with SSE)", "openai", body=COMPLETION_BODY)
         },
+        "/v1/embeddings": {
+            "post": _op(
+                "Embeddings, from a backend that serves them for the model",
+                "openai",
+                body={"type": "object", "required": ["model", "input"]},
+            )
+        },
         "/v1/responses": {
             "post": _op(
                 "OpenAI Responses API: a response, streaming or not, with function tools "

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from tokenport.config import BackendConfig
-from tokenport.gateway.errors import forbidden, model_not_found, unavailable
+from tokenport.gateway.errors import bad_request, forbidden, model_not_found, unavailable
 
 log = logging.getLogger("tokenport.backends")
 
@@ -51,10 +51,16 @@ class BackendPool:
     def models_in_zone(self, zone: str) -> list[str]:
         return sorted(m for m, bs in self._by_model.items() if any(b.zone == zone for b in bs))
 
-    def route(self, model: str, zone: str) -> Backend:
+    def route(self, model: str, zone: str, embeddings: bool = False) -> Backend:
         candidates = self._by_model.get(model)
         if not candidates:
             raise model_not_found(model)
+        if embeddings:
+            candidates = [b for b in candidates if model in b.config.embeddings]
+            if not candidates:
+                raise bad_request(
+                    f"The model '{model}' does not serve embeddings", "model", "model_not_embedding"
+                )
         in_zone = [b for b in candidates if b.zone == zone]
         if not in_zone:
             # Served, but only elsewhere: refuse, never cross the zone boundary.

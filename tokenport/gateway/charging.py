@@ -102,7 +102,7 @@ class Charging:
         request_id: str,
         key: KeyRecord,
         model: str,
-        body: dict,
+        max_output: int | None,
         body_size: int,
         context: int,
         at: datetime,
@@ -113,8 +113,9 @@ class Charging:
         except ModelNotPriced:
             raise not_priced(model) from None
         plan = self.state.plan_for(key.tenant_id)
-        # Prompt tokens are at most the body's bytes (a token covers at least one byte).
-        max_out = body.get("max_tokens") or body.get("max_completion_tokens") or context
+        # Prompt tokens are at most the body's bytes (a token covers at least one byte); output at
+        # most what the request allows (`max_output`; None: the context).
+        max_out = context if max_output is None else max_output
         amount = max_cost(price, min(body_size, context), min(max_out, context))
         if self.shared is None:
             covered = self._admit_local(request_id, key, plan, amount, at)

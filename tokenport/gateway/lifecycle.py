@@ -33,6 +33,7 @@ UPSTREAM_PATHS = {
     "completions": "/v1/completions",
     "messages": "/v1/chat/completions",
     "responses": "/v1/chat/completions",
+    "embeddings": "/v1/embeddings",
 }
 
 
@@ -78,13 +79,13 @@ class Gateway:
             ctx.model, ctx.stream = req.model, req.stream
             self.limiter.admit(key.id, key.rpm_limit)
             self.limiter.admit_tokens(key.id, key.tpm_limit)
-            backend = self.pool.route(req.model, ctx.zone)
+            backend = self.pool.route(req.model, ctx.zone, embeddings=req.endpoint == "embeddings")
             ctx.backend = backend.name
             ctx.price, ctx.plan = price, plan = await self.charging.admit(
                 ctx.request_id,
                 key,
                 req.model,
-                req.body,
+                req.max_output,
                 len(raw_body),
                 backend.config.context,
                 ctx.started_at,

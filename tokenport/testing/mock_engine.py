@@ -330,6 +330,28 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         st.in_flight -= 1
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """Eight-dimensional vectors; `prompt_tokens` per input from the config."""
+    st = request.app[STATS]
+    st.requests += 1
+    body = orjson.loads(await request.read())
+    data = body.get("input")
+    inputs = [data] if isinstance(data, str) or (data and isinstance(data[0], int)) else list(data or [])
+    p = request.app[CFG].prompt_tokens * len(inputs)
+    st.prompt_tokens += p
+    vectors = [
+        {"object": "embedding", "index": i, "embedding": [0.125 * (i + 1)] * 8} for i in range(len(inputs))
+    ]
+    return _json(
+        {
+            "object": "list",
+            "data": vectors,
+            "model": body.get("model"),
+            "usage": {"prompt_tokens": p, "total_tokens": p},
+        }
+    )
+
+
 async def apply_template(request: web.Request) -> web.Response:
     """llama.cpp's /apply-template: the chat formatted as one prompt."""
     body = orjson.loads(await request.read())
@@ -362,6 +384,7 @@ def build_app(cfg: MockConfig | None = None) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/apply-template", apply_template)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/tokenize", tokenize)
     return app
 

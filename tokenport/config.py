@@ -29,6 +29,8 @@ class BackendConfig:
     api_key: str | None = None
     context: int = 131072  # the models' context window, in tokens: bounds what a request can cost
     embeddings: tuple[str, ...] = ()  # the models (among `models`) it serves /v1/embeddings for
+    weight: int = 1  # its share of the load, relative to the zone's other backends for a model
+    max_inflight: int | None = None  # no more requests than this at once (None: no limit)
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,8 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         api_key=raw.get("api_key") or None,
         context=int(raw.get("context", 131072)),
         embeddings=_embeddings(name, raw.get("embeddings", ()), models),
+        weight=max(1, int(raw.get("weight", 1))),
+        max_inflight=int(raw["max_inflight"]) if raw.get("max_inflight") else None,
     )
 
 

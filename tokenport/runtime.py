@@ -84,7 +84,7 @@ class Runtime:
             self.vault.zone_key(zone)
         self.shared = SharedStore(self.db) if settings.shared else None
         self.charging = Charging(self.billing, self.shared, settings.default_rpm)
-        self.pool = BackendPool([Backend(cfg) for cfg in settings.backends])
+        self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
         self.engine: EmbeddedEngine | None = None
         if settings.engine.enabled:
             self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)

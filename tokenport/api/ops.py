@@ -34,6 +34,7 @@ async def metrics(request: Request) -> Response:
     for b in rt.pool.backends:
         m.backend_healthy.labels(b.name, b.zone).set(1 if b.healthy else 0)
         m.backend_in_flight.labels(b.name).set(b.in_flight)
+        m.backend_circuit_open.labels(b.name).set(1 if b.circuit_open else 0)
     m.in_flight.set(rt.gateway.in_flight if rt.gateway else 0)
     m.usage_pending.set(rt.writer.pending)
     m.usage_written.set(rt.writer.written)

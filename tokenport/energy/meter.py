@@ -84,13 +84,19 @@ class EnergyMeter:
     # --- from the request path (the event loop): constant time, no I/O ---
 
     def opened(self, request_id: str, backend: str, start: float) -> None:
+        if not self._nodes:
+            return
         name = self._by_backend.get(backend)
-        if name is not None:
-            with self._lock:
+        with self._lock:
+            for state in self._nodes.values():  # a retry on another backend moves it
+                state.open.pop(request_id, None)
+            if name is not None:
                 self._nodes[name].open[request_id] = start
 
     def closed(self, request_id: str, span: Span | None, meta: RequestMeta) -> None:
         """The request finished; `span` is None when the engine did no work for it."""
+        if not self._nodes:
+            return
         with self._lock:
             for state in self._nodes.values():
                 if state.open.pop(request_id, None) is not None:

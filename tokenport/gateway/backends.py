@@ -1,9 +1,24 @@
-"""Route: pick a healthy backend that serves the model inside the caller's zone (fail closed)."""
+"""Route: pick a backend that serves the model inside the caller's zone (fail closed).
+
+Among the zone's backends for the model, those healthy (active checks), with a closed circuit
+(passive errors: three failures in a row open it, for 1 s doubling up to 30 s; then one request
+may try again) and below their `max_inflight`:
+
+- with an affinity key (a session header, or a hash of the conversation's leading text), the
+  backend rendezvous hashing picks for it, so a conversation keeps hitting the engine whose
+  prefix cache holds it, unless that backend is busier than the least busy by more than
+  `AFFINITY_SLACK` requests;
+- otherwise the least loaded, in flight per unit of weight.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -13,6 +28,10 @@ from tokenport.gateway.errors import bad_request, forbidden, model_not_found, un
 
 log = logging.getLogger("tokenport.backends")
 
+FAILURES_TO_OPEN = 3
+OPEN_MAX_S = 30.0
+AFFINITY_SLACK = 4  # requests in flight beyond the least busy before affinity gives way
+
 
 @dataclass(eq=False)
 class Backend:
@@ -21,6 +40,27 @@ class Backend:
     in_flight: int = 0
     # Engines that can't be health-checked yet (the embedded one while loading) set this.
     ready: asyncio.Event | None = field(default=None, repr=False)
+    failures: int = 0  # in a row (passive: requests that failed before any byte)
+    open_until: float = 0.0  # monotonic; the circuit is open before then
+
+    def usable(self, now: float) -> bool:
+        cap = self.config.max_inflight
+        return self.healthy and now >= self.open_until and (cap is None or self.in_flight < cap)
+
+    def failed(self, now: float) -> None:
+        self.failures += 1
+        if self.failures >= FAILURES_TO_OPEN:
+            self.open_until = now + min(OPEN_MAX_S, 2.0 ** (self.failures - FAILURES_TO_OPEN))
+            log.warning("backend %s: circuit open after %d failures", self.name, self.failures)
+
+    def succeeded(self) -> None:
+        if self.failures >= FAILURES_TO_OPEN:
+            log.info("backend %s: circuit closed", self.name)
+        self.failures, self.open_until = 0, 0.0
+
+    @property
+    def circuit_open(self) -> bool:
+        return self.failures >= FAILURES_TO_OPEN
 
     @property
     def name(self) -> str:
@@ -36,7 +76,8 @@ class Backend:
 
 
 class BackendPool:
-    def __init__(self, backends: list[Backend]) -> None:
+    def __init__(self, backends: list[Backend], monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.mono = monotonic
         self.backends = backends
         self._by_model: dict[str, list[Backend]] = {}
         for b in backends:
@@ -51,7 +92,14 @@ class BackendPool:
     def models_in_zone(self, zone: str) -> list[str]:
         return sorted(m for m, bs in self._by_model.items() if any(b.zone == zone for b in bs))
 
-    def route(self, model: str, zone: str, embeddings: bool = False) -> Backend:
+    def route(
+        self,
+        model: str,
+        zone: str,
+        embeddings: bool = False,
+        exclude: set[Backend] | frozenset = frozenset(),
+        affinity: bytes | None = None,
+    ) -> Backend:
         candidates = self._by_model.get(model)
         if not candidates:
             raise model_not_found(model)
@@ -66,13 +114,15 @@ class BackendPool:
             # Served, but only elsewhere: refuse, never cross the zone boundary.
             elsewhere = ",".join(sorted({b.zone for b in candidates}))
             raise forbidden(f"The model '{model}' is not served in zone '{zone}'", "zone_mismatch", elsewhere)
-        best: Backend | None = None
-        for b in in_zone:
-            if b.healthy and (best is None or b.in_flight < best.in_flight):
-                best = b
-        if best is None:
+        now = self.mono()
+        usable = [b for b in in_zone if b not in exclude and b.usable(now)]
+        if not usable:
             raise unavailable(f"No healthy backend for model '{model}' in zone '{zone}'; try again shortly")
-        return best
+        least = min(usable, key=lambda b: (b.in_flight / b.config.weight, b.in_flight))
+        if affinity is None or len(usable) == 1:
+            return least
+        chosen = max(usable, key=lambda b: _score(affinity, b))
+        return chosen if chosen.in_flight <= least.in_flight + AFFINITY_SLACK else least
 
     async def check_health(self, session: aiohttp.ClientSession, interval: float) -> None:
         """Active health checks, forever."""
@@ -92,3 +142,9 @@ class BackendPool:
         if ok != backend.healthy:
             log.info("backend %s is %s", backend.name, "healthy" if ok else "unhealthy")
         backend.healthy = ok
+
+
+def _score(key: bytes, backend: Backend) -> float:
+    """Weighted rendezvous hashing: each key's backend moves only when that backend goes."""
+    h = int.from_bytes(hashlib.blake2b(key + backend.name.encode(), digest_size=8).digest(), "big")
+    return backend.config.weight / -math.log((h + 1) / (2**64 + 1))

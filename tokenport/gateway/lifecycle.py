@@ -37,6 +37,29 @@ UPSTREAM_PATHS = {
 }
 
 
+RETRYABLE = {"backend_unavailable", "backend_overloaded", "upstream_error"}
+MAX_RETRIES = 2
+AFFINITY_HEADERS = (b"x-session-affinity", b"x-session-id")
+AFFINITY_PREFIX = 512  # characters of each of the first two messages
+
+
+def affinity_key(headers: dict[bytes, bytes], req: ParsedRequest) -> bytes | None:
+    """What keeps a conversation on one engine (its prefix cache): a session header, or the
+    conversation's leading text (no tokenizer: the first characters of its first messages)."""
+    for name in AFFINITY_HEADERS:
+        if headers.get(name):
+            return b"s:" + headers[name][:256]
+    body = req.body
+    if isinstance(body.get("messages"), list):
+        lead = [m.get("content") for m in body["messages"][:2] if isinstance(m, dict)]
+        text = "\x00".join(c[:AFFINITY_PREFIX] for c in lead if isinstance(c, str))
+    elif isinstance(body.get("prompt"), str):
+        text = body["prompt"][:AFFINITY_PREFIX]
+    else:
+        return None
+    return b"p:" + text.encode("utf-8", "surrogateescape") if text else None
+
+
 class Gateway:
     def __init__(
         self,
@@ -56,6 +79,22 @@ class Gateway:
         self.relay = relay
         self.settler = settler
         self.in_flight = 0  # read by /metrics
+
+    async def _relay(
+        self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, sink, out: Outcome
+    ) -> None:
+        payload = upstream_payload(req.body, req.stream, backend.config.kind)
+        call = UpstreamCall(backend, UPSTREAM_PATHS[req.endpoint], payload, ctx.request_id, usage_fields)
+        backend.in_flight += 1
+        if self.energy is not None:  # the engine works for it from now: its energy is metered
+            self.energy.opened(ctx.request_id, backend.name, ctx.t0)
+        try:
+            if req.stream:
+                await self.relay.stream(call, sink, req.include_usage, out)
+            else:
+                await self.relay.unary(call, sink, out)
+        finally:
+            backend.in_flight -= 1
 
     async def handle(
         self,
@@ -79,7 +118,9 @@ class Gateway:
             ctx.model, ctx.stream = req.model, req.stream
             self.limiter.admit(key.id, key.rpm_limit)
             self.limiter.admit_tokens(key.id, key.tpm_limit)
-            backend = self.pool.route(req.model, ctx.zone, embeddings=req.endpoint == "embeddings")
+            embeddings = req.endpoint == "embeddings"
+            affinity = affinity_key(headers, req)
+            backend = self.pool.route(req.model, ctx.zone, embeddings, affinity=affinity)
             ctx.backend = backend.name
             ctx.price, ctx.plan = price, plan = await self.charging.admit(
                 ctx.request_id,
@@ -90,24 +131,25 @@ class Gateway:
                 backend.config.context,
                 ctx.started_at,
             )
-            payload = upstream_payload(req.body, req.stream, backend.config.kind)
-            call = UpstreamCall(
-                backend,
-                UPSTREAM_PATHS[req.endpoint],
-                payload,
-                ctx.request_id,
-                None if price.free or plan else partial(Charging.usage_fields, price),
-            )
-            backend.in_flight += 1
-            if self.energy is not None:  # the engine works for it from now: its energy is metered
-                self.energy.opened(ctx.request_id, backend.name, ctx.t0)
-            try:
-                if req.stream:
-                    await self.relay.stream(call, sink, req.include_usage, out)
-                else:
-                    await self.relay.unary(call, sink, out)
-            finally:
-                backend.in_flight -= 1
+            usage_fields = None if price.free or plan else partial(Charging.usage_fields, price)
+            tried: set = set()
+            while True:  # a backend that fails before any byte reached the client: the next one
+                try:
+                    await self._relay(ctx, req, backend, usage_fields, sink, out)
+                    backend.succeeded()
+                    break
+                except ApiError as err:
+                    if out.started or err.code not in RETRYABLE:
+                        raise
+                    backend.failed(self.pool.mono())  # passive: enough in a row open its circuit
+                    tried.add(backend)
+                    if len(tried) > MAX_RETRIES:
+                        raise
+                    try:  # another backend of the same zone, never elsewhere
+                        backend = self.pool.route(req.model, ctx.zone, embeddings, tried, affinity)
+                    except ApiError:
+                        raise err from None
+                    ctx.backend = backend.name
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
             ctx.other_zone = err.other_zone

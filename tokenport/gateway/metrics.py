@@ -35,6 +35,26 @@ class Metrics:
             ["backend", "zone"],
             registry=r,
         )
+        self.backend_circuit_open = Gauge(
+            "tokenport_backend_circuit_open",
+            "1 while the backend's circuit is open (failing requests: tried again later)",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "tokenport_backend_request_duration_seconds",
+            "Time from request to last byte, per backend",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_ttft = Histogram(
+            "tokenport_backend_time_to_first_token_seconds",
+            "Time from request to first generated token (streaming), per backend",
+            ["backend"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.backend_in_flight = Gauge(
             "tokenport_backend_in_flight_requests", "Requests in flight per backend", ["backend"], registry=r
         )
@@ -45,6 +65,18 @@ class Metrics:
             "tokenport_usage_records_written", "Usage records committed since start", registry=r
         )
         self._children: dict[tuple[str, str, int], tuple] = {}
+        self._backend_children: dict[str, tuple] = {}
+
+    def observe_backend(self, backend: str, duration: float, ttft: float | None) -> None:
+        children = self._backend_children.get(backend)
+        if children is None:
+            children = self._backend_children[backend] = (
+                self.backend_latency.labels(backend),
+                self.backend_ttft.labels(backend),
+            )
+        children[0].observe(duration)
+        if ttft is not None:
+            children[1].observe(ttft)
 
     def observe(
         self,

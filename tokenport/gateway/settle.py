@@ -48,6 +48,8 @@ class Settler:
             ttft if ctx.stream else None,
             (counts.prompt, counts.completion, counts.cached) if counts else None,
         )
+        if ctx.backend is not None and out.status == 200:
+            self.metrics.observe_backend(ctx.backend, now - ctx.t0, ttft if ctx.stream else None)
         if ctx.key is None:  # unauthenticated: nobody to meter
             return None
         finished_at = self.clock.now()

@@ -43,6 +43,7 @@ class MockConfig:
     completion_tokens: int = 20
     chunk_delay_ms: float = 0.0
     models: tuple[str, ...] = ("mock-model",)
+    failing: bool = False  # every generation answers 500 (its /health stays fine): POST /mock/fail
 
 
 @dataclass
@@ -132,6 +133,12 @@ async def stats(request: web.Request) -> web.Response:
 async def reset(request: web.Request) -> web.Response:
     request.app[STATS].reset()
     return _json({"status": "ok"})
+
+
+async def fail(request: web.Request) -> web.Response:
+    """{"failing": true|false}: make every generation fail, or stop failing."""
+    request.app[CFG].failing = bool(orjson.loads(await request.read()).get("failing"))
+    return _json({"failing": request.app[CFG].failing})
 
 
 class _Gen:
@@ -298,6 +305,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         st.last_request_keys = list(body)
         st.last_stream_options = body.get("stream_options")
         st.last_headers = {k.lower(): v for k, v in request.headers.items()}
+        if request.app[CFG].failing:
+            return _json({"error": {"message": "mock engine failing", "type": "server_error"}}, status=500)
         scenario = str(body.get("mock_scenario") or request.headers.get("x-mock-scenario", ""))
         if not scenario and str(body.get("model", "")).endswith("-tools"):
             scenario = "tool_calls"  # a model that always calls tools (protocols that drop extra fields)
@@ -381,6 +390,7 @@ def build_app(cfg: MockConfig | None = None) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/mock/stats", stats)
     app.router.add_post("/mock/reset", reset)
+    app.router.add_post("/mock/fail", fail)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/apply-template", apply_template)

@@ -1,0 +1,113 @@
+"""Engine fleets: three mock engines in two zones behind one gateway. A conversation sticks to one
+engine (prefix affinity); a request that fails before any byte is retried in its zone, never
+elsewhere; a failing engine's circuit opens, and closes once it answers again."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import httpx
+import pytest
+from support.live import start_mock, start_server, wait_until
+
+
+@pytest.fixture
+def fleet(tmp_path):
+    mocks = {name: start_mock() for name in ("a", "b", "c")}
+    cfg = {
+        "engine": {"enabled": False},
+        "backends": [
+            {"name": "a", "url": mocks["a"].url, "models": ["fleet-model"], "kind": "llamacpp"},
+            {"name": "b", "url": mocks["b"].url, "models": ["fleet-model"], "kind": "llamacpp"},
+            {
+                "name": "c",
+                "url": mocks["c"].url,
+                "zone": "domestic",
+                "models": ["fleet-model"],
+                "kind": "llamacpp",
+            },
+        ],
+    }
+    server = start_server(tmp_path / "home", cfg, prices={"fleet-model": ["--free"]})
+    _, secret = server.new_key("fleet-user")
+    wait_until(lambda: _metric(server, 'tokenport_backend_healthy{backend="b",zone="overseas"}') == 1, 5)
+    yield server, mocks, secret
+    server.stop()
+    server.verify_ledger()
+    for m in mocks.values():
+        if m.proc.poll() is None:
+            m.stop()
+
+
+def _metric(server, series: str) -> float | None:
+    text = httpx.get(server.base_url + "/metrics").text
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def _ask(server, secret: str, conversation: str, **headers) -> httpx.Response:
+    body = {"model": "fleet-model", "messages": [{"role": "user", "content": conversation}], "max_tokens": 2}
+    return httpx.post(
+        server.base_url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {secret}", **headers},
+        timeout=10,
+    )
+
+
+def _backend(server, r: httpx.Response) -> str:
+    return server.record(r.headers["x-request-id"])["backend"]
+
+
+def _set_failing(mock, failing: bool) -> None:
+    req = urllib.request.Request(
+        mock.url + "/mock/fail", data=json.dumps({"failing": failing}).encode(), method="POST"
+    )
+    urllib.request.urlopen(req, timeout=2).read()
+
+
+def test_conversations_stick_and_a_dead_engine_is_routed_around_in_zone(fleet) -> None:
+    server, mocks, secret = fleet
+    homes = {}
+    for i in range(6):
+        conversation = f"conversation {i}: please help"
+        got = {_backend(server, _ask(server, secret, conversation)) for _ in range(3)}
+        assert len(got) == 1 and got <= {"a", "b"}, got  # the same engine each time, in its zone
+        homes[conversation] = got.pop()
+    assert set(homes.values()) == {"a", "b"}, "rendezvous hashing spreads conversations"
+    session = {
+        _backend(server, _ask(server, secret, f"turn {i}", **{"x-session-affinity": "s1"})) for i in range(4)
+    }
+    assert len(session) == 1  # a session header keeps different turns together
+
+    victim = next(c for c, home in homes.items() if home == "a")
+    mocks["a"].stop()  # the engine dies between two requests
+    for _ in range(3):
+        r = _ask(server, secret, victim)
+        assert r.status_code == 200 and _backend(server, r) == "b"  # retried before any byte, in zone
+    assert mocks["c"].stats()["requests"] == 0, "never another zone"
+
+
+def test_a_failing_engine_opens_its_circuit_and_closes_it_when_it_recovers(fleet) -> None:
+    server, mocks, secret = fleet
+    _set_failing(mocks["b"], True)  # its health check still passes: only requests show it
+    for i in range(12):
+        r = _ask(server, secret, f"question {i}")
+        assert r.status_code == 200 and _backend(server, r) == "a"
+    assert _metric(server, 'tokenport_backend_circuit_open{backend="b"}') == 1
+    tried = mocks["b"].stats()["requests"]
+    assert 3 <= tried <= 4  # three failures open it; at most one try once it half-opens
+    assert mocks["c"].stats()["requests"] == 0
+
+    _set_failing(mocks["b"], False)
+
+    def closed() -> bool:
+        for i in range(4):
+            _ask(server, secret, f"later {i}")
+        return _metric(server, 'tokenport_backend_circuit_open{backend="b"}') == 0
+
+    wait_until(closed, 40, 0.5, "the circuit closed again")
+    assert mocks["b"].stats()["requests"] > tried

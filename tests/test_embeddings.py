@@ -3,14 +3,24 @@ billed as input tokens; a clear error for a model that does not serve them."""
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
+from support.live import wait_until
 
 
 @pytest.fixture(scope="module")
 def client(mock_server) -> openai.OpenAI:
     _, secret = mock_server.new_key("embedder")
     mock_server.cli("credits", "grant", "embedder", "1")
+
+    def credited() -> bool:  # the running server sees the grant through its change feed
+        r = httpx.get(
+            mock_server.base_url + "/v1/account/balance", headers={"Authorization": f"Bearer {secret}"}
+        )
+        return r.status_code == 200 and r.json()["available_nano_usd"] == 10**9
+
+    wait_until(credited, 5, 0.05, "the credit reached the server")
     return openai.OpenAI(base_url=mock_server.base_url + "/v1", api_key=secret, max_retries=0)
 
 

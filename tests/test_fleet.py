@@ -31,7 +31,13 @@ def fleet(tmp_path):
     }
     server = start_server(tmp_path / "home", cfg, prices={"fleet-model": ["--free"]})
     _, secret = server.new_key("fleet-user")
-    wait_until(lambda: _metric(server, 'tokenport_backend_healthy{backend="b",zone="overseas"}') == 1, 5)
+    for name, zone in (("a", "overseas"), ("b", "overseas"), ("c", "domestic")):
+        wait_until(
+            lambda n=name, z=zone: (
+                _metric(server, f'tokenport_backend_healthy{{backend="{n}",zone="{z}"}}') == 1
+            ),
+            5,
+        )
     yield server, mocks, secret
     server.stop()
     server.verify_ledger()

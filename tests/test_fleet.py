@@ -117,3 +117,46 @@ def test_a_failing_engine_opens_its_circuit_and_closes_it_when_it_recovers(fleet
 
     wait_until(closed, 40, 0.5, "the circuit closed again")
     assert mocks["b"].stats()["requests"] > tried
+
+
+def test_backends_registered_at_run_time(fleet) -> None:
+    """`tokenport backends add` reaches the running gateway within a second; `remove` too."""
+    server, mocks, secret = fleet
+    server.cli("prices", "set", "late-model", "--free")
+    server.cli(
+        "backends", "add", "late", "--url", mocks["a"].url, "--models", "late-model", "--kind", "llamacpp"
+    )
+    listed = {b["name"]: b for b in server.cli_json("backends", "list")}
+    assert listed["late"]["source"] == "registered" and listed["a"]["source"] == "config"
+    body = {"model": "late-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    auth = {"Authorization": f"Bearer {secret}"}
+
+    def served() -> bool:
+        r = httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=auth, timeout=10)
+        return r.status_code == 200 and _backend(server, r) == "late"
+
+    wait_until(served, 10, 0.2, "the registered backend serving")
+    dup = server.cli("backends", "add", "late", "--url", mocks["a"].url, "--models", "x", check=False)
+    assert dup.returncode == 2 and "already exists" in dup.stderr
+    bad = server.cli(
+        "backends",
+        "add",
+        "elsewhere",
+        "--url",
+        mocks["a"].url,
+        "--models",
+        "x",
+        "--zone",
+        "nowhere",
+        check=False,
+    )
+    assert bad.returncode == 2 and "no zone" in bad.stderr
+    server.cli("backends", "remove", "late")
+    wait_until(
+        lambda: (
+            httpx.post(server.base_url + "/v1/chat/completions", json=body, headers=auth).status_code == 404
+        ),
+        10,
+        0.2,
+        "the removed backend gone",
+    )

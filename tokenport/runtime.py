@@ -27,10 +27,12 @@ from tokenport.gateway.charging import Charging
 from tokenport.gateway.lifecycle import Gateway
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
+from tokenport.gateway.registry import BackendRegistry
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
+from tokenport.store.backends import BackendStore
 from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
@@ -85,10 +87,13 @@ class Runtime:
         self.shared = SharedStore(self.db) if settings.shared else None
         self.charging = Charging(self.billing, self.shared, settings.default_rpm)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
+        configured = {b.name for b in settings.backends} | {"embedded"}
+        self.feed.subscribers.append(BackendRegistry(BackendStore(self.db), self.pool, configured))
         self.engine: EmbeddedEngine | None = None
         if settings.engine.enabled:
             self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)
-            self.pool.add(Backend(self.engine.backend_config, ready=self.engine.ready))
+            self.embedded = Backend(self.engine.backend_config, ready=self.engine.ready)
+            self.pool.add(self.embedded)
         try:
             nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends})
         except EnergyConfigError as exc:
@@ -191,7 +196,7 @@ class Runtime:
         assert self.engine is not None and self.session is not None
         await self.engine.start()
         if self.engine.ready.is_set():  # check now rather than at the next health round
-            await self.pool._check(self.session, self.pool.backends[-1])
+            await self.pool._check(self.session, self.embedded)
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -89,6 +89,13 @@ class BackendPool:
         for m in backend.config.models:
             self._by_model.setdefault(m, []).append(backend)
 
+    def remove(self, name: str) -> None:
+        self.backends = [b for b in self.backends if b.name != name]
+        self._by_model = {}
+        for b in self.backends:
+            for m in b.config.models:
+                self._by_model.setdefault(m, []).append(b)
+
     def models_in_zone(self, zone: str) -> list[str]:
         return sorted(m for m, bs in self._by_model.items() if any(b.zone == zone for b in bs))
 

@@ -481,3 +481,20 @@ certificate_allocations = Table(
     Column("tenant_id", String(32), primary_key=True),
     Column("wh", BigInteger, nullable=False),
 )
+
+# Backends registered at run time (`tokenport backends add`); configured ones live in the file.
+backends = Table(
+    "backends",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", String(512), nullable=False),
+    Column("zone", String(64), nullable=False),  # immutable: remove and add again to move it
+    Column("models", Text, nullable=False),  # comma-separated
+    Column("kind", String(16), nullable=False),
+    Column("weight", Integer, nullable=False),
+    Column("max_inflight", Integer, nullable=True),
+    Column("context", Integer, nullable=False),
+    Column("embeddings", Text, nullable=False),  # comma-separated
+    Column("api_key_env", String(128), nullable=True),  # the variable holding its key, not the key
+    Column("created_at", UTCDateTime(), nullable=False),
+)

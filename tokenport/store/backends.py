@@ -1,0 +1,79 @@
+"""Repository for backends registered at run time: added and removed with an audit entry in their
+zone and a change-feed row, so running gateways pick them up within a second."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from tokenport.config import BackendConfig
+from tokenport.store.audit import audit_action
+from tokenport.store.schema import backends, changes
+
+
+class BackendExists(Exception):
+    pass
+
+
+def _config(r) -> BackendConfig:
+    key = os.environ.get(r.api_key_env) if r.api_key_env else None
+    return BackendConfig(
+        name=r.name,
+        url=r.url,
+        zone=r.zone,
+        models=tuple(r.models.split(",")),
+        kind=r.kind,
+        api_key=key or None,
+        context=int(r.context),
+        embeddings=tuple(e for e in r.embeddings.split(",") if e),
+        weight=int(r.weight),
+        max_inflight=r.max_inflight,
+    )
+
+
+class BackendStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add(self, cfg: BackendConfig, api_key_env: str | None, at: datetime) -> None:
+        row = {
+            "name": cfg.name,
+            "url": cfg.url,
+            "zone": cfg.zone,
+            "models": ",".join(cfg.models),
+            "kind": cfg.kind,
+            "weight": cfg.weight,
+            "max_inflight": cfg.max_inflight,
+            "context": cfg.context,
+            "embeddings": ",".join(cfg.embeddings),
+            "api_key_env": api_key_env,
+            "created_at": at,
+        }
+        refs = {k: row[k] for k in ("url", "zone", "models", "kind", "weight", "max_inflight")}
+        try:
+            with self.engine.begin() as conn:
+                audit_action(conn, "backend.add", at, backend=cfg.name, **refs)
+                conn.execute(insert(backends).values(**row))
+                conn.execute(insert(changes).values(kind="backend", ref=cfg.name, at=at))
+        except IntegrityError as exc:
+            raise BackendExists(f"backend {cfg.name!r} already exists") from exc
+
+    def remove(self, name: str, at: datetime) -> bool:
+        with self.engine.begin() as conn:
+            zone = conn.execute(select(backends.c.zone).where(backends.c.name == name)).scalar()
+            if zone is None:
+                return False
+            audit_action(conn, "backend.remove", at, zone=zone, backend=name)
+            conn.execute(delete(backends).where(backends.c.name == name))
+            conn.execute(insert(changes).values(kind="backend", ref=name, at=at))
+        return True
+
+    def load(self, conn=None) -> list[BackendConfig]:
+        q = select(backends).order_by(backends.c.name)
+        if conn is not None:
+            return [_config(r) for r in conn.execute(q)]
+        with self.engine.connect() as c:
+            return [_config(r) for r in c.execute(q)]

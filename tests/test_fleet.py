@@ -4,7 +4,9 @@ elsewhere; a failing engine's circuit opens, and closes once it answers again.""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import urllib.request
 
 import httpx
@@ -160,3 +162,22 @@ def test_backends_registered_at_run_time(fleet) -> None:
         0.2,
         "the removed backend gone",
     )
+
+
+def test_an_engine_busy_with_other_clients_gives_way(fleet) -> None:
+    """Routing reads the engines' own load (/metrics): an engine busy with requests from
+    elsewhere loses even the conversations that prefer it."""
+    server, mocks, secret = fleet
+    prefers_b = next(
+        c for c in (f"topic {i}" for i in range(50)) if _backend(server, _ask(server, secret, c)) == "b"
+    )
+    hang = {"model": "fleet-model", "messages": [{"role": "user", "content": "x"}], "mock_scenario": "hang"}
+
+    def occupy() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # ends when the test no longer needs it
+            httpx.post(mocks["b"].url + "/v1/chat/completions", json=hang, timeout=8)
+
+    workers = [threading.Thread(target=occupy, daemon=True) for _ in range(6)]
+    for w in workers:
+        w.start()
+    wait_until(lambda: _backend(server, _ask(server, secret, prefers_b)) == "a", 10, 0.3, "b gives way")

@@ -20,10 +20,11 @@ millijoules; the first read only sets the baseline (None).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from tokenport.engines.metrics_text import parse_counter
 
 MEASURED = "measured"
 ESTIMATED = "estimated"
@@ -100,13 +101,6 @@ class RaplSource:
         now = {z.name: int((z / "energy_uj").read_text()) for z in self.zones}
         uj = self._counter.delta(now, self.wrap)
         return None if uj is None else Reading(uj // 1000, MEASURED)
-
-
-def parse_counter(text: str, metric: str) -> dict[str, int] | None:
-    """The series of one metric in Prometheus text format: labels -> value (integer, rounded)."""
-    pattern = re.compile(rf"^{re.escape(metric)}(\{{[^}}]*\}})?\s+(\S+)", re.M)
-    found = {m.group(1) or "": round(float(m.group(2))) for m in pattern.finditer(text)}
-    return found or None
 
 
 class PrometheusCounterSource:

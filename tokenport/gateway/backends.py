@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from tokenport.config import BackendConfig
+from tokenport.engines.metrics_text import parse_counter
 from tokenport.gateway.errors import bad_request, forbidden, model_not_found, unavailable
 
 log = logging.getLogger("tokenport.backends")
@@ -40,6 +41,7 @@ class Backend:
     in_flight: int = 0
     # Engines that can't be health-checked yet (the embedded one while loading) set this.
     ready: asyncio.Event | None = field(default=None, repr=False)
+    engine_load: int = 0  # requests the engine reports running and queued (all its clients)
     failures: int = 0  # in a row (passive: requests that failed before any byte)
     open_until: float = 0.0  # monotonic; the circuit is open before then
 
@@ -57,6 +59,12 @@ class Backend:
         if self.failures >= FAILURES_TO_OPEN:
             log.info("backend %s: circuit closed", self.name)
         self.failures, self.open_until = 0, 0.0
+
+    @property
+    def load(self) -> int:
+        """What routing balances: the engine's own count (which sees every gateway process),
+        or ours where it is higher (requests sent since its last report)."""
+        return max(self.in_flight, self.engine_load)
 
     @property
     def circuit_open(self) -> bool:
@@ -125,11 +133,11 @@ class BackendPool:
         usable = [b for b in in_zone if b not in exclude and b.usable(now)]
         if not usable:
             raise unavailable(f"No healthy backend for model '{model}' in zone '{zone}'; try again shortly")
-        least = min(usable, key=lambda b: (b.in_flight / b.config.weight, b.in_flight))
+        least = min(usable, key=lambda b: (b.load / b.config.weight, b.in_flight))
         if affinity is None or len(usable) == 1:
             return least
         chosen = max(usable, key=lambda b: _score(affinity, b))
-        return chosen if chosen.in_flight <= least.in_flight + AFFINITY_SLACK else least
+        return chosen if chosen.load <= least.load + AFFINITY_SLACK else least
 
     async def check_health(self, session: aiohttp.ClientSession, interval: float) -> None:
         """Active health checks, forever."""
@@ -149,6 +157,30 @@ class BackendPool:
         if ok != backend.healthy:
             log.info("backend %s is %s", backend.name, "healthy" if ok else "unhealthy")
         backend.healthy = ok
+        if ok and backend.config.kind in LOAD_METRICS:
+            backend.engine_load = await _engine_load(session, backend)
+
+
+# The engines' gauges of requests running and waiting, by kind.
+LOAD_METRICS = {
+    "vllm": ("vllm:num_requests_running", "vllm:num_requests_waiting"),
+    "sglang": ("sglang:num_running_reqs", "sglang:num_queue_reqs"),
+    "llamacpp": ("llamacpp:requests_processing", "llamacpp:requests_deferred"),
+}
+
+
+async def _engine_load(session: aiohttp.ClientSession, backend: Backend) -> int:
+    """Running + queued requests from the engine's /metrics (0 when it cannot say)."""
+    try:
+        async with session.get(backend.url + "/metrics", timeout=aiohttp.ClientTimeout(total=2)) as r:
+            text = await r.text() if r.status == 200 else ""
+    except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+        return 0
+    total = 0
+    for name in LOAD_METRICS[backend.config.kind]:
+        series = parse_counter(text, name) or {}
+        total += sum(series.values())
+    return total
 
 
 def _score(key: bytes, backend: Backend) -> float:

@@ -280,3 +280,21 @@ def test_a_node_is_metered_once_for_both_processes(pair) -> None:
             assert after.started_at >= before.ended_at, "a window metered twice"
     finally:
         db.dispose()
+
+
+def test_a_key_revoked_on_one_process_is_refused_by_the_other_within_a_second(pair) -> None:
+    from support.live import ADMIN_TOKEN
+
+    a, b = pair
+    secret = _key(a, b, "revoked-pair")
+    key_id = next(k["id"] for k in a.cli_json("keys", "list", "--tenant", "revoked-pair"))
+    req = urllib.request.Request(
+        f"{a.base_url}/admin/v1/keys/{key_id}/revoke",
+        data=b"{}",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(req, timeout=5).read()
+    revoked_at = time.monotonic()
+    wait_until(lambda: b.key_status(secret) == 403, 1.0, 0.02, "the other process refusing the key")
+    assert time.monotonic() - revoked_at < 1.0

@@ -1,0 +1,48 @@
+"""The `tokenport` command. Works with or without a running server: both share the database,
+and a running server sees changes within a second."""
+
+# One module per concern (serve, audit, tenancy, backends, billing, energy), each registering
+# its subcommands.
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tokenport.cli import audit, backends, billing, energy, serve, tenancy
+from tokenport.config import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tokenport import __version__
+
+    p = argparse.ArgumentParser(prog="tokenport", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tokenport {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(parent, name, func, help_):
+        c = parent.add_parser(name, help=help_)
+        c.add_argument("--config", help="TOML config file (default: $TOKENPORT_HOME/tokenport.toml)")
+        c.set_defaults(func=func)
+        return c
+
+    for module in (serve, audit, tenancy, backends, billing, energy):
+        module.register(sub, command)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tokenport.energy.service import EnergyInputError
+    from tokenport.store.energy import DuplicateCertificate
+    from tokenport.tenancy.service import Conflict, InvalidInput, NotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, InvalidInput, NotFound, Conflict, EnergyInputError, DuplicateCertificate) as exc:
+        print(f"tokenport: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Engines registered at run time."""
+
+from __future__ import annotations
+
+from tokenport.cli.common import (
+    _print,
+    _service,
+    _settings,
+)
+
+
+def cmd_backends_add(args) -> int:
+    from tokenport.clock import SystemClock
+    from tokenport.config import BACKEND_KINDS, BackendConfig
+    from tokenport.store.backends import BackendExists, BackendStore
+    from tokenport.tenancy.keys import NAME_RE
+    from tokenport.tenancy.service import Conflict, InvalidInput
+
+    svc, engine = _service(args)
+    settings = _settings(args)
+    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    embeddings = tuple(m.strip() for m in (args.embeddings or "").split(",") if m.strip())
+    zone = args.zone or settings.default_zone
+    problems = [
+        "name: 1-64 letters, digits, '.', '_' or '-'"
+        if not NAME_RE.fullmatch(args.name) or len(args.name) > 64
+        else "",
+        "the name is a configured backend's"
+        if args.name in {b.name for b in settings.backends} | {"embedded"}
+        else "",
+        "--url must start with http:// or https://"
+        if not args.url.startswith(("http://", "https://"))
+        else "",
+        f"there is no zone {zone!r}" if not svc.store.zone_exists(zone) else "",
+        "--models must name at least one model" if not models else "",
+        "--embeddings must name some of --models" if any(e not in models for e in embeddings) else "",
+        f"--kind must be one of {', '.join(BACKEND_KINDS)}" if args.kind not in BACKEND_KINDS else "",
+    ]
+    if any(problems):
+        raise InvalidInput("; ".join(p for p in problems if p))
+    cfg = BackendConfig(
+        args.name,
+        args.url.rstrip("/"),
+        zone,
+        models,
+        args.kind,
+        None,
+        args.context,
+        embeddings,
+        max(1, args.weight),
+        args.max_inflight,
+    )
+    try:
+        BackendStore(engine).add(cfg, args.api_key_env, SystemClock().now())
+    except BackendExists as exc:
+        raise Conflict(str(exc)) from None
+    view = {"name": cfg.name, "url": cfg.url, "zone": zone, "models": list(models), "kind": cfg.kind}
+    _print(view, args.json, [f"added backend {cfg.name} ({cfg.url}) in zone {zone}: {', '.join(models)}"])
+    return 0
+
+
+def cmd_backends_list(args) -> int:
+    from tokenport.store.backends import BackendStore
+
+    settings = _settings(args)
+    _, engine = _service(args)
+    items = [
+        {
+            "name": b.name,
+            "url": b.url,
+            "zone": b.zone,
+            "models": list(b.models),
+            "kind": b.kind,
+            "source": source,
+        }
+        for source, group in (("config", settings.backends), ("registered", BackendStore(engine).load()))
+        for b in group
+    ]
+    lines = [
+        f"{b['name']:16} {b['zone']:12} {b['kind']:9} {b['url']:32} {','.join(b['models'])} ({b['source']})"
+        for b in items
+    ]
+    _print(items, args.json, lines or ["no backends (besides the embedded engine)"])
+    return 0
+
+
+def cmd_backends_remove(args) -> int:
+    from tokenport.clock import SystemClock
+    from tokenport.store.backends import BackendStore
+    from tokenport.tenancy.service import NotFound
+
+    _, engine = _service(args)
+    if not BackendStore(engine).remove(args.name, SystemClock().now()):
+        raise NotFound(f"no registered backend named {args.name!r} (configured ones live in the file)")
+    print(f"removed backend {args.name}")
+    return 0
+
+
+def register(sub, command) -> None:
+    backends = sub.add_parser("backends", help="engines registered at run time").add_subparsers(
+        dest="sub", required=True
+    )
+    c = command(backends, "add", cmd_backends_add, "register an OpenAI-compatible engine (vLLM, SGLang, ...)")
+    c.add_argument("name")
+    c.add_argument("--url", required=True)
+    c.add_argument("--zone", help="default: the default zone; fixed for good")
+    c.add_argument("--models", required=True, help="comma-separated model ids")
+    c.add_argument("--kind", default="openai", help="vllm | sglang | llamacpp | openai")
+    c.add_argument("--weight", type=int, default=1)
+    c.add_argument("--max-inflight", type=int)
+    c.add_argument("--context", type=int, default=131072)
+    c.add_argument("--embeddings", help="comma-separated models (among --models) it embeds with")
+    c.add_argument("--api-key-env", help="the environment variable holding its API key")
+    c.add_argument("--json", action="store_true")
+    c = command(backends, "list", cmd_backends_list, "configured and registered backends")
+    c.add_argument("--json", action="store_true")
+    c = command(backends, "remove", cmd_backends_remove, "remove a registered backend")
+    c.add_argument("name")

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, parse_body
+from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
 from tokenport.gateway.errors import bad_request
 
 
@@ -173,12 +173,7 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
             raise bad_request("'stop_sequences' must be an array of strings", param="stop_sequences")
         if stops:
             out["stop"] = stops
-    for name, hi in (("temperature", 1), ("top_p", 1)):
-        v = body.get(name)
-        if v is not None:
-            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= hi:
-                raise bad_request(f"'{name}' must be a number between 0 and {hi}", param=name)
-            out[name] = v
+    copy_sampling(body, out, 1)
     if body.get("tools"):
         tools = _tools(body["tools"])
         if tools:

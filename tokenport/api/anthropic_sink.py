@@ -16,6 +16,7 @@ import orjson
 
 from tokenport.api.errors import error_headers
 from tokenport.api.openai_routes import AsgiSink
+from tokenport.api.translating_sink import TranslatingSink
 from tokenport.gateway.errors import ApiError
 
 STOP_REASONS = {
@@ -71,39 +72,21 @@ def _has_output(obj: dict) -> bool:
     )
 
 
-class AnthropicSink:
+class AnthropicSink(TranslatingSink):
     """A ClientSink: the relay writes OpenAI bytes, the client receives Anthropic ones."""
 
     def __init__(self, inner: AsgiSink, request_id: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.model = ""  # the model the client asked for (aliases resolved only upstream)
         self.message_id = "msg_" + request_id.removeprefix("req_")
         self._rid = request_id.encode()
         self._stream = False
-        self._buf = b""
         self._started = False  # message_start sent
         self._ended = False  # message_stop (or an error event) sent
         self._open: int | None = None  # the index of the open content block
         self._next = 0
         self._tools: dict[int, int] = {}  # the engine's tool-call index -> our block index
         self._stop: str | None = None
-
-    # The lifecycle and the disconnect watcher read and set these on the sink they were given.
-    disconnected = property(lambda s: s.inner.disconnected, lambda s, v: setattr(s.inner, "disconnected", v))
-    cancellable = property(lambda s: s.inner.cancellable, lambda s, v: setattr(s.inner, "cancellable", v))
-    delivered = property(lambda s: s.inner.delivered, lambda s, v: setattr(s.inner, "delivered", v))
-    receipted = property(lambda s: s.inner.receipted, lambda s, v: setattr(s.inner, "receipted", v))
-    started = property(lambda s: s.inner.started)
-    finished = property(lambda s: s.inner.finished)
-
-    def response_sha256(self) -> str:
-        return self.inner.response_sha256()
-
-    def keep(self) -> None:
-        self.inner.keep()
-
-    def kept_body(self) -> bytes:
-        return self.inner.kept_body()
 
     def _ids(self) -> tuple:
         return ((b"request-id", self._rid),)
@@ -120,13 +103,7 @@ class AnthropicSink:
             await self.inner.start(200, b"application/json", len(body), extra=self._ids())
             await self.inner.send(body)
             return
-        self._buf += data
-        out: list[bytes] = []
-        while (cut := self._buf.find(b"\n\n")) >= 0:
-            event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    out += self._data(line[5:].strip())
+        out = [event for payload in self.payloads(data) for event in self._data(payload)]
         if out:
             await self.inner.send(b"".join(out))
 
@@ -140,9 +117,6 @@ class AnthropicSink:
         await self.inner.raw_error(
             err.status, error_headers(err, body, (*self.inner.ids(), *self._ids())), body
         )
-
-    async def finish(self) -> None:
-        await self.inner.finish()
 
     # --- streaming: one engine chunk in, Anthropic events out ---
 

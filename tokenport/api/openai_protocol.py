@@ -39,6 +39,17 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def copy_sampling(body: dict, out: dict, temperature_max: float) -> None:
+    """`temperature` (0 to `temperature_max`) and `top_p` (0 to 1), checked, into `out`: for the
+    protocols translated to a chat completion."""
+    for name, hi in (("temperature", temperature_max), ("top_p", 1)):
+        v = body.get(name)
+        if v is not None:
+            if not _is_num(v) or not 0 <= v <= hi:
+                raise bad_request(f"'{name}' must be a number between 0 and {hi}", param=name)
+            out[name] = v
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 

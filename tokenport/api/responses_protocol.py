@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, parse_body
+from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
 from tokenport.gateway.errors import bad_request
 
 
@@ -109,12 +109,7 @@ def translate(body: dict) -> dict:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_TOKENS_CAP:
             raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")
         out["max_tokens"] = limit
-    for name, hi in (("temperature", 2), ("top_p", 1)):
-        v = body.get(name)
-        if v is not None:
-            if not isinstance(v, int | float) or isinstance(v, bool) or not 0 <= v <= hi:
-                raise bad_request(f"'{name}' must be a number between 0 and {hi}", param=name)
-            out[name] = v
+    copy_sampling(body, out, 2)
     tools = body.get("tools")
     if tools:
         if not isinstance(tools, list):

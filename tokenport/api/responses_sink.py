@@ -19,6 +19,7 @@ import orjson
 
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.openai_routes import AsgiSink
+from tokenport.api.translating_sink import TranslatingSink
 from tokenport.gateway.errors import ApiError
 
 
@@ -37,14 +38,13 @@ def responses_usage(usage: dict | None) -> dict:
     }
 
 
-class ResponsesSink:
+class ResponsesSink(TranslatingSink):
     def __init__(self, inner: AsgiSink, request_id: str) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.request: dict = {}  # the client's request, for the echoed fields
         self.streaming = False  # the client asked to stream (known once parsed)
         self.id = "resp_" + request_id.removeprefix("req_")
         self.created_at = int(time.time())
-        self._buf = b""
         self._seq = 0
         self._opened = False  # response.created sent
         self._ended = False
@@ -52,22 +52,6 @@ class ResponsesSink:
         self._text: dict | None = None  # the message item being written
         self._calls: dict[int, dict] = {}  # the engine's tool-call index -> function_call item
         self._finish: str | None = None
-
-    disconnected = property(lambda s: s.inner.disconnected, lambda s, v: setattr(s.inner, "disconnected", v))
-    cancellable = property(lambda s: s.inner.cancellable, lambda s, v: setattr(s.inner, "cancellable", v))
-    delivered = property(lambda s: s.inner.delivered, lambda s, v: setattr(s.inner, "delivered", v))
-    receipted = property(lambda s: s.inner.receipted, lambda s, v: setattr(s.inner, "receipted", v))
-    started = property(lambda s: s.inner.started)
-    finished = property(lambda s: s.inner.finished)
-
-    def response_sha256(self) -> str:
-        return self.inner.response_sha256()
-
-    def keep(self) -> None:
-        self.inner.keep()
-
-    def kept_body(self) -> bytes:
-        return self.inner.kept_body()
 
     def _response(self, status: str, output: list[dict], usage: dict | None = None, **extra) -> dict:
         r = self.request
@@ -117,13 +101,7 @@ class ResponsesSink:
             await self.inner.start(200, b"application/json", len(body))
             await self.inner.send(body)
             return
-        self._buf += data
-        out: list[bytes] = []
-        while (cut := self._buf.find(b"\n\n")) >= 0:
-            event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    out += self._data(line[5:].strip())
+        out = [event for payload in self.payloads(data) for event in self._data(payload)]
         if out:
             await self.inner.send(b"".join(out))
 
@@ -143,9 +121,6 @@ class ResponsesSink:
         )
         out.append(self._event("response.failed", response=failed))
         await self.inner.send(b"".join(out))
-
-    async def finish(self) -> None:
-        await self.inner.finish()
 
     # --- streaming ---
 

@@ -1,0 +1,45 @@
+"""The base of the sinks that answer in another protocol (Anthropic, Responses): they wrap the
+HTTP sink, pass the lifecycle's flags through to it, and split the engine's SSE into events."""
+
+from __future__ import annotations
+
+from tokenport.api.openai_routes import AsgiSink
+
+
+def _through(name: str) -> property:
+    """An attribute the lifecycle and the disconnect watcher read and set on their sink."""
+    return property(lambda s: getattr(s.inner, name), lambda s, v: setattr(s.inner, name, v))
+
+
+class TranslatingSink:
+    disconnected = _through("disconnected")
+    cancellable = _through("cancellable")
+    delivered = _through("delivered")
+    receipted = _through("receipted")
+    started = property(lambda s: s.inner.started)
+    finished = property(lambda s: s.inner.finished)
+
+    def __init__(self, inner: AsgiSink) -> None:
+        self.inner = inner
+        self._buf = b""
+
+    def response_sha256(self) -> str:
+        return self.inner.response_sha256()
+
+    def keep(self) -> None:
+        self.inner.keep()
+
+    def kept_body(self) -> bytes:
+        return self.inner.kept_body()
+
+    async def finish(self) -> None:
+        await self.inner.finish()
+
+    def payloads(self, data: bytes) -> list[bytes]:
+        """The `data:` payloads of the whole SSE events received so far."""
+        self._buf += data
+        out = []
+        while (cut := self._buf.find(b"\n\n")) >= 0:
+            event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
+            out += [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+        return out

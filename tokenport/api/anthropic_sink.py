@@ -16,7 +16,7 @@ import orjson
 
 from tokenport.api.errors import error_headers
 from tokenport.api.openai_routes import AsgiSink
-from tokenport.api.translating_sink import TranslatingSink
+from tokenport.api.translating_sink import TranslatingSink, stream_error
 from tokenport.gateway.errors import ApiError
 
 STOP_REASONS = {
@@ -103,7 +103,7 @@ class AnthropicSink(TranslatingSink):
             await self.inner.start(200, b"application/json", len(body), extra=self._ids())
             await self.inner.send(body)
             return
-        out = [event for payload in self.payloads(data) for event in self._data(payload)]
+        out = [event for chunk in self.chunks(data) for event in self._data(chunk)]
         if out:
             await self.inner.send(b"".join(out))
 
@@ -120,22 +120,12 @@ class AnthropicSink(TranslatingSink):
 
     # --- streaming: one engine chunk in, Anthropic events out ---
 
-    def _data(self, payload: bytes) -> list[bytes]:
-        if payload == b"[DONE]" or self._ended:
+    def _data(self, obj: dict) -> list[bytes]:
+        if self._ended:
             return []
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(obj, dict):
-            return []
-        if obj.get("error"):
-            e = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+        if (error := stream_error(obj)) is not None:
             self._ended = True
-            err = {
-                "type": "error",
-                "error": {"type": "api_error", "message": str(e.get("message") or "error")},
-            }
+            err = {"type": "error", "error": {"type": "api_error", "message": error["message"] or "error"}}
             return [_event("error", err)]
         if not self._started and not _counts_known(obj) and not _has_output(obj):
             return []  # a role-only opening chunk: wait for one that says the input tokens

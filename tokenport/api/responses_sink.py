@@ -19,7 +19,7 @@ import orjson
 
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.openai_routes import AsgiSink
-from tokenport.api.translating_sink import TranslatingSink
+from tokenport.api.translating_sink import TranslatingSink, stream_error
 from tokenport.gateway.errors import ApiError
 
 
@@ -101,7 +101,7 @@ class ResponsesSink(TranslatingSink):
             await self.inner.start(200, b"application/json", len(body))
             await self.inner.send(body)
             return
-        out = [event for payload in self.payloads(data) for event in self._data(payload)]
+        out = [event for chunk in self.chunks(data) for event in self._data(chunk)]
         if out:
             await self.inner.send(b"".join(out))
 
@@ -124,22 +124,11 @@ class ResponsesSink(TranslatingSink):
 
     # --- streaming ---
 
-    def _data(self, payload: bytes) -> list[bytes]:
-        if payload == b"[DONE]" or self._ended:
+    def _data(self, obj: dict) -> list[bytes]:
+        if self._ended:
             return []
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return []
-        if not isinstance(obj, dict):
-            return []
-        if obj.get("error"):
-            e = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+        if (error := stream_error(obj)) is not None:
             self._ended = True
-            error = {
-                "code": str(e.get("code") or e.get("type") or "server_error"),
-                "message": str(e.get("message") or ""),
-            }
             return [
                 self._event("response.failed", response=self._response("failed", self._output, error=error))
             ]

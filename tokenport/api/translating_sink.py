@@ -3,6 +3,8 @@ HTTP sink, pass the lifecycle's flags through to it, and split the engine's SSE 
 
 from __future__ import annotations
 
+import orjson
+
 from tokenport.api.openai_routes import AsgiSink
 
 
@@ -35,11 +37,29 @@ class TranslatingSink:
     async def finish(self) -> None:
         await self.inner.finish()
 
-    def payloads(self, data: bytes) -> list[bytes]:
-        """The `data:` payloads of the whole SSE events received so far."""
+    def chunks(self, data: bytes) -> list[dict]:
+        """The engine's JSON chunks in the whole SSE events received so far (not `[DONE]`)."""
         self._buf += data
         out = []
         while (cut := self._buf.find(b"\n\n")) >= 0:
             event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-            out += [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+            for line in event.split(b"\n"):
+                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                    try:
+                        obj = orjson.loads(line[5:])
+                    except orjson.JSONDecodeError:
+                        continue
+                    if isinstance(obj, dict):
+                        out.append(obj)
         return out
+
+
+def stream_error(obj: dict) -> dict | None:
+    """An error event from the engine (or the relay), as {"code", "message"}; None otherwise."""
+    if not obj.get("error"):
+        return None
+    e = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
+    return {
+        "code": str(e.get("code") or e.get("type") or "server_error"),
+        "message": str(e.get("message") or ""),
+    }

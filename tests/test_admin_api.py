@@ -203,6 +203,7 @@ def test_created_key_works_then_revoked_key_is_refused(mock_server: LiveServer) 
     assert [m["id"] for m in models["data"]] == [
         "dead-model",
         "mock-embed",
+        "mock-midfail",
         "mock-model",
         "mock-tools",
         "paid-model",

@@ -239,3 +239,26 @@ def test_the_embedded_model_through_the_messages_api(engine_server) -> None:
     record = engine_server.record(engine_server.usage("claude-code-user")["data"][-1]["request_id"])
     assert record["model"] == "smollm2-135m-instruct" and record["prompt_tokens"] == counted
     assert record["completion_tokens"] == final.usage.output_tokens
+
+
+def test_an_engine_failing_mid_stream_ends_with_an_error_event(mock_server, claude) -> None:
+    client, secret = claude
+    with httpx.stream(
+        "POST",
+        mock_server.base_url + "/v1/messages",
+        json={"model": "mock-midfail", "max_tokens": 10, "messages": MESSAGES, "stream": True},
+        headers={"x-api-key": secret},
+    ) as r:
+        lines = list(r.iter_lines())
+        rid = r.headers["request-id"]
+    events = [line[7:] for line in lines if line.startswith("event: ")]
+    assert events[0] == "message_start" and events[-1] == "error" and "message_stop" not in events
+    error = json.loads(next(line[6:] for line in reversed(lines) if line.startswith("data: ")))
+    assert error["type"] == "error" and error["error"]["type"] == "api_error"
+    with (
+        pytest.raises(anthropic.APIStatusError),  # the SDK raises on the error event
+        client.messages.stream(model="mock-midfail", max_tokens=10, messages=MESSAGES) as s,
+    ):
+        s.until_done()
+    record = mock_server.record(rid)
+    assert record["completion_tokens"] == 3 and record["error_code"]  # billed what was produced

@@ -171,3 +171,12 @@ def test_the_embedded_model_through_the_responses_api(engine_server) -> None:
         final.usage.input_tokens,
         final.usage.output_tokens,
     )
+
+
+def test_an_engine_failing_mid_stream_is_a_failed_response(mock_server, client) -> None:
+    with client.responses.stream(model="mock-midfail", input="hi") as s:
+        events = list(s)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.failed"
+    assert "response.completed" not in kinds and kinds.count("response.output_text.delta") == 3
+    assert events[-1].response.status == "failed" and events[-1].response.error.message

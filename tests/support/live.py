@@ -23,6 +23,7 @@ DEFAULT_PRICES = {
     "mock-model": ["--free"],
     "domestic-model": ["--free"],
     "mock-tools": ["--free"],
+    "mock-midfail": ["--free"],
     "mock-embed": PAID_MODEL_PRICE,
     "paid-model": PAID_MODEL_PRICE,
 }
@@ -251,7 +252,7 @@ def mock_config(mock_url: str) -> dict:
             {
                 "name": "mock",
                 "url": mock_url,
-                "models": ["mock-model", "paid-model", "mock-tools", "mock-embed"],
+                "models": ["mock-model", "paid-model", "mock-tools", "mock-embed", "mock-midfail"],
                 "kind": "llamacpp",
                 "embeddings": ["mock-embed"],
             },

@@ -6,7 +6,7 @@ MockConfig. A body field ``mock_scenario`` (or, calling the mock directly, a req
 ``x-mock-scenario``) selects a behaviour:
 tool_calls, error_500, error_400, error_midstream, hang, slow_first_token, echo (every token
 is the last message's text, or the prompt: for canary tests). A model named `*-tools` always
-behaves as tool_calls.
+behaves as tool_calls, one named `*-midfail` as error_midstream.
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
 max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
 """
@@ -308,8 +308,11 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         if request.app[CFG].failing:
             return _json({"error": {"message": "mock engine failing", "type": "server_error"}}, status=500)
         scenario = str(body.get("mock_scenario") or request.headers.get("x-mock-scenario", ""))
-        if not scenario and str(body.get("model", "")).endswith("-tools"):
+        model_name = str(body.get("model", ""))
+        if not scenario and model_name.endswith("-tools"):
             scenario = "tool_calls"  # a model that always calls tools (protocols that drop extra fields)
+        elif not scenario and model_name.endswith("-midfail"):
+            scenario = "error_midstream"  # a model whose streams fail after three tokens
         if scenario == "error_500":
             return _json(
                 {"error": {"message": "mock engine exploded", "type": "server_error", "code": 500}},

@@ -82,7 +82,7 @@ class Runtime:
         self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
         self.admins = AdminStore(self.db)
         self.vault = Vault(RetentionStore(self.db), settings.keys_dir, self.audit, self.clock)
-        for zone in declared:  # key files read now, not on the request path
+        for zone, _ in self.tenancy.list_zones():  # key files read now, not on the request path
             self.vault.zone_key(zone)
         self.shared = SharedStore(self.db) if settings.shared else None
         self.charging = Charging(self.billing, self.shared, settings.default_rpm)

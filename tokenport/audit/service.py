@@ -71,7 +71,8 @@ class AuditService:
         if found is None:
             return None
         zone, index, entry = found
-        if orjson.loads(entry).get("tenant_id") != tenant_id:
+        record = orjson.loads(entry)
+        if record.get("tenant_id") != tenant_id:
             return None
         head = self.store.head_covering(zone, index)
         if head is None:
@@ -80,7 +81,7 @@ class AuditService:
         assert head is not None, "a signed head covers every entry once the zone's head is signed"
         proof = self.store.proof_source(zone, head.head.size, partial(inclusion_path, index, head.head.size))
         issued = utc_iso(self.clock.now())
-        extra = self.sections(orjson.loads(entry)) if self.sections is not None else None
+        extra = self.sections(record) if self.sections is not None else None
         return processing_receipt(entry, index, proof, head, self.signer(zone), issued, extra)
 
     def trusted_keys(self) -> dict[str, str]:

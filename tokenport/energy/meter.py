@@ -76,6 +76,7 @@ class EnergyMeter:
         self.alpha_milli = alpha_milli
         self._nodes = {n.name: _NodeState(n) for n in nodes}
         self._by_backend = {b: n.name for n in nodes for b in n.backends}
+        self._where: dict[str, str] = {}  # request id -> the node it is in flight on
         self._lock = threading.Lock()  # the loop adds spans; the ticking thread reads them
 
     def node_of(self, backend: str) -> str | None:
@@ -88,21 +89,23 @@ class EnergyMeter:
             return
         name = self._by_backend.get(backend)
         with self._lock:
-            for state in self._nodes.values():  # a retry on another backend moves it
-                state.open.pop(request_id, None)
+            before = self._where.pop(request_id, None)  # a retry on another backend moves it
+            if before is not None:
+                self._nodes[before].open.pop(request_id, None)
             if name is not None:
                 self._nodes[name].open[request_id] = start
+                self._where[request_id] = name
 
     def closed(self, request_id: str, span: Span | None, meta: RequestMeta) -> None:
         """The request finished; `span` is None when the engine did no work for it."""
         if not self._nodes:
             return
         with self._lock:
-            for state in self._nodes.values():
-                if state.open.pop(request_id, None) is not None:
-                    if span is not None:
-                        state.spans.append((span, meta))
-                    return
+            name = self._where.pop(request_id, None)
+            if name is not None:
+                self._nodes[name].open.pop(request_id, None)
+                if span is not None:
+                    self._nodes[name].spans.append((span, meta))
 
     # --- from the meter's thread ---
 

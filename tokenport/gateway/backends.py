@@ -6,9 +6,10 @@ may try again) and below their `max_inflight`:
 
 - with an affinity key (a session header, or a hash of the conversation's leading text), the
   backend rendezvous hashing picks for it, so a conversation keeps hitting the engine whose
-  prefix cache holds it, unless that backend is busier than the least busy by more than
+  prefix cache holds it, unless its load is above the least loaded one's by more than
   `AFFINITY_SLACK` requests;
-- otherwise the least loaded, in flight per unit of weight.
+- otherwise the least loaded per unit of weight: the engine's own running + queued count (from
+  its /metrics), or this process's in-flight count where that is higher.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger("tokenport.backends")
 
 FAILURES_TO_OPEN = 3
 OPEN_MAX_S = 30.0
-AFFINITY_SLACK = 4  # requests in flight beyond the least busy before affinity gives way
+AFFINITY_SLACK = 4  # load above the least loaded backend's before affinity gives way
 
 
 @dataclass(eq=False)
@@ -87,22 +88,21 @@ class BackendPool:
     def __init__(self, backends: list[Backend], monotonic: Callable[[], float] = time.monotonic) -> None:
         self.mono = monotonic
         self.backends = backends
+        self._index()
+
+    def _index(self) -> None:
         self._by_model: dict[str, list[Backend]] = {}
-        for b in backends:
+        for b in self.backends:
             for m in b.config.models:
                 self._by_model.setdefault(m, []).append(b)
 
     def add(self, backend: Backend) -> None:
         self.backends.append(backend)
-        for m in backend.config.models:
-            self._by_model.setdefault(m, []).append(backend)
+        self._index()
 
     def remove(self, name: str) -> None:
         self.backends = [b for b in self.backends if b.name != name]
-        self._by_model = {}
-        for b in self.backends:
-            for m in b.config.models:
-                self._by_model.setdefault(m, []).append(b)
+        self._index()
 
     def models_in_zone(self, zone: str) -> list[str]:
         return sorted(m for m, bs in self._by_model.items() if any(b.zone == zone for b in bs))

@@ -14,5 +14,6 @@ serve: $(VENV)/bin/python
 test: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '.[test]'
 	scripts/ensure-postgres
+	scripts/ensure-redis
 	$(VENV)/bin/ruff check tokenport tests bench
 	$(VENV)/bin/pytest -q $(ARGS)

@@ -102,7 +102,9 @@ class Client:
     def __init__(
         self, base_url: str, body: bytes, stream: bool, key: str | None, timeout_s: float, limit: int
     ) -> None:
-        self.url = base_url.rstrip("/") + PATH
+        # Several base URLs (comma-separated): requests go to them in turn (several gateways).
+        self.urls = [u.rstrip("/") + PATH for u in base_url.split(",")]
+        self._next = 0
         self.body = body
         self.stream = stream
         self.headers = {"Content-Type": "application/json"}
@@ -124,9 +126,11 @@ class Client:
     async def one(self, res: Result, t_sched: float) -> None:
         """Send one request; record latency from t_sched (a now() value)."""
         assert self.session is not None
+        url = self.urls[self._next % len(self.urls)]
+        self._next += 1
         try:
             async with self.session.post(
-                self.url, data=self.body, headers=self.headers, timeout=self.timeout
+                url, data=self.body, headers=self.headers, timeout=self.timeout
             ) as r:
                 if r.status != 200:
                     await r.read()

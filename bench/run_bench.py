@@ -102,12 +102,19 @@ def start_mock(home: Path, chunk_delay_ms: float) -> tuple[subprocess.Popen[str]
     raise RuntimeError(f"mock engine did not start; see {home / 'mock.log'}")
 
 
-def write_config(home: Path, mock_url: str, database_url: str | None = None, shared: bool = False) -> Path:
+def write_config(
+    home: Path,
+    mock_url: str,
+    database_url: str | None = None,
+    shared: bool = False,
+    redis_url: str | None = None,
+) -> Path:
     cfg = home / "tokenport.toml"
+    cluster = ("shared = true\n" if shared else "") + (f'redis_url = "{redis_url}"\n' if redis_url else "")
     cfg.write_text(
         "[engine]\nenabled = false\n\n"
         + (f'[database]\nurl = "{database_url}"\n\n' if database_url else "")
-        + ("[cluster]\nshared = true\n\n" if shared else "")
+        + (f"[cluster]\n{cluster}\n" if cluster else "")
         + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n\n'
         # energy metered per request too: a power-model node over the mock, its token counters read
         + '[[energy.nodes]]\nname = "mock-node"\nsource = "model"\nbackends = ["mock"]\n'
@@ -115,8 +122,8 @@ def write_config(home: Path, mock_url: str, database_url: str | None = None, sha
     return cfg
 
 
-def start_gateway(home: Path, cfg: Path, port: int) -> subprocess.Popen[bytes]:
-    log = open(home / "gateway.log", "wb")  # noqa: SIM115
+def start_gateway(home: Path, cfg: Path, port: int, index: int = 0) -> subprocess.Popen[bytes]:
+    log = open(home / f"gateway{index or ''}.log", "wb")  # noqa: SIM115
     cmd = [*tokenport_cmd(), "serve", "--port", str(port), "--config", str(cfg)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(home))
 
@@ -168,22 +175,26 @@ def wait_key_works(url: str, key: str, timeout: float) -> None:
 
 @dataclass
 class ProcUsage:
-    """CPU time and memory of one process, from /proc."""
+    """CPU time and memory of the gateway processes, from /proc (summed over them)."""
 
-    pid: int
+    pids: list[int]
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        total = 0
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        return total / CLK_TCK
 
     def mem_mib(self) -> tuple[float, float]:
         """(VmRSS, VmHWM) in MiB."""
-        vals = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                vals[k] = int(v.split()[0]) / 1024
-        return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
+        vals = {"VmRSS": 0.0, "VmHWM": 0.0}
+        for pid in self.pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                k, _, v = line.partition(":")
+                if k in vals:
+                    vals[k] += int(v.split()[0]) / 1024
+        return vals["VmRSS"], vals["VmHWM"]
 
 
 # ---------------------------------------------------------------- measuring
@@ -322,8 +333,15 @@ def report(
         f"segments after {args.warmup:g} s warm-up; latency counted from the scheduled send time",
         f"- loadgen, mock and gateway share this machine; loadgen used {lg_cpu:.0f}% of one core "
         f"over {wall:.0f} s",
-        f"- database: {(args.database_url or 'sqlite').split(':', 1)[0]}; admission: "
-        + ("shared mode (a database transaction per request)" if args.shared else "one process, in memory"),
+        f"- database: {(args.database_url or 'sqlite').split(':', 1)[0]}; "
+        f"{args.gateways} gateway process{'es' if args.gateways > 1 else ''}; admission: "
+        + (
+            "shared mode, state in Redis"
+            if args.redis_url
+            else "shared mode (a database transaction per request)"
+            if args.shared
+            else "one process, in memory"
+        ),
         "",
         "| mode | rate | direct p50 / p99 ms | gateway p50 / p99 ms | added p50 | added p99 | "
         "added TTFT p50 / p99 | errors direct / gw | gw RSS (peak) MiB | gw CPU % |",
@@ -390,17 +408,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME (logs, DB)")
     ap.add_argument("--database-url", help="an empty database (default: SQLite in the temporary home)")
     ap.add_argument("--shared", action="store_true", help="shared mode: admission in the database")
+    ap.add_argument("--redis-url", help="shared mode with admission state in this Redis (implies --shared)")
+    ap.add_argument("--gateways", type=int, default=1, help="gateway processes (requests go to each in turn)")
     a = ap.parse_args(argv)
     a.rates = [float(r) for r in a.rates.split(",") if r]
     if a.quick:
         a.duration, a.warmup, a.closed_duration = 3.0, 0.5, 2.0
+    a.shared = a.shared or bool(a.redis_url)
+    if a.gateways > 1 and not (a.shared and a.database_url):
+        ap.error("--gateways N > 1 needs --shared (or --redis-url) and --database-url")
     return a
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     home = Path(tempfile.mkdtemp(prefix="tokenport-bench-"))
-    mock = gateway = None
+    mock = None
+    gateways: list[subprocess.Popen[bytes]] = []
     t_start, cpu0 = time.monotonic(), time.process_time()
 
     def log(msg: str) -> None:
@@ -410,20 +434,23 @@ def main(argv: list[str] | None = None) -> int:
         log(f"TOKENPORT_HOME={home}")
         mock, mock_url = start_mock(home, args.chunk_delay_ms)
         log(f"mock engine at {mock_url}")
-        cfg = write_config(home, mock_url, args.database_url, args.shared)
-        port = free_port()
-        gw_url = f"http://127.0.0.1:{port}"
+        cfg = write_config(home, mock_url, args.database_url, args.shared, args.redis_url)
+        ports = [free_port() for _ in range(args.gateways)]
+        gw_urls = [f"http://127.0.0.1:{port}" for port in ports]
         # tenant and key first: the CLI migrates the fresh database before the server opens it
         cli_json(home, "tenants", "create", "bench", "--config", str(cfg), "--json")
         key = cli_json(home, "keys", "create", "--tenant", "bench", "--config", str(cfg), "--json")["key"]
         # Governed: a priced model and prepaid credit, so every request is held and settled.
         cli_json(home, "prices", "set", MODEL, *PRICE_ARGS, "--config", str(cfg), "--json")
         cli_json(home, "credits", "grant", "bench", "1000000", "--config", str(cfg), "--json")
-        gateway = start_gateway(home, cfg, port)
-        wait_health(gw_url, gateway, timeout=60)
-        wait_key_works(gw_url, key, timeout=30)
-        log(f"gateway at {gw_url} (pid {gateway.pid}); measuring")
-        cells, closed, via_gw = loadgen.run(measure(args, mock_url, gw_url, key, ProcUsage(gateway.pid), log))
+        for i, port in enumerate(ports):
+            gateways.append(start_gateway(home, cfg, port, i))
+        for url, gateway in zip(gw_urls, gateways, strict=True):
+            wait_health(url, gateway, timeout=60)
+            wait_key_works(url, key, timeout=30)
+        log(f"gateways at {', '.join(gw_urls)} (pids {[g.pid for g in gateways]}); measuring")
+        usage = ProcUsage([g.pid for g in gateways])
+        cells, closed, via_gw = loadgen.run(measure(args, mock_url, ",".join(gw_urls), key, usage, log))
         with urllib.request.urlopen(mock_url + "/mock/stats", timeout=5) as r:
             st = json.loads(r.read())
         log(
@@ -432,9 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         wall = time.monotonic() - t_start
         text = report(args, cells, closed, 100 * (time.process_time() - cpu0) / wall, wall)
-        stop(gateway)  # a graceful stop flushes the usage writer
-        if gateway.returncode not in (0, -signal.SIGTERM):
-            log(f"gateway exited with {gateway.returncode}")
+        for gateway in gateways:  # a graceful stop flushes the usage writer
+            stop(gateway)
+            if gateway.returncode not in (0, -signal.SIGTERM):
+                log(f"gateway exited with {gateway.returncode}")
         text += "\n" + metering_check(home, cfg, via_gw) + "\n"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
@@ -443,14 +471,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except (RuntimeError, OSError, KeyError, json.JSONDecodeError) as exc:
         log(f"benchmark failed: {exc}")
-        for name in ("gateway.log", "mock.log"):
+        for name in [*(f"gateway{i or ''}.log" for i in range(args.gateways)), "mock.log"]:
             p = home / name
             if p.exists() and p.stat().st_size:
                 log(f"--- tail of {p}:\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:]))
         args.keep = True
         return 1
     finally:
-        stop(gateway)
+        for gateway in gateways:
+            stop(gateway)
         stop(mock)
         if args.keep:
             log(f"kept {home}")

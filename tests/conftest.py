@@ -3,7 +3,9 @@
 Databases: ``database_url`` runs a test once against SQLite and once against a
 throwaway PostgreSQL server (``postgres_server``, started once per session; see
 tests/support/postgres.py and TOKENPORT_TEST_PG_URL).  Select or skip the
-PostgreSQL variants with ``-m postgres`` / ``-m "not postgres"``.
+PostgreSQL variants with ``-m postgres`` / ``-m "not postgres"``. Redis: ``redis_server``, a
+throwaway server started once per session (tests/support/redis.py), and ``redis_url``, a
+database of the test's own on it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from uuid import uuid4
 
 import pytest
 from support.postgres import PgServer, PostgresUnavailable, start_postgres
+from support.redis import RedisServer, RedisUnavailable, start_redis
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +30,24 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServ
         pytest.skip(str(exc))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    try:
+        server = start_redis(tmp_path_factory.mktemp("redis"))
+    except RedisUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI requires Redis: {exc}")
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A Redis database of this test's own, empty."""
+    return redis_server.fresh_url()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

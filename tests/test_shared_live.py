@@ -1,5 +1,7 @@
 """Two gateway processes on one database, in shared mode: credit, key budgets, rate limits and
-plan windows hold across both (on PostgreSQL, and on SQLite for processes on one machine)."""
+plan windows hold across both (on PostgreSQL, and on SQLite for processes on one machine), with
+the admission state in the database or in a real Redis (`redis`: PostgreSQL for the ledger,
+Redis for holds, rate limits, plan windows and the change broadcast)."""
 
 from __future__ import annotations
 
@@ -19,17 +21,31 @@ MESSAGES = [{"role": "user", "content": "hi"}]
 COST_NANO = 27_000  # the mock's 10 prompt + 20 completion tokens at $0.30 / $1.20 per M
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("redis", marks=[pytest.mark.postgres, pytest.mark.redis]),
+    ],
+)
 def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, LiveServer]]:
     root = tmp_path_factory.mktemp("shared")
     if request.param == "sqlite":
         url = f"sqlite:///{root}/shared.db"
     else:
         url = request.getfixturevalue("postgres_server").create_database(f"shared_{int(time.time() * 1000)}")
+    cluster: dict = {"shared": True}
+    metering: dict = {}
+    if request.param == "redis":
+        cluster["redis_url"] = request.getfixturevalue("redis_server").fresh_url()
+        # Changes must arrive by the broadcast: the feed's own poll is too slow for these tests.
+        metering["key_refresh_ms"] = 10_000
     # One deployment: one database, and the zones' audit signing keys shared, like a TLS key.
     config = {
         **mock_config(mock_engine.url),
-        "cluster": {"shared": True},
+        "cluster": cluster,
+        "metering": metering,
         "audit": {"keys_dir": str(root / "keys")},
         "energy": {
             "window_s": 1,
@@ -46,6 +62,7 @@ def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, L
     except BaseException:
         a.stop()
         raise
+    a.extra["mode"] = request.param
     yield a, b
     for server in (a, b):
         assert server.stop() == 0, server.log()
@@ -94,6 +111,17 @@ def _storm(servers: list[LiveServer], secret: str, n: int, retries: int = 2, **k
         t.join(60)
     assert len(results) == n
     return results
+
+
+def _database_holds(server: LiveServer) -> int:
+    from sqlalchemy import create_engine, text
+
+    db = create_engine(server.env["TOKENPORT_DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with db.connect() as conn:
+            return conn.execute(text("SELECT COUNT(*) FROM holds")).scalar_one()
+    finally:
+        db.dispose()
 
 
 def _verify(server: LiveServer) -> None:
@@ -151,6 +179,8 @@ def test_money_held_on_one_process_is_seen_by_the_other(pair):
     slow.start()
     try:
         assert wait_until(lambda: held() != "0.000000000", 2, 0.02, "the hold on the other process")
+        if a.extra["mode"] == "redis":  # the hold is in Redis only: admission made no database write
+            assert _database_holds(a) == 0
     finally:
         slow.join(30)
     wait_until(lambda: held() == "0.000000000", 3, 0.05, "the hold to be released")

@@ -1,5 +1,6 @@
-"""Shared admission (several gateway processes on one database), against SQLite and PostgreSQL:
-the real `Charging` in shared mode over the real store, many threads at once."""
+"""Shared admission (several gateway processes on one database), against SQLite and PostgreSQL,
+with the admission state in the database or in a real Redis: the real `Charging` in shared mode
+over the real stores, many threads at once."""
 
 from __future__ import annotations
 
@@ -12,79 +13,23 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, insert, select, text
+from support.admission import HOLD, Harness
 from support.rows import usage_row
 
-from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
-from tokenport.gateway.admission_queue import AdmissionQueue
-from tokenport.gateway.billing import BillingState
-from tokenport.gateway.charging import Charging
-from tokenport.gateway.errors import ApiError
-from tokenport.gateway.sse import Counts
-from tokenport.store.billing import BillingStore
+from tokenport.gateway.admission_queue import AdmissionQueue, ThreadedStore
 from tokenport.store.db import MIGRATIONS, connect
-from tokenport.store.feed import snapshot
 from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, tenants, usage
-from tokenport.store.shared import Ask, Grant, SharedStore, View
+from tokenport.store.shared import Ask, Grant, View
 from tokenport.store.tenants import Tenant, TenantStore
-from tokenport.store.usage import UsageStore
-from tokenport.tenancy.keys import KeyRecord
-from tokenport.tenancy.service import TenancyService
-
-MAX_OUTPUT = 100  # the request's max_tokens
-# 100 body bytes x $0.30/M + 100 output tokens x $1.20/M = 150,000 nano-USD held per request.
-HOLD = 150_000
 
 
-class Harness:
-    def __init__(self, engine: Engine, clock: FakeClock) -> None:
-        self.engine, self.clock = engine, clock
-        self.tenancy = TenancyService(TenantStore(engine), "overseas", clock)
-        self.billing = BillingService(BillingStore(engine), self.tenancy, clock)
-        self.usage = UsageStore(engine)
-        self.tenant = self.tenancy.create_tenant("acme")
-        self.billing.set_price("m", "0.30", "1.20", effective_from=clock.now() - timedelta(days=1))
-        self.state = BillingState(BillingStore(engine), self.usage, clock)
-        with snapshot(engine) as conn:
-            self.state.load(conn)
-        self.shared = SharedStore(engine)
-        self.charging = Charging(self.state, self.shared)  # for settlement
-
-    def key(self, key_id: str = "key_a", **limits) -> KeyRecord:
-        limits.setdefault("rpm_limit", None)
-        return KeyRecord(key_id, self.tenant.id, "acme", "overseas", "h", revoked=False, **limits)
-
-    def process(self) -> Charging:
-        """Another gateway process's admission (its own queue and threads) on the same database."""
-        return Charging(self.state, SharedStore(self.engine))
-
-    def admit(self, request_id: str, key: KeyRecord, charging: Charging | None = None) -> str:
-        return asyncio.run(self.admit_async(request_id, key, charging or self.process()))
-
-    async def admit_async(self, request_id: str, key: KeyRecord, charging: Charging) -> str:
-        try:
-            await charging.admit(request_id, key, "m", MAX_OUTPUT, 100, 1000, self.clock.now())
-            return "ok"
-        except ApiError as exc:
-            return exc.code or str(exc.status)
-
-    def settle(self, request_id: str, key: KeyRecord, prompt: int = 10, completion: int = 20) -> int:
-        """What the settler hands the writer for a finished request; returns its cost."""
-        now = self.clock.now()
-        price = self.state.accountant.quote("m", now)
-        counts = Counts(prompt=prompt, completion=completion)
-        cost, tx = self.charging.settle(request_id, key, price, counts, now, now)
-        assert tx is None  # shared mode: the writer posts the charge
-        charge = self.charging.charge(request_id, key, price, cost, counts, now, now)
-        row = usage_row(request_id, self.tenant.id, now, key_id=key.id, cost_nano_usd=cost.nano)
-        self.item = {"usage": row, "tx": None, "charge": charge}
-        self.usage.write_settlements([self.item])
-        return cost.nano
-
-
-@pytest.fixture
-def h(engine: Engine, clock: FakeClock) -> Harness:
-    return Harness(engine, clock)
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def h(request, engine: Engine, clock: FakeClock) -> Harness:
+    """Admission state in the database, or in Redis (with the database as the ledger)."""
+    if request.param == "database":
+        return Harness(engine, clock)
+    return Harness(engine, clock, request.getfixturevalue("redis_url"))
 
 
 def test_concurrent_admissions_hold_exactly_what_the_credit_covers(h: Harness) -> None:
@@ -105,7 +50,7 @@ def test_concurrent_admissions_hold_exactly_what_the_credit_covers(h: Harness) -
     for t in threads:
         t.join(60)
     assert sorted(results) == ["insufficient_quota"] * 15 + ["ok"] * 5
-    assert h.shared.held(h.tenant.id, h.clock.now()) == 5 * HOLD
+    assert h.held() == 5 * HOLD
 
 
 def test_one_processs_concurrent_admissions_go_in_batches_and_stay_exact(h: Harness) -> None:
@@ -118,14 +63,14 @@ def test_one_processs_concurrent_admissions_go_in_batches_and_stay_exact(h: Harn
     results = asyncio.run(storm())
     assert results[:5] == ["ok"] * 5 and results[5:] == ["insufficient_quota"] * 35  # in arrival order
     assert charging._queue.batches < 40 / 2, "requests that queued went to the database together"
-    assert h.shared.held(h.tenant.id, h.clock.now()) == 5 * HOLD
+    assert h.held() == 5 * HOLD
 
 
 def test_settlement_charges_the_lots_releases_the_hold_and_is_idempotent(h: Harness) -> None:
     lot = h.billing.grant("acme", "1")
     key = h.key(budget_nano_usd=10**9, budget_period="day")
     assert h.admit("req_1", key) == "ok"
-    assert h.shared.held(h.tenant.id, h.clock.now()) == HOLD
+    assert h.held() == HOLD
     cost = h.settle("req_1", key)
     assert cost == 27_000
     h.usage.write_settlements([h.item])  # a retried batch writes nothing twice
@@ -140,7 +85,7 @@ def test_settlement_charges_the_lots_releases_the_hold_and_is_idempotent(h: Harn
     assert len(charges) == 1
     assert remaining == 10**9 - cost
     assert spend == {"day": cost, "month": cost}
-    assert h.shared.held(h.tenant.id, h.clock.now()) == 0
+    assert h.held() == 0
     assert h.billing.balance("acme").available == 10**9 - cost
     assert h.billing.verify() == []
 
@@ -286,7 +231,7 @@ def test_a_running_server_expires_credit_by_itself(tmp_path, clock: FakeClock) -
 def test_a_request_that_goes_away_during_admission_leaves_no_hold(h: Harness) -> None:
     h.billing.grant("acme", "1")
     at = h.clock.now()
-    queue = AdmissionQueue(h.shared)
+    queue = AdmissionQueue(h.redis or ThreadedStore(h.shared))
 
     def slow_grant(view: View) -> Grant:  # the client hangs up while this runs
         time.sleep(0.3)
@@ -305,5 +250,5 @@ def test_a_request_that_goes_away_during_admission_leaves_no_hold(h: Harness) ->
 
     asyncio.run(scenario())
     assert queue.batches == 1
-    assert h.shared.held(h.tenant.id, at) == 0
+    assert h.held() == 0
     queue.close()

@@ -63,6 +63,7 @@ class Settings:
     key_refresh_ms: int = 250
     health_interval_s: float = 2.0
     shared: bool = False  # several gateway processes on one database (see docs/billing.md)
+    redis_url: str | None = None  # shared mode's admission state and change broadcast in Redis
     expire_credits_every_s: float = 300.0  # post due credit expiries; 0 = leave it to the CLI
     audit_sign_every_s: float = 10.0  # sign each zone's audit tree head when it grew; 0 = off
     audit_keys_dir: Path | None = None  # the zones' signing keys; None = $TOKENPORT_HOME/keys
@@ -118,6 +119,12 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         energy = energy_config(data.get("energy", {}))
     except EnergyConfigError as exc:
         raise ConfigError(str(exc)) from None
+    shared = _flag(os.environ.get("TOKENPORT_SHARED"), cluster.get("shared", False))
+    redis_url = os.environ.get("TOKENPORT_REDIS_URL") or cluster.get("redis_url") or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("[cluster] redis_url must be a redis://, rediss:// or unix:// URL")
+    if redis_url and not shared:
+        raise ConfigError("[cluster] redis_url is for shared mode: set shared = true (or TOKENPORT_SHARED=1)")
     names = [b.name for b in backends]
     if len(set(names)) != len(names) or (engine.enabled and "embedded" in names):
         raise ConfigError("backend names must be unique (and 'embedded' is reserved)")
@@ -134,7 +141,8 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         usage_batch_size=int(metering.get("batch_size", 500)),
         key_refresh_ms=int(metering.get("key_refresh_ms", 250)),
         health_interval_s=float(server.get("health_interval_s", 2.0)),
-        shared=_flag(os.environ.get("TOKENPORT_SHARED"), cluster.get("shared", False)),
+        shared=shared,
+        redis_url=redis_url,
         expire_credits_every_s=float(billing.get("expire_credits_every_s", 300.0)),
         audit_sign_every_s=float(data.get("audit", {}).get("sign_every_s", 10.0)),
         log_level=_log_level(os.environ.get("TOKENPORT_LOG_LEVEL") or server.get("log_level") or "info"),

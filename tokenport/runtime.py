@@ -21,7 +21,7 @@ from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
-from tokenport.gateway.billing import BillingState
+from tokenport.gateway.billing import BillingState, MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.lifecycle import Gateway
@@ -34,9 +34,11 @@ from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
 from tokenport.store.billing import BillingStore
+from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
+from tokenport.store.redis_state import RedisState
 from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore
@@ -85,7 +87,14 @@ class Runtime:
         for zone, _ in self.tenancy.list_zones():  # key files read now, not on the request path
             self.vault.zone_key(zone)
         self.shared = SharedStore(self.db) if settings.shared else None
-        self.charging = Charging(self.billing, self.shared, settings.default_rpm)
+        # Shared mode with Redis: admission state there, settlements mirrored, changes announced.
+        self.redis = RedisState(settings.redis_url, self.db) if settings.redis_url else None
+        self._unannounce = None
+        if self.redis is not None:
+            self.usage_store.mirror = self.redis
+            self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
+            self._unannounce = announce_changes(self.db, settings.redis_url)
+        self.charging = Charging(self.billing, self.shared, settings.default_rpm, self.redis)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
         configured = {b.name for b in settings.backends} | {"embedded"}
         self.feed.subscribers.append(BackendRegistry(BackendStore(self.db), self.pool, configured))
@@ -152,6 +161,9 @@ class Runtime:
         ]
         if self.engine is not None:
             self._tasks.append(asyncio.create_task(self._start_engine(), name="engine"))
+        if self.settings.redis_url:
+            listener = listen(self.settings.redis_url, self.feed.wake)
+            self._tasks.append(asyncio.create_task(listener, name="change-broadcast"))
         self.started = True
 
     async def _expire_holds(self) -> None:
@@ -160,6 +172,8 @@ class Runtime:
             if self.shared is not None:
                 with contextlib.suppress(Exception):  # retried next round
                     await asyncio.to_thread(self.shared.purge, self.clock.now())
+                    if self.redis is not None:
+                        await asyncio.to_thread(self.redis.purge, self.clock.now())
             else:
                 self.billing.accountant.expire_holds(self.clock.now())
 
@@ -219,4 +233,8 @@ class Runtime:
         self.say(f"stopped: {self.writer.written} usage records written, {self.writer.pending} pending")
         if self.engine is not None:
             self.engine.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self._unannounce is not None:
+            self._unannounce()
         self.db.dispose()

@@ -19,6 +19,10 @@ def _service(args):
 
     settings = _settings(args)
     engine = open_database(settings.database_url)
+    if settings.redis_url:  # running gateways apply what this command changes at once
+        from tokenport.store.broadcast import announce_changes
+
+        announce_changes(engine, settings.redis_url)
     return TenancyService(TenantStore(engine), settings.default_zone), engine
 
 

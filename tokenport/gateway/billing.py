@@ -74,3 +74,21 @@ class BillingState:
                         log.error("cannot apply ledger transaction %s: %s", tx.id, type(exc).__name__)
 
         return on_loop
+
+
+class MirrorReloads:
+    """Shared mode with Redis: a ledger change made outside settlement (credit granted, expired or
+    reversed, a plan fee) reloads its tenant's mirror in Redis (`store/redis_state.py`)."""
+
+    def __init__(self, mirror, store: BillingStore, clock: Clock) -> None:
+        self.mirror = mirror
+        self.store = store
+        self.clock = clock
+
+    def load(self, conn) -> None:
+        self.mirror.forget()  # changes made while no process was following the feed: reload all
+
+    def apply(self, rows) -> None:
+        tx_ids = [ref for _, kind, ref in rows if kind == "ledger"]
+        if tx_ids and (tenants := self.store.tenants_of(tx_ids)):
+            self.mirror.load(sorted(tenants), self.clock.now())

@@ -1,5 +1,6 @@
 """Follow the change feed: what the CLI, the admin API or another process changed reaches this
-process within one poll interval (default 250 ms), with no database round trip per request.
+process within one poll interval (default 250 ms), with no database round trip per request; at
+once where changes are announced over Redis (`store/broadcast.py`, `wake`).
 
 Subscribers load their state once, from the same snapshot as the feed's starting head, then apply
 each new change row exactly once. A row that commits below an id already seen (PostgreSQL) is
@@ -9,6 +10,7 @@ caught by the head's row count and found again in a look-back window.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -20,6 +22,8 @@ from tokenport.store.feed import FeedStore, Row, head, rows_between, snapshot
 log = logging.getLogger("tokenport.changes")
 
 LOOKBACK = 1000  # rows; a transaction that stays open across more changes than this is not expected
+CHASE_S = 0.01  # after a wake-up, poll this often until the announced row shows ...
+CHASE_TRIES = 30  # ... at most this many times (it was announced just before its commit)
 
 
 class Subscriber(Protocol):
@@ -37,6 +41,8 @@ class ChangeFeed:
         self.interval = interval
         self._head: tuple[int, int] | None = None
         self._seen: set[int] = set()
+        self._wanted = 0  # the highest change id announced and not seen yet
+        self._woken: asyncio.Event | None = None
 
     def start(self) -> None:
         with snapshot(self.store.engine) as conn:
@@ -69,11 +75,27 @@ class ChangeFeed:
         for follow_up in self.poll():
             follow_up()
 
+    def wake(self, change_id: int) -> None:
+        """A change with this id was announced: poll now (call on the event loop)."""
+        if self._head is None or change_id > self._head[0]:
+            self._wanted = max(self._wanted, change_id)
+            if self._woken is not None:
+                self._woken.set()
+
     async def run(self) -> None:
+        self._woken = woken = asyncio.Event()
+        chase = 0
         while True:
+            woken.clear()
             try:
                 for follow_up in await asyncio.to_thread(self.poll):
                     follow_up()
             except Exception as exc:  # keep serving with what we have
                 log.warning("change feed poll failed: %s", type(exc).__name__)
-            await asyncio.sleep(self.interval)
+            if self._head is not None and self._wanted > self._head[0] and chase < CHASE_TRIES:
+                chase += 1
+                await asyncio.sleep(CHASE_S)
+                continue
+            chase, self._wanted = 0, 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), self.interval)

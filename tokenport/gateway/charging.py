@@ -8,10 +8,12 @@ the engine's own counts and posts the charge.
 
 Two modes, one set of rules:
 - local (one process, the default): everything in memory, no database round trip;
-- shared (several processes on one database): one database transaction per admission (or per
-  batch of one tenant's concurrent admissions, `gateway/admission_queue.py`), under the tenant's
-  lock (`store/shared.py`), which also applies the key's rate limits; settlement posts the charge
-  against the lots as they are then, in the usage writer's transaction.
+- shared (several processes on one database): one transaction per admission (or per batch of
+  one tenant's concurrent admissions, `gateway/admission_queue.py`) on the tenant's shared state,
+  which also applies the key's rate limits: in the database under the tenant's lock
+  (`store/shared.py`), or in Redis when one is configured (`store/redis_state.py`, no database
+  round trip); settlement posts the charge against the lots as they are then, in the usage
+  writer's transaction.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.money import nano_to_usd
 from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
-from tokenport.gateway.admission_queue import AdmissionQueue
+from tokenport.gateway.admission_queue import AdmissionQueue, AdmissionStore, ThreadedStore
 from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
-from tokenport.store.shared import Ask, Charge, Grant, SharedStore, View
+from tokenport.store.shared import Ask, Charge, Grant, SharedStore, Unavailable, View
 from tokenport.tenancy.keys import KeyRecord, new_id
 
 HOLD_TTL = timedelta(minutes=30)
@@ -90,12 +92,31 @@ def plan_covers(plan: Plan, windows: tuple[Window, Window], at: datetime) -> boo
     return False  # overage "charge": the prepaid balance pays, like any other request
 
 
+def unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "Admission is briefly unavailable (the shared state did not answer); retry shortly.",
+        "api_error",
+        "admission_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
 class Charging:
-    def __init__(self, state: BillingState, shared: SharedStore | None = None, default_rpm: int = 0) -> None:
+    def __init__(
+        self,
+        state: BillingState,
+        shared: SharedStore | None = None,
+        default_rpm: int = 0,
+        fast: AdmissionStore | None = None,
+    ) -> None:
+        """`shared`: several processes on one database; `fast` (with it): admission in Redis."""
         self.state = state
         self.shared = shared
+        self.fast = fast
         self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
-        self._queue = AdmissionQueue(shared, ADMISSION_THREADS) if shared is not None else None
+        store = fast or (ThreadedStore(shared, ADMISSION_THREADS) if shared is not None else None)
+        self._queue = AdmissionQueue(store) if store is not None else None
 
     async def admit(
         self,
@@ -186,7 +207,10 @@ class Charging:
                 raise no_credit(InsufficientQuota(key.tenant_id, amount, max(available, 0)))
             return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
 
-        grant = await self._queue.admit(ask, decide)
+        try:
+            grant = await self._queue.admit(ask, decide)
+        except Unavailable:
+            raise unavailable() from None
         return grant.covered
 
     # --- settlement ---
@@ -269,7 +293,7 @@ class Charging:
         """Money held by the tenant's requests in flight."""
         if self.shared is None:
             return self.state.accountant.held(tenant_id)
-        return self.shared.held(tenant_id, at)
+        return (self.fast or self.shared).held(tenant_id, at)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

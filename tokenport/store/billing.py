@@ -92,6 +92,11 @@ class BillingStore:
             raise LedgerError(f"transaction {tx_id} conflicts with the ledger") from exc
         return True
 
+    def tenants_of(self, tx_ids: list[str]) -> set[str]:
+        q = select(ledger_transactions.c.tenant_id).where(ledger_transactions.c.id.in_(tx_ids))
+        with self.engine.connect() as conn:
+            return {t for t in conn.execute(q).scalars() if t is not None}
+
     def is_reversed(self, tx_id: str) -> bool:
         q = select(ledger_transactions.c.id).where(ledger_transactions.c.reverses == tx_id)
         with self.engine.connect() as conn:

@@ -76,6 +76,10 @@ class Charge:
     tokens: int = 0  # for the key's tokens-per-minute window
 
 
+class Unavailable(Exception):
+    """The shared admission state could not be read or written (a refusal it is not)."""
+
+
 def _sum(column, *where):
     return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
 

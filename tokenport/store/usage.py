@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import redis
 from sqlalchemy import Date, Engine, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -34,6 +35,7 @@ class UsageStore:
         self._pg = dialect == "postgresql"
         self._insert = insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
         self.shared = SharedStore(engine)
+        self.mirror = None  # RedisState when admission runs in Redis: it mirrors what settles
 
     def insert_many(self, rows: list[dict]) -> None:
         if rows:
@@ -46,6 +48,7 @@ class UsageStore:
         for r in rows:
             check_row(r)  # only the content-free schema's fields, whatever a caller passes
         charges = [i["charge"] for i in items if i.get("charge") is not None]
+        release = None
         with self.engine.begin() as conn:
             new = self._insert_new(conn, rows)
             txs = [i["tx"] for i in items if i.get("tx") is not None and i["usage"]["request_id"] in new]
@@ -56,9 +59,16 @@ class UsageStore:
             insert_retained(
                 conn, [i["retained"] for i in items if "retained" in i and i["usage"]["request_id"] in new]
             )
-            if charges:  # shared mode, last: the tenants' locks are held from here to the commit
-                lock_tenants(conn, {c.tenant_id for c in charges})
-                self.shared.settle(conn, [c for c in charges if c.request_id in new])
+            mirrored = {r["tenant_id"] for r in fresh if r.get("cost_nano_usd") or r.get("plan_units")}
+            if charges or (self.mirror and mirrored):
+                # Shared mode, last: the tenants' locks are held from here to the commit.
+                lock_tenants(conn, {c.tenant_id for c in charges} | (mirrored if self.mirror else set()))
+                settled = [c for c in charges if c.request_id in new]
+                self.shared.settle(conn, settled)
+                if self.mirror is not None:  # Redis: the new counters before the commit
+                    release = self.mirror.settle(conn, fresh, charges)
+        if release is not None:  # ... and the holds after it
+            release()
 
     def _insert_new(self, conn, rows: list[dict]) -> set[str]:
         """Insert the records; the ids of those not written before. PostgreSQL: look first (a
@@ -151,8 +161,11 @@ def _filter(q, tenant_name: str | None, since: datetime | None):
 
 
 def is_transient(exc: Exception) -> bool:
-    """The database was unreachable or busy (retry), as opposed to refusing the row."""
-    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | SATimeoutError)
+    """The database (or Redis, which mirrors settlements) was unreachable or busy (retry), as
+    opposed to the database refusing the row."""
+    return isinstance(
+        exc, OperationalError | InterfaceError | DisconnectionError | SATimeoutError | redis.RedisError
+    )
 
 
 class DeadLetterFile:

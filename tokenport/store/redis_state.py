@@ -1,0 +1,461 @@
+"""Admission state in Redis (shared mode with `[cluster] redis_url`): the fast path.
+
+PostgreSQL stays the ledger. Redis holds what admission reads, so that an admission is a few
+Redis round trips and no database transaction:
+
+- the holds of requests in flight and each key's requests-per-minute bucket: in Redis only;
+- a mirror of the database's counters: the credit lots' balances, each key's spend in its budget
+  periods, the plan units per minute and each key's tokens per second (tokens per minute).
+
+The mirror is written with absolute values read from the database under the tenant's lock (the
+usage writer's transaction, or a load), so it is never ahead of or behind the database by more
+than a transaction that is committing, and a retried write changes nothing. A settlement writes
+the lots' new balances before its commit and deletes the holds after it: in between, a charge
+is counted twice (held and spent), never zero times.
+
+Admission reads a tenant's state and its version in one script, decides each request with the
+same rules as every other mode (`gateway/charging.py`), and writes the holds and buckets in a
+second script only if the version has not moved (every writer of the tenant's state bumps it);
+otherwise it reads and decides again. A tenant not in Redis yet is loaded first.
+
+Keys share the tenant's hash tag (`tp:{tenant}:…`), so one tenant's state lives on one node of a
+Redis cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import redis
+import redis.asyncio
+from sqlalchemy import Connection, Engine, select, tuple_
+
+from tokenport.billing.budgets import period_start
+from tokenport.billing.ledger import Lot
+from tokenport.billing.plans import SEVEN_DAYS, minute_of
+from tokenport.store.billing import LOT_COLUMNS, lock_tenants
+from tokenport.store.schema import api_keys, credit_lots, key_spend, plan_minutes, token_seconds
+from tokenport.store.shared import Ask, Charge, Grant, Unavailable, View
+
+log = logging.getLogger("tokenport.redis")
+
+Decide = Callable[[View], Grant]
+TRIES = 50  # optimistic writes before giving up; each retry means another process wrote the tenant
+PLAN_TTL_S = (SEVEN_DAYS + 1) * 60
+TOKENS_TTL_S = 61
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Busy(Unavailable):
+    """A tenant's state kept changing between admission's read and its write."""
+
+
+def us(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_us(n: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=n)
+
+
+def _ts(at: datetime) -> int:
+    return int(at.timestamp())
+
+
+class Keys:
+    """The Redis keys of one tenant."""
+
+    def __init__(self, tenant_id: str) -> None:
+        p = "tp:{" + tenant_id + "}:"
+        self.version, self.loaded, self.lots = p + "v", p + "loaded", p + "lots"
+        self.holds, self.spend, self.plan = p + "holds", p + "spend", p + "plan"
+        self.tokens, self.buckets = p + "tokens", p + "buckets"
+
+    @property
+    def mirrored(self) -> list[str]:
+        """What a load replaces (holds and buckets live in Redis only)."""
+        return [self.loaded, self.lots, self.spend, self.plan, self.tokens]
+
+    @property
+    def read(self) -> list[str]:
+        """What admission reads, in `Snapshot`'s order, after the version."""
+        return [self.version, *self.mirrored, self.holds, self.buckets]
+
+
+# Admission's read: the version and the hashes the batch needs (ARGV[1]: a 0/1 flag for each,
+# in `Keys.read` order after the version and the loaded flag), in one round trip, from one instant.
+READ = """
+local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false}
+for i = 3, #KEYS do
+    out[i] = {}
+    if string.sub(ARGV[1], i - 2, i - 2) == '1' then out[i] = redis.call('HGETALL', KEYS[i]) end
+end
+return out
+"""
+
+# Admission's write, if nothing moved since the read: ARGV = version, n, n hold pairs, m, m bucket
+# pairs, then the expired holds to drop.
+WRITE = """
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local i = 2
+local n = tonumber(ARGV[i])
+for j = 1, n do redis.call('HSET', KEYS[2], ARGV[i + 2 * j - 1], ARGV[i + 2 * j]) end
+i = i + 2 * n + 1
+local m = tonumber(ARGV[i])
+for j = 1, m do redis.call('HSET', KEYS[3], ARGV[i + 2 * j - 1], ARGV[i + 2 * j]) end
+for j = i + 2 * m + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
+redis.call('INCR', KEYS[1])
+return 1
+"""
+
+
+# --- encodings ---
+
+
+def _lot_value(lot: Lot, remaining: int) -> bytes:
+    exp = lot.expires_at
+    return orjson.dumps([lot.amount, lot.promo, us(lot.created_at), us(exp) if exp else None, remaining])
+
+
+def _lot(tenant_id: str, lot_id: bytes, value: bytes) -> tuple[Lot, int]:
+    amount, promo, created, expires, remaining = orjson.loads(value)
+    expires_at = _from_us(expires) if expires is not None else None
+    return Lot(lot_id.decode(), tenant_id, amount, promo, _from_us(created), expires_at), remaining
+
+
+def _hold_value(ask: Ask, grant: Grant) -> str:
+    period, start = ask.budget or ("", None)
+    assert grant.expires_at is not None
+    return f"{grant.hold}|{ask.key_id}|{period}|{_ts(start) if start else ''}|{us(grant.expires_at)}"
+
+
+def _pairs(flat: list) -> list[tuple[bytes, bytes]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _spend_field(key_id: str, period: str, start: datetime) -> str:
+    return f"{key_id}|{period}|{_ts(start)}"
+
+
+class Snapshot:
+    """One tenant's state as read under WATCH, updated by the grants of a batch as it goes."""
+
+    def __init__(self, tenant_id: str, raw: list) -> None:
+        _, lots, spend, plan, tokens, holds, buckets = (raw[0], *(_pairs(h) for h in raw[1:]))
+        self.lots = [_lot(tenant_id, k, v) for k, v in lots]
+        self.holds: list[tuple[str, int, str, str, str, int]] = []  # (rid, amount, key, period, start, exp)
+        for rid, v in holds:
+            amount, key_id, period, start, exp = v.decode().split("|")
+            self.holds.append((rid.decode(), int(amount), key_id, period, start, int(exp)))
+        self.spend = {k.decode(): int(v) for k, v in spend}
+        self.plan = [(int(m), int(u)) for m, u in plan]
+        self.tokens: dict[str, list[tuple[int, int]]] = {}
+        for k, v in tokens:
+            key_id, second = k.decode().split("|")
+            self.tokens.setdefault(key_id, []).append((int(second), int(v)))
+        self.buckets = {}
+        for k, v in buckets:
+            micro, at_us = v.decode().split("|")
+            self.buckets[k.decode()] = (int(micro), int(at_us))
+
+    def view(self, ask: Ask) -> View:
+        view = View()
+        now = us(ask.at)
+        active = [h for h in self.holds if h[5] > now]
+        if ask.money:
+            view.lots = self.lots
+            view.held = sum(h[1] for h in active)
+        if ask.budget is not None:
+            period, start = ask.budget
+            spent = self.spend.get(_spend_field(ask.key_id, period, start), 0)
+            start_s = str(_ts(start))
+            view.key_used = spent + sum(
+                h[1] for h in active if h[2] == ask.key_id and h[3] == period and h[4] == start_s
+            )
+        if ask.rpm:
+            view.bucket = self.buckets.get(ask.key_id)
+        if ask.tpm:
+            view.tokens = self.tokens.get(ask.key_id, [])
+        if ask.plan:
+            view.plan_minutes = self.plan
+        return view
+
+    def take(self, ask: Ask, grant: Grant) -> None:
+        if grant.hold > 0:
+            period, start = ask.budget or ("", None)
+            assert grant.expires_at is not None
+            start_s = str(_ts(start)) if start else ""
+            self.holds.append((ask.request_id, grant.hold, ask.key_id, period, start_s, us(grant.expires_at)))
+        if grant.bucket is not None:
+            self.buckets[ask.key_id] = grant.bucket
+
+
+class RedisState:
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+        self.sync = redis.Redis.from_url(url)  # the usage writer's and loaders' threads
+        self._aio: redis.asyncio.Redis | None = None  # made on the event loop that uses it
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loads = 0  # tenants loaded from the database (for tests and metrics)
+        self.conflicts = 0  # admissions read again because another process wrote the tenant
+
+    @property
+    def aio(self) -> redis.asyncio.Redis:
+        loop = asyncio.get_running_loop()
+        if self._aio is None or self._loop is not loop:  # a client's connections belong to one loop
+            self._aio, self._loop = redis.asyncio.Redis.from_url(self.url), loop
+            self._read_script = self._aio.register_script(READ)
+            self._write_script = self._aio.register_script(WRITE)
+        return self._aio
+
+    # --- admission (on the event loop) ---
+
+    async def admit_many(self, items: list[tuple[Ask, Decide]]) -> list[Grant | Exception]:
+        """Admit one tenant's requests: each decided in turn on the state the ones before it
+        left, all written at once if the tenant's version has not moved since the read (two
+        round trips), else read and decided again. `decide` grants or raises to refuse."""
+        try:
+            return await self._admit_many(items)
+        except redis.RedisError as exc:
+            raise Unavailable(type(exc).__name__) from exc
+
+    async def _admit_many(self, items: list[tuple[Ask, Decide]]) -> list[Grant | Exception]:
+        tenant_id = items[0][0].tenant_id
+        keys = Keys(tenant_id)
+        aio = self.aio
+        wanted = _wanted([ask for ask, _ in items])
+        for _ in range(TRIES):
+            version, *raw = await self._read_script(keys=keys.read, args=[wanted])
+            if not raw[0]:
+                await asyncio.to_thread(self.load, [tenant_id], items[0][0].at)
+                continue
+            snap = Snapshot(tenant_id, raw)
+            out: list[Grant | Exception] = []
+            holds: list[str] = []
+            buckets: list[str] = []
+            for ask, decide in items:
+                try:
+                    grant = decide(snap.view(ask))
+                except Exception as exc:  # refused: this request only
+                    out.append(exc)
+                    continue
+                snap.take(ask, grant)
+                if grant.hold > 0:
+                    holds += [ask.request_id, _hold_value(ask, grant)]
+                if grant.bucket is not None:
+                    buckets += [ask.key_id, "{}|{}".format(*grant.bucket)]
+                out.append(grant)
+            now = us(items[0][0].at)
+            expired = [h[0] for h in snap.holds if h[5] <= now]
+            if not (holds or buckets):
+                return out
+            args = [version or b"", len(holds) // 2, *holds, len(buckets) // 2, *buckets, *expired]
+            if await self._write_script(keys=[keys.version, keys.holds, keys.buckets], args=args, client=aio):
+                return out
+            self.conflicts += 1
+        raise Busy(tenant_id)
+
+    async def release(self, tenant_id: str, request_ids: list[str]) -> None:
+        await self.aio.hdel(Keys(tenant_id).holds, *request_ids)
+
+    def held(self, tenant_id: str, at: datetime) -> int:
+        now = us(at)
+        total = 0
+        for v in self.sync.hvals(Keys(tenant_id).holds):
+            amount, _, _, _, exp = v.decode().split("|")
+            if int(exp) > now:
+                total += int(amount)
+        return total
+
+    # --- loading: the database's counters for a tenant, under its lock ---
+
+    def load(self, tenant_ids: list[str], at: datetime) -> None:
+        """Replace the tenants' mirror with what the database says now (blocking); `at` is now."""
+        with self.engine.begin() as conn:
+            lock_tenants(conn, tenant_ids)
+            pipe = self.sync.pipeline(transaction=True)
+            for tenant_id in sorted(set(tenant_ids)):
+                keys = Keys(tenant_id)
+                pipe.delete(*keys.mirrored)
+                _write_mirror(pipe, keys, *_read_tenant(conn, tenant_id, at))
+                pipe.set(keys.loaded, "1")
+                pipe.incr(keys.version)
+                self.loads += 1
+            pipe.execute()  # before the commit: the lock is still held
+
+    def forget(self) -> None:
+        """Make every tenant load again at its next admission (holds and buckets stay)."""
+        for key in self.sync.scan_iter(match="tp:{*}:loaded", count=500):
+            self.sync.delete(key)
+
+    # --- settlement, inside the usage writer's database transaction ---
+
+    def settle(self, conn: Connection, rows: list[dict], charges: list[Charge]) -> Callable[[], None]:
+        """Mirror what the transaction changed (the caller holds the tenants' locks and has
+        written the records, their counters and charges); returns what to do once it commits:
+        release the holds."""
+        tenants = {r["tenant_id"] for r in rows if r.get("cost_nano_usd") or r.get("plan_units")}
+        money = {c.tenant_id for c in charges if c.tx_id is not None}
+        spend = {
+            (r["key_id"], p, period_start(p, r["started_at"]))
+            for r in rows
+            if r.get("cost_nano_usd")
+            for p in ("day", "month")
+        }
+        minutes = {(r["tenant_id"], minute_of(r["started_at"])) for r in rows if r.get("plan_units")}
+        seconds = {(c.key_id, _ts(c.finished_at)): c.tenant_id for c in charges if c.tokens}
+        pipe = self.sync.pipeline(transaction=True)
+        for tenant_id, lots in _lots(conn, sorted(money)).items():
+            pipe.hset(Keys(tenant_id).lots, mapping={lot.id: _lot_value(lot, n) for lot, n in lots})
+        tenant_of = {r["key_id"]: r["tenant_id"] for r in rows}
+        for (key_id, period, start), spent in _spend(conn, spend).items():
+            pipe.hset(Keys(tenant_of[key_id]).spend, _spend_field(key_id, period, start), spent)
+        for (tenant_id, minute), units in _plan(conn, minutes).items():
+            pipe.hset(Keys(tenant_id).plan, str(minute), units)
+            pipe.expire(Keys(tenant_id).plan, PLAN_TTL_S)
+        for (key_id, second), n in _tokens(conn, set(seconds)).items():
+            k = Keys(seconds[(key_id, second)])
+            pipe.hset(k.tokens, f"{key_id}|{second}", n)
+            pipe.expire(k.tokens, TOKENS_TTL_S)
+        for tenant_id in tenants | money | set(seconds.values()):
+            pipe.incr(Keys(tenant_id).version)  # an admission that read before this reads again
+        if len(pipe):
+            pipe.execute()
+        holds: dict[str, list[str]] = {}
+        for c in charges:
+            holds.setdefault(c.tenant_id, []).append(c.request_id)
+
+        def release() -> None:
+            if holds:
+                release_pipe = self.sync.pipeline(transaction=False)
+                for tenant_id, ids in holds.items():
+                    release_pipe.hdel(Keys(tenant_id).holds, *ids)
+                release_pipe.execute()
+
+        return release
+
+    # --- upkeep ---
+
+    def purge(self, at: datetime) -> int:
+        """Drop expired holds and plan minutes no window can see; returns holds dropped."""
+        now, floor, dropped = us(at), minute_of(at) - SEVEN_DAYS, 0
+        for key in self.sync.scan_iter(match="tp:{*}:holds", count=500):
+            gone = [rid for rid, v in self.sync.hgetall(key).items() if int(v.rsplit(b"|", 1)[1]) <= now]
+            if gone:
+                dropped += self.sync.hdel(key, *gone)
+        for key in self.sync.scan_iter(match="tp:{*}:plan", count=500):
+            old = [m for m in self.sync.hkeys(key) if int(m) <= floor]
+            if old:
+                self.sync.hdel(key, *old)
+        return dropped
+
+    async def aclose(self) -> None:
+        if self._aio is not None:
+            await self._aio.aclose()
+        self.sync.close()
+
+
+def _wanted(asks: list[Ask]) -> str:
+    """READ's flags: lots, spend, plan, tokens, holds, buckets."""
+    money = any(a.money for a in asks)
+    budget = any(a.budget is not None for a in asks)
+    flags = (
+        money,
+        budget,
+        any(a.plan for a in asks),
+        any(a.tpm for a in asks),
+        money or budget,
+        any(a.rpm for a in asks),
+    )
+    return "".join("1" if f else "0" for f in flags)
+
+
+def _write_mirror(pipe, keys: Keys, lots, spend, plan, tokens) -> None:
+    if lots:
+        pipe.hset(keys.lots, mapping={lot.id: _lot_value(lot, n) for lot, n in lots})
+    if spend:
+        pipe.hset(keys.spend, mapping={_spend_field(*k): v for k, v in spend.items()})
+    if plan:
+        pipe.hset(keys.plan, mapping={str(m): u for m, u in plan.items()})
+        pipe.expire(keys.plan, PLAN_TTL_S)
+    if tokens:
+        pipe.hset(keys.tokens, mapping={f"{k}|{s}": n for (k, s), n in tokens.items()})
+        pipe.expire(keys.tokens, TOKENS_TTL_S)
+
+
+def _read_tenant(conn: Connection, tenant_id: str, at: datetime):
+    """Everything the mirror holds for one tenant, from the database."""
+    key_ids = select(api_keys.c.id).where(api_keys.c.tenant_id == tenant_id)
+    starts = [period_start(p, at) for p in ("day", "month")]
+    ks = key_spend
+    spend = {
+        (r.key_id, r.period, r.period_start): int(r.spent)
+        for r in conn.execute(
+            select(ks.c.key_id, ks.c.period, ks.c.period_start, ks.c.spent).where(
+                ks.c.key_id.in_(key_ids), ks.c.period_start.in_(starts)
+            )
+        )
+    }
+    pm = plan_minutes
+    plan = {
+        int(m): int(u)
+        for m, u in conn.execute(
+            select(pm.c.minute, pm.c.units).where(
+                pm.c.tenant_id == tenant_id, pm.c.minute > minute_of(at) - SEVEN_DAYS
+            )
+        )
+    }
+    t = token_seconds
+    tokens = {
+        (k, int(s)): int(n)
+        for k, s, n in conn.execute(
+            select(t.c.key_id, t.c.second, t.c.tokens).where(
+                t.c.key_id.in_(key_ids), t.c.second > _ts(at) - 60
+            )
+        )
+    }
+    return _lots(conn, [tenant_id]).get(tenant_id, []), spend, plan, tokens
+
+
+def _lots(conn: Connection, tenant_ids: list[str]) -> dict[str, list[tuple[Lot, int]]]:
+    out: dict[str, list[tuple[Lot, int]]] = {}
+    if not tenant_ids:
+        return out
+    q = select(*LOT_COLUMNS, credit_lots.c.remaining).where(credit_lots.c.tenant_id.in_(tenant_ids))
+    for r in conn.execute(q):
+        m = dict(r._mapping)
+        remaining = int(m.pop("remaining"))
+        out.setdefault(m["tenant_id"], []).append((Lot(**m), remaining))
+    return out
+
+
+def _spend(conn: Connection, wanted: set[tuple[str, str, datetime]]) -> dict[tuple, int]:
+    if not wanted:
+        return {}
+    ks = key_spend
+    match = tuple_(ks.c.key_id, ks.c.period, ks.c.period_start).in_(sorted(wanted))
+    q = select(ks.c.key_id, ks.c.period, ks.c.period_start, ks.c.spent).where(match)
+    return {(r.key_id, r.period, r.period_start): int(r.spent) for r in conn.execute(q)}
+
+
+def _plan(conn: Connection, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    if not wanted:
+        return {}
+    pm = plan_minutes
+    q = select(pm.c.tenant_id, pm.c.minute, pm.c.units).where(
+        tuple_(pm.c.tenant_id, pm.c.minute).in_(sorted(wanted))
+    )
+    return {(t, int(m)): int(u) for t, m, u in conn.execute(q)}
+
+
+def _tokens(conn: Connection, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    if not wanted:
+        return {}
+    t = token_seconds
+    q = select(t.c.key_id, t.c.second, t.c.tokens).where(tuple_(t.c.key_id, t.c.second).in_(sorted(wanted)))
+    return {(k, int(s)): int(n) for k, s, n in conn.execute(q)}

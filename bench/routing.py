@@ -14,6 +14,7 @@ import argparse
 import random
 import statistics
 import time
+from functools import partial
 
 from tokenport.api.openai_protocol import parse_chat
 from tokenport.config import BackendConfig
@@ -57,7 +58,7 @@ def measure(n: int, decisions: int) -> tuple[float, float, dict[str, int]]:
         t0 = time.perf_counter_ns()
         for i in range(start, start + batch):
             req = requests[i % len(requests)]
-            b = pool.route(req.model, "overseas", affinity=affinity_key(headers, req))
+            b = pool.route(req.model, "overseas", affinity=partial(affinity_key, headers, req))
             chosen[b.name] = chosen.get(b.name, 0) + 1
         samples.append((time.perf_counter_ns() - t0) / batch / 1000)
     samples.sort()

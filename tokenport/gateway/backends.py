@@ -1,8 +1,8 @@
 """Route: pick a backend that serves the model inside the caller's zone (fail closed).
 
 Among the zone's backends for the model, those healthy (active checks), with a closed circuit
-(passive errors: three failures in a row open it, for 1 s doubling up to 30 s; then one request
-may try again) and below their `max_inflight`:
+(passive errors: three failures in a row open it, for 1 s doubling up to 30 s; then the next
+request for the model is its one probe, whatever its affinity) and below their `max_inflight`:
 
 - with an affinity key (a session header, or a hash of the conversation's leading text), the
   backend rendezvous hashing picks for it, so a conversation keeps hitting the engine whose
@@ -45,6 +45,10 @@ class Backend:
     engine_load: int = 0  # requests the engine reports running and queued (all its clients)
     failures: int = 0  # in a row (passive: requests that failed before any byte)
     open_until: float = 0.0  # monotonic; the circuit is open before then
+    seed: int = field(init=False, repr=False)  # its rendezvous hashing salt, from its name
+
+    def __post_init__(self) -> None:
+        self.seed = int.from_bytes(hashlib.blake2b(self.config.name.encode(), digest_size=8).digest(), "big")
 
     def usable(self, now: float) -> bool:
         cap = self.config.max_inflight
@@ -55,6 +59,10 @@ class Backend:
         if self.failures >= FAILURES_TO_OPEN:
             self.open_until = now + min(OPEN_MAX_S, 2.0 ** (self.failures - FAILURES_TO_OPEN))
             log.warning("backend %s: circuit open after %d failures", self.name, self.failures)
+
+    def probe(self, now: float) -> None:
+        """Half-open: this request is the one probe; no other until it has answered."""
+        self.open_until = now + OPEN_MAX_S
 
     def succeeded(self) -> None:
         if self.failures >= FAILURES_TO_OPEN:
@@ -92,9 +100,11 @@ class BackendPool:
 
     def _index(self) -> None:
         self._by_model: dict[str, list[Backend]] = {}
+        self._by_model_zone: dict[tuple[str, str], list[Backend]] = {}
         for b in self.backends:
             for m in b.config.models:
                 self._by_model.setdefault(m, []).append(b)
+                self._by_model_zone.setdefault((m, b.zone), []).append(b)
 
     def add(self, backend: Backend) -> None:
         self.backends.append(backend)
@@ -113,8 +123,31 @@ class BackendPool:
         zone: str,
         embeddings: bool = False,
         exclude: set[Backend] | frozenset = frozenset(),
-        affinity: bytes | None = None,
+        affinity: Callable[[], bytes | None] | None = None,
     ) -> Backend:
+        """`affinity` computes the request's affinity key, only when several backends could serve."""
+        in_zone = None if embeddings else self._by_model_zone.get((model, zone))
+        if in_zone is None:
+            in_zone = self._in_zone(model, zone, embeddings)
+        now = self.mono()
+        usable = [b for b in in_zone if b.usable(now) and b not in exclude]
+        if not usable:
+            raise unavailable(f"No healthy backend for model '{model}' in zone '{zone}'; try again shortly")
+        for b in usable:  # a circuit that half-opened gets the next request as its probe
+            if b.circuit_open:
+                b.probe(now)
+                return b
+        if len(usable) == 1:
+            return usable[0]
+        least = min(usable, key=lambda b: (b.load / b.config.weight, b.in_flight))
+        key = affinity() if affinity is not None else None
+        if key is None:
+            return least
+        chosen = _rendezvous(_key_hash(key), usable)
+        return chosen if chosen.load <= least.load + AFFINITY_SLACK else least
+
+    def _in_zone(self, model: str, zone: str, embeddings: bool) -> list[Backend]:
+        """The zone's backends for the model, or the error saying why there are none."""
         candidates = self._by_model.get(model)
         if not candidates:
             raise model_not_found(model)
@@ -129,15 +162,7 @@ class BackendPool:
             # Served, but only elsewhere: refuse, never cross the zone boundary.
             elsewhere = ",".join(sorted({b.zone for b in candidates}))
             raise forbidden(f"The model '{model}' is not served in zone '{zone}'", "zone_mismatch", elsewhere)
-        now = self.mono()
-        usable = [b for b in in_zone if b not in exclude and b.usable(now)]
-        if not usable:
-            raise unavailable(f"No healthy backend for model '{model}' in zone '{zone}'; try again shortly")
-        least = min(usable, key=lambda b: (b.load / b.config.weight, b.in_flight))
-        if affinity is None or len(usable) == 1:
-            return least
-        chosen = max(usable, key=lambda b: _score(affinity, b))
-        return chosen if chosen.load <= least.load + AFFINITY_SLACK else least
+        return in_zone
 
     async def check_health(self, session: aiohttp.ClientSession, interval: float) -> None:
         """Active health checks, forever."""
@@ -183,7 +208,26 @@ async def _engine_load(session: aiohttp.ClientSession, backend: Backend) -> int:
     return total
 
 
-def _score(key: bytes, backend: Backend) -> float:
-    """Weighted rendezvous hashing: each key's backend moves only when that backend goes."""
-    h = int.from_bytes(hashlib.blake2b(key + backend.name.encode(), digest_size=8).digest(), "big")
-    return backend.config.weight / -math.log((h + 1) / (2**64 + 1))
+_MASK = 2**64 - 1
+
+
+def _key_hash(key: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+def _rendezvous(key_hash: int, backends: list[Backend]) -> Backend:
+    """Weighted rendezvous hashing: each key's backend moves only when that backend goes. The key
+    is hashed once per request; each backend's score mixes it plus the backend's seed
+    (splitmix64's finaliser), so a decision costs one hash, not one per backend. With equal
+    weights the mixed value itself ranks them (weight / -log(u) grows with u)."""
+    uniform = len({b.config.weight for b in backends}) == 1
+    best, best_score = backends[0], -1.0
+    for b in backends:
+        z = (key_hash + b.seed) & _MASK
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+        z ^= z >> 31
+        score = z if uniform else b.config.weight / -math.log((z + 1) / (2**64 + 1))
+        if score > best_score:
+            best, best_score = b, score
+    return best

@@ -119,7 +119,7 @@ class Gateway:
             self.limiter.admit(key.id, key.rpm_limit)
             self.limiter.admit_tokens(key.id, key.tpm_limit)
             embeddings = req.endpoint == "embeddings"
-            affinity = affinity_key(headers, req)
+            affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
             backend = self.pool.route(req.model, ctx.zone, embeddings, affinity=affinity)
             ctx.backend = backend.name
             ctx.price, ctx.plan = price, plan = await self.charging.admit(

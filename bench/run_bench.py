@@ -108,6 +108,7 @@ def write_config(
     database_url: str | None = None,
     shared: bool = False,
     redis_url: str | None = None,
+    models: tuple[str, ...] = (MODEL,),
 ) -> Path:
     cfg = home / "tokenport.toml"
     cluster = ("shared = true\n" if shared else "") + (f'redis_url = "{redis_url}"\n' if redis_url else "")
@@ -115,7 +116,8 @@ def write_config(
         "[engine]\nenabled = false\n\n"
         + (f'[database]\nurl = "{database_url}"\n\n' if database_url else "")
         + (f"[cluster]\n{cluster}\n" if cluster else "")
-        + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = ["{MODEL}"]\nkind = "llamacpp"\n\n'
+        + f'[[backends]]\nname = "mock"\nurl = "{mock_url}"\nmodels = {json.dumps(list(models))}\n'
+        + 'kind = "llamacpp"\n\n'
         # energy metered per request too: a power-model node over the mock, its token counters read
         + '[[energy.nodes]]\nname = "mock-node"\nsource = "model"\nbackends = ["mock"]\n'
     )
@@ -154,9 +156,9 @@ def wait_health(url: str, proc: subprocess.Popen[Any], timeout: float) -> None:
     raise RuntimeError(f"{url}/health not 200 after {timeout:.0f}s")
 
 
-def wait_key_works(url: str, key: str, timeout: float) -> None:
+def wait_key_works(url: str, key: str, timeout: float, model: str = MODEL) -> None:
     """The gateway may pick a new key up a little later; poll one real request."""
-    body = loadgen.request_body(MODEL, False)
+    body = loadgen.request_body(model, False)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     deadline, last = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:
@@ -270,9 +272,9 @@ async def measure(
     return cells, closed, via_gw
 
 
-def metering_check(home: Path, cfg: Path, via_gw: list[loadgen.Result]) -> str:
+def metering_check(home: Path, cfg: Path, via_gw: list[loadgen.Result], probes: int = 1) -> str:
     """Compare the gateway's usage records (after a graceful stop) with what the client saw."""
-    ok = sum(r.ok for r in via_gw) + 1  # + the readiness probe
+    ok = sum(r.ok for r in via_gw) + probes  # + the readiness probes (one per gateway)
     failed = sum(r.error_count for r in via_gw)
     want = {"requests": ok, "prompt_tokens": ok * PROMPT_TOKENS, "completion_tokens": ok * MAX_TOKENS}
     try:
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             stop(gateway)
             if gateway.returncode not in (0, -signal.SIGTERM):
                 log(f"gateway exited with {gateway.returncode}")
-        text += "\n" + metering_check(home, cfg, via_gw) + "\n"
+        text += "\n" + metering_check(home, cfg, via_gw, len(gateways)) + "\n"
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
         print(text)

@@ -395,27 +395,36 @@ def report(
 # ---------------------------------------------------------------- main
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short cells (about a minute in all)")
-    ap.add_argument("--rates", default="100,300", help="comma-separated requests/s")
+def load_options(ap: argparse.ArgumentParser, rates: str, out: str) -> None:
+    """The load options every benchmark driver shares."""
+    ap.add_argument("--quick", action="store_true", help="short cells (3 s)")
+    ap.add_argument("--rates", default=rates, help="comma-separated requests/s")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per cell and target")
-    ap.add_argument("--rounds", type=int, default=2, help="A/B alternations per cell")
+    ap.add_argument("--rounds", type=int, default=2, help="alternations of the targets per cell")
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of discarded warm-up per target")
     ap.add_argument("--workers", type=int, default=32, help="closed-loop workers (0 = skip)")
     ap.add_argument("--closed-duration", type=float, default=5.0)
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
-    ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="mock delay between tokens")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.md")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME (logs, DB)")
+
+
+def finish_options(a: argparse.Namespace) -> None:
+    a.rates = [float(r) for r in a.rates.split(",") if r]
+    if a.quick:
+        a.duration, a.warmup, a.closed_duration = 3.0, 0.5, 2.0
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    load_options(ap, "100,300", "latest.md")
+    ap.add_argument("--chunk-delay-ms", type=float, default=0.0, help="mock delay between tokens")
     ap.add_argument("--database-url", help="an empty database (default: SQLite in the temporary home)")
     ap.add_argument("--shared", action="store_true", help="shared mode: admission in the database")
     ap.add_argument("--redis-url", help="shared mode with admission state in this Redis (implies --shared)")
     ap.add_argument("--gateways", type=int, default=1, help="gateway processes (requests go to each in turn)")
     a = ap.parse_args(argv)
-    a.rates = [float(r) for r in a.rates.split(",") if r]
-    if a.quick:
-        a.duration, a.warmup, a.closed_duration = 3.0, 0.5, 2.0
+    finish_options(a)
     a.shared = a.shared or bool(a.redis_url)
     if a.gateways > 1 and not (a.shared and a.database_url):
         ap.error("--gateways N > 1 needs --shared (or --redis-url) and --database-url")

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -341,12 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         args.keep = True
         return 1
     finally:
-        for proc in reversed(procs):
-            rb.stop(proc)
-        if args.keep:
-            log(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        rb.clean_up(list(reversed(procs)), home, args.keep, log)
 
 
 if __name__ == "__main__":

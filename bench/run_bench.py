@@ -489,13 +489,17 @@ def main(argv: list[str] | None = None) -> int:
         args.keep = True
         return 1
     finally:
-        for gateway in gateways:
-            stop(gateway)
-        stop(mock)
-        if args.keep:
-            log(f"kept {home}")
-        else:
-            shutil.rmtree(home, ignore_errors=True)
+        clean_up([*gateways, mock], home, args.keep, log)
+
+
+def clean_up(procs: list[subprocess.Popen[Any] | None], home: Path, keep: bool, log) -> None:
+    """Stop the processes (in order), then remove the temporary home unless asked to keep it."""
+    for proc in procs:
+        stop(proc)
+    if keep:
+        log(f"kept {home}")
+    else:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,26 +20,26 @@ from support.postgres import PgServer, PostgresUnavailable, start_postgres
 from support.redis import RedisServer, RedisUnavailable, start_redis
 
 
+def _server(start, unavailable: type[Exception], what: str, base: Path):
+    """A throwaway server for the session; skipped where it can't be had, except in CI."""
+    try:
+        return start(base)
+    except unavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI requires {what}: {exc}")
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session")
 def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    try:
-        server = start_postgres(tmp_path_factory.mktemp("postgres"))
-    except PostgresUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI requires PostgreSQL: {exc}")
-        pytest.skip(str(exc))
+    server = _server(start_postgres, PostgresUnavailable, "PostgreSQL", tmp_path_factory.mktemp("postgres"))
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    try:
-        server = start_redis(tmp_path_factory.mktemp("redis"))
-    except RedisUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI requires Redis: {exc}")
-        pytest.skip(str(exc))
+    server = _server(start_redis, RedisUnavailable, "Redis", tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
 

@@ -124,6 +124,16 @@ def write_config(
     return cfg
 
 
+def governed_tenant(home: Path, cfg: Path, model: str = MODEL) -> str:
+    """Tenant "bench" with a key (returned), a priced model and prepaid credit, so every request
+    is held and settled. Before the server starts: the CLI migrates the fresh database."""
+    cli_json(home, "tenants", "create", "bench", "--config", str(cfg), "--json")
+    key = cli_json(home, "keys", "create", "--tenant", "bench", "--config", str(cfg), "--json")["key"]
+    cli_json(home, "prices", "set", model, *PRICE_ARGS, "--config", str(cfg), "--json")
+    cli_json(home, "credits", "grant", "bench", "1000000", "--config", str(cfg), "--json")
+    return key
+
+
 def start_gateway(home: Path, cfg: Path, port: int, index: int = 0) -> subprocess.Popen[bytes]:
     log = open(home / f"gateway{index or ''}.log", "wb")  # noqa: SIM115
     cmd = [*tokenport_cmd(), "serve", "--port", str(port), "--config", str(cfg)]
@@ -448,12 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = write_config(home, mock_url, args.database_url, args.shared, args.redis_url)
         ports = [free_port() for _ in range(args.gateways)]
         gw_urls = [f"http://127.0.0.1:{port}" for port in ports]
-        # tenant and key first: the CLI migrates the fresh database before the server opens it
-        cli_json(home, "tenants", "create", "bench", "--config", str(cfg), "--json")
-        key = cli_json(home, "keys", "create", "--tenant", "bench", "--config", str(cfg), "--json")["key"]
-        # Governed: a priced model and prepaid credit, so every request is held and settled.
-        cli_json(home, "prices", "set", MODEL, *PRICE_ARGS, "--config", str(cfg), "--json")
-        cli_json(home, "credits", "grant", "bench", "1000000", "--config", str(cfg), "--json")
+        key = governed_tenant(home, cfg)
         for i, port in enumerate(ports):
             gateways.append(start_gateway(home, cfg, port, i))
         for url, gateway in zip(gw_urls, gateways, strict=True):

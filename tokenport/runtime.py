@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from datetime import timedelta
 
@@ -30,6 +31,7 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.registry import BackendRegistry
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
+from tokenport.gateway.upstream_http import UpstreamPool
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
@@ -117,7 +119,8 @@ class Runtime:
         self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
         self.audit.sections = self.energy.receipt_section
         self._energy_pending: list = []
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # health checks, token counts
+        self.upstream = UpstreamPool()  # the requests themselves
         self.gateway: Gateway | None = None
         self.started = False
         self._tasks: list[asyncio.Task] = []
@@ -129,7 +132,7 @@ class Runtime:
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
             auto_decompress=False,
         )
-        relay = Relay(self.session, self.clock.monotonic)
+        relay = Relay(self.upstream, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
         settler = Settler(
             self.writer, self.metrics, self.clock, self.charging, limiter, self.vault, self.meter
@@ -165,6 +168,7 @@ class Runtime:
             listener = listen(self.settings.redis_url, self.feed.wake)
             self._tasks.append(asyncio.create_task(listener, name="change-broadcast"))
         self.started = True
+        settle_heap()
 
     async def _expire_holds(self) -> None:
         while True:
@@ -218,6 +222,7 @@ class Runtime:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.upstream.close()
         if self.session is not None:
             await self.session.close()
         self.charging.close()
@@ -238,3 +243,14 @@ class Runtime:
         if self._unannounce is not None:
             self._unannounce()
         self.db.dispose()
+
+
+def settle_heap() -> None:
+    """Hide what start-up built (modules, the ORM, caches: it lives as long as the process) from
+    the cyclic collector, so that a full collection scans only what requests allocate: under
+    load those scans stopped the event loop for 70-90 ms. A larger first generation (10,000
+    objects, not 700) makes the young collections rarer; most request objects die by reference
+    counting before one runs."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)

@@ -4,25 +4,20 @@ without the OpenAI error shape."""
 from __future__ import annotations
 
 import logging
-import os
-import random
 import traceback
 
 from tokenport.api.errors import send_error
 from tokenport.gateway.errors import ApiError
+from tokenport.ids import random_hex
 
 log = logging.getLogger("tokenport.api")
 
 REQUEST_ID_KEY = "tokenport.request_id"
 
 
-_rng = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _rng.seed(os.urandom(32)))
-
-
 def new_request_id() -> str:
     """96 random bits: unique across processes and hosts (an id, not a secret)."""
-    return f"req_{_rng.getrandbits(96):024x}"
+    return f"req_{random_hex(96)}"
 
 
 INTERNAL_ERROR = ApiError(

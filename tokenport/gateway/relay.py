@@ -5,18 +5,17 @@ The embedded engine, vLLM, SGLang and llama-server are all reached this same way
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
 import orjson
 
 from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
+from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool
 from tokenport.gateway.usage import SOURCE_CHUNKS, SOURCE_ENGINE, SOURCE_NONE, SOURCE_PROGRESS
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -82,22 +81,19 @@ def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
 
 
 class Relay:
-    def __init__(self, session: aiohttp.ClientSession, clock_monotonic, read_timeout: float = 600.0) -> None:
-        self.session = session
+    def __init__(self, upstream: UpstreamPool, clock_monotonic) -> None:
+        self.upstream = upstream
         self.mono = clock_monotonic
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_timeout)
 
-    async def _post(self, call: UpstreamCall) -> aiohttp.ClientResponse:
+    async def _post(self, call: UpstreamCall) -> Response:
         """The client's own headers (its API key above all) are never passed on."""
         backend = call.backend
         headers = {"content-type": "application/json", "x-request-id": call.request_id}
         if backend.config.api_key:
             headers["authorization"] = f"Bearer {backend.config.api_key}"
         try:
-            return await self.session.post(
-                backend.url + call.path, data=call.payload, headers=headers, timeout=self.timeout
-            )
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            return await self.upstream.post(backend.url, call.path, call.payload, headers)
+        except UpstreamError as exc:
             backend.healthy = False  # passive health: the next check decides when it is back
             raise ApiError(
                 503,
@@ -114,7 +110,7 @@ class Relay:
                 raise await _upstream_error(resp)
             try:
                 body = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except UpstreamError as exc:
                 raise _broken(call.backend) from exc
         out.first_token_at = self.mono()
         try:
@@ -139,7 +135,7 @@ class Relay:
     async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
         watcher = StreamWatcher(forward_usage=include_usage, usage_fields=call.usage_fields)
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         sink.cancellable = True
         try:
             resp = await self._post(call)
@@ -149,7 +145,7 @@ class Relay:
             await sink.start(200, b"text/event-stream")
             out.started = True
             buf = b""
-            async for data in resp.content.iter_any():
+            async for data in resp.iter_any():
                 buf += data
                 ready = []  # whole events that arrived together go out together, at once
                 while (cut := buf.find(b"\n\n")) >= 0:
@@ -171,7 +167,7 @@ class Relay:
                     sse_error("The backend stream ended unexpectedly", "server_error", out.error_code)
                 )
             sink.delivered = True
-        except (aiohttp.ClientError, TimeoutError):
+        except UpstreamError:
             out.error_code = "upstream_disconnected"
             if not out.started:
                 raise _broken(call.backend) from None
@@ -200,11 +196,11 @@ def _broken(backend: Backend) -> ApiError:
     )
 
 
-async def _upstream_error(resp: aiohttp.ClientResponse) -> ApiError:
+async def _upstream_error(resp: Response) -> ApiError:
     """Map an engine's error answer to an OpenAI-shaped one (the engine's text is not logged)."""
     raw = b""
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
-        raw = await resp.content.read(_ERROR_BODY_LIMIT)
+    with contextlib.suppress(UpstreamError):
+        raw = await resp.read(_ERROR_BODY_LIMIT)
     message, etype = f"The backend answered HTTP {resp.status}", ""
     with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
         err = orjson.loads(raw).get("error")

@@ -5,6 +5,7 @@ admission reads them; keeping them in every mode makes a switch to shared mode e
 from __future__ import annotations
 
 from datetime import datetime
+from functools import cache
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,14 +35,21 @@ def add(conn: Connection, table, values: dict[tuple, int]) -> None:
     """Add to counters, creating rows as needed; the last primary-key-less column is the count."""
     if not values:
         return
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt, keys, column = _upsert(conn.dialect.name, table)
+    conn.execute(stmt, [{**dict(zip(keys, k, strict=True)), column: n} for k, n in sorted(values.items())])
+
+
+@cache
+def _upsert(dialect: str, table) -> tuple:
+    """The statement, built once: each build makes a cyclic alias (`excluded`) for the collector."""
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     keys = [c.name for c in table.primary_key.columns]
     column = next(c.name for c in table.c if c.name not in keys)
     stmt = insert(table)
     stmt = stmt.on_conflict_do_update(
         index_elements=keys, set_={column: table.c[column] + stmt.excluded[column]}
     )
-    conn.execute(stmt, [{**dict(zip(keys, k, strict=True)), column: n} for k, n in sorted(values.items())])
+    return stmt, keys, column
 
 
 def count_usage(conn: Connection, rows: list[dict]) -> None:

@@ -103,7 +103,10 @@ async def stream_once(
 async def measure(target: str, url: str, headers: dict, data: bytes, streams: int, duration: float) -> Cell:
     cell = Cell(target, streams)
     timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    # a new connection per request, for every target: llama.cpp's server drops idle keep-alive
+    # connections, which aiohttp finds out only when it writes the next request
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         deadline = now() + duration
 
         async def worker() -> None:
@@ -221,7 +224,8 @@ async def run(args, home: Path, procs: list) -> str:
         "engine direct": (f"http://127.0.0.1:{engine_port}", {}),
         "gateway (governed)": (gw, {"Authorization": f"Bearer {key}"}),
     }
-    # every attempt through the gateway is a usage record (a 503 before the engine is up, too)
+    rb.wait_health(gw, gateway, timeout=60)
+    # from here every attempt through the gateway is a usage record (a 503 before the engine is up)
     gw_tokens, gw_requests = await ready(gw, targets["gateway (governed)"][1], data, gateway, 300)
     await ready(targets["engine direct"][0], {}, data, gateway, 60)
     versions = f"model {gguf.name}, xllamacpp {_version('xllamacpp')}"

@@ -97,16 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=rb.ROOT / "bench" / "results" / "chunks.md")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="tokenport-chunks-"))
-    mock = gateway = None
+    procs: list = []
     try:
-        mock, mock_url = rb.start_mock(home, args.delay_ms)
-        cfg = rb.write_config(home, mock_url)
-        key = rb.governed_tenant(home, cfg)
-        port = rb.free_port()
-        gw = f"http://127.0.0.1:{port}"
-        gateway = rb.start_gateway(home, cfg, port)
-        rb.wait_health(gw, gateway, timeout=60)
-        rb.wait_key_works(gw, key, timeout=30)
+        mock_url, _, key, gw, _ = rb.start_governed(home, procs, args.delay_ms)
         targets = {"direct": (mock_url, {}), "gateway": (gw, {"Authorization": f"Bearer {key}"})}
         lines = [
             f"Chunk timing: the mock sends 20 tokens {args.delay_ms:g} ms apart; "
@@ -128,13 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                     m.errors += t.errors
             lines += [row(name, rate, t, args.delay_ms / 1000) for name, t in merged.items()]
             print("\n".join(lines[-2:]), file=sys.stderr, flush=True)
-        text = "\n".join(lines)
-        print(text)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        rb.publish("\n".join(lines), args.out)
         return 0
     finally:
-        rb.clean_up([gateway, mock], home, False, lambda m: print(m, file=sys.stderr))
+        rb.clean_up(procs, home, False, lambda m: print(m, file=sys.stderr))
 
 
 if __name__ == "__main__":

@@ -276,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="tokenport-engine-"))
     procs: list = []
     try:
-        text = asyncio.run(run(args, home, procs))
-        print(text)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"\nwritten to {args.out}")
+        rb.publish(asyncio.run(run(args, home, procs)), args.out)
         return 0
     finally:
         rb.clean_up(procs, home, args.keep, lambda m: print(m, file=sys.stderr))

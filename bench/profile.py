@@ -71,16 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     pyspy = None if args.no_profile else shutil.which("py-spy", path=str(Path(sys.executable).parent))
     home = Path(tempfile.mkdtemp(prefix="tokenport-profile-"))
-    mock = gateway = spy = None
+    procs: list = []
     try:
-        mock, mock_url = rb.start_mock(home, 0.0)
-        cfg = rb.write_config(home, mock_url)
-        key = rb.governed_tenant(home, cfg)
-        port = rb.free_port()
-        url = f"http://127.0.0.1:{port}"
-        gateway = rb.start_gateway(home, cfg, port)
-        rb.wait_health(url, gateway, timeout=60)
-        rb.wait_key_works(url, key, timeout=30)
+        _, _, key, url, gateway = rb.start_governed(home, procs)
         usage = rb.ProcUsage([gateway.pid])
         common = {"stream": args.stream, "key": key, "timeout_s": 10.0}
         loadgen.run(loadgen.open_loop(url, args.rate, 2.0, **common))  # warm-up
@@ -91,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                  "-d", str(int(args.duration)), "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
+            procs.insert(0, spy)
             time.sleep(0.5)
         c0 = usage.cpu_s()
         res = loadgen.run(loadgen.open_loop(url, args.rate, args.duration, target="gateway", **common))
@@ -100,14 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             f"gateway CPU: {cpu:.2f} s for {res.ok} requests = {1e6 * cpu / max(res.ok, 1):.0f} µs per "
             f"request ({100 * cpu / res.wall_s:.0f}% of a core at {res.ok / res.wall_s:.0f} req/s)"
         )
-        if spy is not None:
+        if pyspy:
             spy.wait(timeout=args.duration + 30)
             print(aggregate(raw, args.top) if raw.exists() else "py-spy wrote nothing")
         elif not args.no_profile:
             print("py-spy not found next to this Python: pip install py-spy for the profile")
         return 0
     finally:
-        rb.clean_up([spy, gateway, mock], home, False, lambda m: print(m, file=sys.stderr))
+        rb.clean_up(procs, home, False, lambda m: print(m, file=sys.stderr))
 
 
 if __name__ == "__main__":

@@ -134,6 +134,32 @@ def governed_tenant(home: Path, cfg: Path, model: str = MODEL) -> str:
     return key
 
 
+def start_governed(
+    home: Path, procs: list, chunk_delay_ms: float = 0.0
+) -> tuple[str, Path, str, str, subprocess.Popen[bytes]]:
+    """The mock and one governed gateway, ready for load: (mock URL, config, key, gateway URL,
+    gateway process). Both processes are appended to `procs` (for `clean_up`) as they start."""
+    mock, mock_url = start_mock(home, chunk_delay_ms)
+    procs.append(mock)
+    cfg = write_config(home, mock_url)
+    key = governed_tenant(home, cfg)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway = start_gateway(home, cfg, port)
+    procs.insert(0, gateway)  # stopped first: its usage records are flushed while the mock is up
+    wait_health(url, gateway, timeout=60)
+    wait_key_works(url, key, timeout=30)
+    return mock_url, cfg, key, url, gateway
+
+
+def publish(text: str, out: Path) -> None:
+    """Print a report and write it to `out`."""
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"\nwritten to {out}")
+
+
 def start_gateway(home: Path, cfg: Path, port: int, index: int = 0) -> subprocess.Popen[bytes]:
     log = open(home / f"gateway{index or ''}.log", "wb")  # noqa: SIM115
     cmd = [*tokenport_cmd(), "serve", "--port", str(port), "--config", str(cfg)]

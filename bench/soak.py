@@ -32,16 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="tokenport-soak-"))
-    mock = gateway = None
+    procs: list = []
     try:
-        mock, mock_url = rb.start_mock(home, 0.0)
-        cfg = rb.write_config(home, mock_url)
-        key = rb.governed_tenant(home, cfg)
-        port = rb.free_port()
-        url = f"http://127.0.0.1:{port}"
-        gateway = rb.start_gateway(home, cfg, port)
-        rb.wait_health(url, gateway, timeout=60)
-        rb.wait_key_works(url, key, timeout=30)
+        _, cfg, key, url, gateway = rb.start_governed(home, procs)
         usage = rb.ProcUsage([gateway.pid])
         common = {"stream": args.stream, "key": key, "timeout_s": 10.0}
         results = [loadgen.run(loadgen.open_loop(url, args.rate, args.warmup, target="warm-up", **common))]
@@ -77,14 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rb.stop(gateway)  # graceful: every usage record is flushed before the check reads them
         lines.append(rb.metering_check(home, cfg, results))
-        text = "\n".join(lines)
-        print(text)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"\nwritten to {args.out}")
+        rb.publish("\n".join(lines), args.out)
         return 0
     finally:
-        rb.clean_up([gateway, mock], home, args.keep, lambda m: print(m, file=sys.stderr))
+        rb.clean_up(procs, home, args.keep, lambda m: print(m, file=sys.stderr))
 
 
 if __name__ == "__main__":

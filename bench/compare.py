@@ -206,7 +206,12 @@ def report(args, cells: list[Cell], closed, versions: str, wall: float) -> str:
         f"Python {platform.python_version()}; {versions}",
         f"- open loop: {args.duration:g} s per cell and target, as {args.rounds} rounds of (direct, bare, "
         f"governed, litellm) after {args.warmup:g} s warm-ups; request timeout {args.timeout:g} s; "
-        f"{wall:.0f} s in all. Loadgen, mock, tokenport and LiteLLM share this machine.",
+        f"{wall:.0f} s in all. Loadgen, mock, tokenport and LiteLLM share this machine"
+        + (
+            " (tokenport and LiteLLM pinned to the last CPU, loadgen and mock to the others)."
+            if args.pin
+            else "."
+        ),
         "- added = the target's percentile minus the direct percentile in the same cell; CPU % = the "
         "process's CPU time over its own segments' wall time, in % of one core; RSS after the cell.",
         "",
@@ -299,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         rb.wait_key_works(gw_url, governed_key, timeout=30)
         rb.wait_key_works(gw_url, bare_key, timeout=30, model=FREE_MODEL)
         wait_litellm(lite_url, litellm, timeout=180)
+        if args.pin:  # tokenport and LiteLLM on the same CPU (measured in turn), load and mock apart
+            rb.pin(rb.ProcUsage([gateway.pid, litellm.pid]), [mock.pid, os.getpid()])
         urls = {
             "direct": (mock_url, None, rb.MODEL),
             "bare": (gw_url, bare_key, FREE_MODEL),

@@ -214,7 +214,7 @@ async def run(args, home: Path, procs: list) -> str:
     gguf = ensure_default_model(EngineConfig().model_cache, log=lambda m: print(m, file=sys.stderr))
     engine_port, gw_port = rb.free_port(), rb.free_port()
     cfg = home / "tokenport.toml"
-    cfg.write_text(f'[engine]\nenabled = true\nport = {engine_port}\nparallel = {max(args.streams)}\n')
+    cfg.write_text(f"[engine]\nenabled = true\nport = {engine_port}\nparallel = {max(args.streams)}\n")
     key = rb.governed_tenant(home, cfg, model_id)
     gateway = rb.start_gateway(home, cfg, gw_port)
     procs.append(gateway)

@@ -80,19 +80,25 @@ def main(argv: list[str] | None = None) -> int:
         raw = args.raw or home / "profile.txt"
         if pyspy:
             spy = subprocess.Popen(
-                [pyspy, "record", "-p", str(gateway.pid), "-f", "raw", "-r", "250", "--nonblocking",
-                 "-d", str(int(args.duration)), "-o", str(raw)],
+                [pyspy, "record", "-p", str(gateway.pid), "--subprocesses", "-f", "raw", "-r", "250",
+                 "--nonblocking", "-d", str(int(args.duration)), "-o", str(raw)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             procs.insert(0, spy)
             time.sleep(0.5)
-        c0 = usage.cpu_s()
+        c0 = usage.cpu_by_pid()
         res = loadgen.run(loadgen.open_loop(url, args.rate, args.duration, target="gateway", **common))
-        cpu = usage.cpu_s() - c0
+        c1 = usage.cpu_by_pid()
+        per = {pid: c1[pid] - c0.get(pid, 0.0) for pid in c1}
+        cpu = sum(per.values())
         print(loadgen.format_result(res))
+        n = max(res.ok, 1)
+        split = ", ".join(
+            f"{'gateway' if pid == gateway.pid else 'writer'} {1e6 * c / n:.0f}" for pid, c in per.items()
+        )
         print(
-            f"gateway CPU: {cpu:.2f} s for {res.ok} requests = {1e6 * cpu / max(res.ok, 1):.0f} µs per "
-            f"request ({100 * cpu / res.wall_s:.0f}% of a core at {res.ok / res.wall_s:.0f} req/s)"
+            f"gateway CPU: {cpu:.2f} s for {res.ok} requests = {1e6 * cpu / n:.0f} µs per request "
+            f"({split}; {100 * cpu / res.wall_s:.0f}% of a core at {res.ok / res.wall_s:.0f} req/s)"
         )
         if pyspy:
             spy.wait(timeout=args.duration + 30)

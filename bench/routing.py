@@ -39,8 +39,7 @@ def bodies(count: int) -> list[bytes]:
         system = f"You are assistant {i}. " * 20
         out.append(
             b'{"model":"m","messages":[{"role":"system","content":"%s"},'
-            b'{"role":"user","content":"translate this supplier message"}],"max_tokens":64}'
-            % system.encode()
+            b'{"role":"user","content":"translate this supplier message"}],"max_tokens":64}' % system.encode()
         )
     return out
 

@@ -9,6 +9,7 @@ Run it through `bench/run` (see bench/README.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -213,26 +214,66 @@ def wait_key_works(url: str, key: str, timeout: float, model: str = MODEL) -> No
 
 @dataclass
 class ProcUsage:
-    """CPU time and memory of the gateway processes, from /proc (summed over them)."""
+    """CPU time and memory of the gateway processes and their children (the usage writer's
+    process), from /proc, summed over them. A child that has exited is not counted any more."""
 
     pids: list[int]
 
+    def tree(self) -> list[int]:
+        found: list[int] = []
+        todo = list(self.pids)
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):  # the thread or process ended meanwhile
+                    todo += [int(c) for c in task.read_text().split()]
+        return found
+
     def cpu_s(self) -> float:
-        total = 0
-        for pid in self.pids:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        return total / CLK_TCK
+        return sum(self.cpu_by_pid().values())
+
+    def cpu_by_pid(self) -> dict[int, float]:
+        out = {}
+        for pid in self.tree():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+        return out
 
     def mem_mib(self) -> tuple[float, float]:
-        """(VmRSS, VmHWM) in MiB."""
-        vals = {"VmRSS": 0.0, "VmHWM": 0.0}
-        for pid in self.pids:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        """(VmRSS, VmHWM) in MiB, summed over the processes."""
+        per = self.mem_by_pid().values()
+        return sum(m[0] for m in per), sum(m[1] for m in per)
+
+    def mem_by_pid(self) -> dict[int, tuple[float, float]]:
+        out = {}
+        for pid in self.tree():
+            vals = {"VmRSS": 0.0, "VmHWM": 0.0}
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
                 k, _, v = line.partition(":")
                 if k in vals:
-                    vals[k] += int(v.split()[0]) / 1024
-        return vals["VmRSS"], vals["VmHWM"]
+                    vals[k] = int(v.split()[0]) / 1024
+            out[pid] = (vals["VmRSS"], vals["VmHWM"])
+        return out
+
+
+def pin(gateways: ProcUsage, others: list[int]) -> None:
+    """The last CPU for the gateways (and their writer processes), the others for the load
+    generator and the mock: what each side measures is then less the other's scheduling."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return
+    for pid in gateways.tree():
+        os.sched_setaffinity(pid, cpus[-1:])
+    for pid in others:
+        os.sched_setaffinity(pid, cpus[:-1])
 
 
 # ---------------------------------------------------------------- measuring
@@ -370,7 +411,12 @@ def report(
         f"- open loop, {args.duration:g} s per cell and target as {args.rounds} x (A direct, B gateway) "
         f"segments after {args.warmup:g} s warm-up; latency counted from the scheduled send time",
         f"- loadgen, mock and gateway share this machine; loadgen used {lg_cpu:.0f}% of one core "
-        f"over {wall:.0f} s",
+        f"over {wall:.0f} s"
+        + (
+            "; gateway (and its writer process) pinned to the last CPU, loadgen and mock to the others"
+            if args.pin
+            else ""
+        ),
         f"- database: {(args.database_url or 'sqlite').split(':', 1)[0]}; "
         f"{args.gateways} gateway process{'es' if args.gateways > 1 else ''}; admission: "
         + (
@@ -443,6 +489,9 @@ def load_options(ap: argparse.ArgumentParser, rates: str, out: str) -> None:
     ap.add_argument("--timeout", type=float, default=10.0, help="per-request timeout, s")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / out)
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME (logs, DB)")
+    ap.add_argument(
+        "--pin", action="store_true", help="gateways on the last CPU; load generator and mock on the others"
+    )
 
 
 def finish_options(a: argparse.Namespace) -> None:
@@ -492,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_key_works(url, key, timeout=30)
         log(f"gateways at {', '.join(gw_urls)} (pids {[g.pid for g in gateways]}); measuring")
         usage = ProcUsage([g.pid for g in gateways])
+        if args.pin:
+            pin(usage, [mock.pid, os.getpid()])
         cells, closed, via_gw = loadgen.run(measure(args, mock_url, ",".join(gw_urls), key, usage, log))
         with urllib.request.urlopen(mock_url + "/mock/stats", timeout=5) as r:
             st = json.loads(r.read())

@@ -12,6 +12,7 @@ metering and billing checks over every request (warm-up included).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -30,12 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream", action="store_true")
     ap.add_argument("--out", type=Path, default=rb.ROOT / "bench" / "results" / "soak.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary TOKENPORT_HOME")
+    ap.add_argument("--pin", action="store_true", help="gateway on the last CPU, load and mock on the others")
     args = ap.parse_args(argv)
     home = Path(tempfile.mkdtemp(prefix="tokenport-soak-"))
     procs: list = []
     try:
         _, cfg, key, url, gateway = rb.start_governed(home, procs)
         usage = rb.ProcUsage([gateway.pid])
+        if args.pin:
+            rb.pin(usage, [procs[-1].pid, os.getpid()])  # procs: the gateway, then the mock
         common = {"stream": args.stream, "key": key, "timeout_s": 10.0}
         results = [loadgen.run(loadgen.open_loop(url, args.rate, args.warmup, target="warm-up", **common))]
         base = usage.mem_mib()[0]
@@ -44,21 +48,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.minutes} x {args.segment:g} s after {args.warmup:g} s of warm-up; "
             f"baseline RSS {base:.1f} MiB",
             "",
-            "| segment | ok | errors | p50 ms | p99 ms | p99.9 ms | gateway CPU % | RSS MiB | growth |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| segment | ok | errors | p50 ms | p99 ms | p99.9 ms | gateway CPU % | RSS MiB | growth "
+            "| of which gateway / writer MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]  # fmt: skip
         peak = base
         for minute in range(1, args.minutes + 1):
             c0 = usage.cpu_s()
             res = loadgen.run(loadgen.open_loop(url, args.rate, args.segment, target="gateway", **common))
             cpu = 100 * (usage.cpu_s() - c0) / res.wall_s
-            rss = usage.mem_mib()[0]
+            per = usage.mem_by_pid()
+            rss = sum(m[0] for m in per.values())
+            first = sorted(per.items(), key=lambda kv: kv[0] != gateway.pid)  # the gateway, then children
+            split = " / ".join(f"{m[0]:.1f}" for _, m in first)
             peak = max(peak, rss)
             lat = sorted(res.latencies)
             p = [1000 * loadgen.percentile(lat, q) for q in (50, 99, 99.9)]
             lines.append(
                 f"| {minute} | {res.ok} | {res.error_count} | {p[0]:.2f} | {p[1]:.2f} | {p[2]:.2f} "
-                f"| {cpu:.0f} | {rss:.1f} | {100 * (rss - base) / base:+.1f}% |"
+                f"| {cpu:.0f} | {rss:.1f} | {100 * (rss - base) / base:+.1f}% | {split} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
             results.append(res)

@@ -44,8 +44,10 @@ from tokenport.store.redis_state import RedisState
 from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore
-from tokenport.store.usage import DeadLetterFile, UsageStore, is_transient
+from tokenport.store.usage import UsageStore
 from tokenport.store.writer import BatchWriter
+from tokenport.store.writer_process import WriterProcess, WriterSpec
+from tokenport.store.writer_process import is_transient as writer_died
 from tokenport.tenancy.service import TenancyService
 from tokenport.zones.vault import Vault
 
@@ -76,12 +78,21 @@ class Runtime:
         self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)
         self.billing_service = BillingService(BillingStore(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
+        # The settlement side's database work (usage, ledger, audit entries, energy windows) runs
+        # in a child process (store/writer_process.py); this process only batches and pickles.
+        self.writer_process = WriterProcess(
+            WriterSpec(
+                settings.database_url,
+                settings.redis_url,
+                settings.home / "usage-dead-letter.jsonl",
+                settings.log_level,
+            )
+        )
         self.writer = BatchWriter(
-            self.usage_store.write_settlements,
+            self.writer_process.write,
             settings.usage_flush_ms / 1000,
             settings.usage_batch_size,
-            is_transient=is_transient,
-            dead_letter=DeadLetterFile(settings.home / "usage-dead-letter.jsonl"),
+            is_transient=writer_died,
         )
         self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
         self.admins = AdminStore(self.db)
@@ -93,7 +104,6 @@ class Runtime:
         self.redis = RedisState(settings.redis_url, self.db) if settings.redis_url else None
         self._unannounce = None
         if self.redis is not None:
-            self.usage_store.mirror = self.redis
             self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
             self._unannounce = announce_changes(self.db, settings.redis_url)
         self.charging = Charging(self.billing, self.shared, settings.default_rpm, self.redis)
@@ -118,7 +128,6 @@ class Runtime:
         )
         self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
         self.audit.sections = self.energy.receipt_section
-        self._energy_pending: list = []
         self.session: aiohttp.ClientSession | None = None  # health checks, token counts
         self.upstream = UpstreamPool()  # the requests themselves
         self.gateway: Gateway | None = None
@@ -127,6 +136,7 @@ class Runtime:
 
     async def start(self) -> None:
         self.feed.start()  # keys, prices and balances, from one snapshot
+        self.writer_process.start()
         self.writer.start()
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
@@ -196,12 +206,10 @@ class Runtime:
             await asyncio.sleep(seconds)
 
     def _meter_energy(self) -> None:
-        """Close a window on every node; write the windows whose requests have all finished
-        (kept for the next round if the database is unavailable)."""
-        self._energy_pending += self.meter.tick(self.clock.monotonic(), self.clock.now())
-        if self._energy_pending:
-            self.energy_store.write(self._energy_pending)
-            self._energy_pending = []
+        """Close a window on every node; the windows whose requests have all finished go to the
+        writer (retried there while the database is unavailable)."""
+        for allocated in self.meter.tick(self.clock.monotonic(), self.clock.now()):
+            self.writer.submit({"energy": allocated})  # written by the writer process
 
     def _expire_due_credits(self) -> None:
         """What `tokenport credits expire` does: each lot's expiry has a fixed id, so several
@@ -226,11 +234,12 @@ class Runtime:
         if self.session is not None:
             await self.session.close()
         self.charging.close()
-        await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
         try:  # the last window: every request has finished, so it can be allocated now
             await asyncio.to_thread(self._meter_energy)
         except Exception as exc:
             log.warning("energy metering failed: %s", type(exc).__name__)
+        await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
+        await asyncio.to_thread(self.writer_process.close)
         try:  # the last entries get a signed head too
             await asyncio.to_thread(self.audit.sign_heads)
         except Exception as exc:

@@ -169,14 +169,16 @@ def is_transient(exc: Exception) -> bool:
 
 
 class DeadLetterFile:
-    """Usage rows the database refused, kept as JSON lines for an operator (content-free)."""
+    """Usage rows (or energy windows) the database refused, kept as JSON lines for an operator
+    (content-free)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def __call__(self, item: dict, exc: Exception) -> None:
-        usage = {k: v for k, v in item.get("usage", {}).items() if k in ALLOWED_FIELDS}
-        entry = {"error": type(exc).__name__, **item, "usage": usage}
+        entry = {"error": type(exc).__name__, **item}
+        if "usage" in item:
+            entry["usage"] = {k: v for k, v in item["usage"].items() if k in ALLOWED_FIELDS}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(entry, default=_plain) + "\n")

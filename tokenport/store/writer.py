@@ -23,7 +23,7 @@ log = logging.getLogger("tokenport.writer")
 class BatchWriter:
     def __init__(
         self,
-        write_batch: Callable[[list[dict]], None],
+        write_batch: Callable[[list[dict]], int | None],
         flush_interval: float = 0.2,
         batch_size: int = 500,
         name: str = "usage-writer",
@@ -77,25 +77,44 @@ class BatchWriter:
                 return
 
     def _flush(self) -> None:
-        while self._queue:
+        """One batch of what is queued; then more only while full batches wait (or when
+        stopping). What arrives while a batch is written waits for the next interval: each batch
+        has a fixed cost (its transaction, the audit tree's frontier, the commit) of several ms,
+        and writing the few records that came in meanwhile at once made batches of ~10 rows."""
+        first = True
+        while self._queue and (first or self._stopping or len(self._queue) >= self._batch_size):
+            first = False
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
             self._write_reliably(batch)
 
     def _write_reliably(self, batch: list[dict]) -> None:
-        while True:
-            try:
-                self._write(batch)
-                self._written += len(batch)
-                return
-            except Exception as exc:  # the store is idempotent on request_id: retrying is safe
-                if self._is_transient(exc) or self._dead_letter is None:
-                    log.error("usage write failed (%s); retrying", type(exc).__name__)
-                    time.sleep(self._retry_delay)
-                    continue
-                if len(batch) == 1:
-                    log.error("usage record rejected (%s); dead-lettered", type(exc).__name__)
-                    self._dead_letter(batch[0], exc)
-                    return
-                for row in batch:  # find the rows the database refuses
-                    self._write_reliably([row])
-                return
+        self._written += write_reliably(
+            self._write, batch, self._is_transient, self._dead_letter, self._retry_delay
+        )
+
+
+def write_reliably(
+    write: Callable[[list[dict]], int | None],
+    batch: list[dict],
+    is_transient: Callable[[Exception], bool],
+    dead_letter: Callable[[dict, Exception], None] | None,
+    retry_delay: float,
+) -> int:
+    """Write `batch`, retrying while the failure is transient; when the store refuses it, write
+    row by row and dead-letter the rows it refuses (never drop one silently). Returns how many
+    rows were written."""
+    while True:
+        try:
+            written = write(batch)  # a writer that dead-letters itself says how many it wrote
+            return len(batch) if written is None else written
+        except Exception as exc:  # the store is idempotent on request_id: retrying is safe
+            if is_transient(exc) or dead_letter is None:
+                log.error("usage write failed (%s); retrying", type(exc).__name__)
+                time.sleep(retry_delay)
+                continue
+            if len(batch) == 1:
+                log.error("usage record rejected (%s); dead-lettered", type(exc).__name__)
+                dead_letter(batch[0], exc)
+                return 0
+            # find the rows the database refuses
+            return sum(write_reliably(write, [r], is_transient, dead_letter, retry_delay) for r in batch)

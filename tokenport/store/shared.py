@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -22,6 +22,7 @@ from tokenport.billing.ledger import Ledger, Lot, charge_tx
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import LOT_COLUMNS, lock_tenants, write_transactions
 from tokenport.store.counters import count_tokens
+from tokenport.store.db import padded_chunks
 from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, rate_buckets, token_seconds
 
 
@@ -89,6 +90,7 @@ class SharedStore:
         self.engine = engine
         self.pg = engine.dialect.name == "postgresql"
         self._insert = pg_insert if self.pg else sqlite_insert
+        self._release = delete(holds).where(holds.c.request_id.in_(bindparam("ids", expanding=True)))
 
     # --- admission ---
 
@@ -219,7 +221,8 @@ class SharedStore:
     def settle(self, conn: Connection, charges: list[Charge]) -> None:
         """Post each charge against the lots as they are now, release the holds, count the tokens.
         The caller holds the tenants' locks and passes only charges whose record is new."""
-        conn.execute(delete(holds).where(holds.c.request_id.in_([c.request_id for c in charges])))
+        for chunk in padded_chunks([c.request_id for c in charges]):
+            conn.execute(self._release, {"ids": chunk})
         money = [c for c in charges if c.tx_id is not None and c.cost > 0]
         lots: dict[str, list[tuple[Lot, int]]] = {c.tenant_id: [] for c in money}
         for lot, remaining in self._lots(conn, sorted(lots)) if money else []:

@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from sqlalchemy import Date, Engine, cast, func, select
+from sqlalchemy import Date, Engine, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
@@ -19,6 +19,7 @@ from tokenport.gateway.usage import ALLOWED_FIELDS, check_row
 from tokenport.store.audit import append as audit_append
 from tokenport.store.billing import lock_tenants, write_transactions
 from tokenport.store.counters import count_usage
+from tokenport.store.db import padded_chunks, write_lock
 from tokenport.store.retention import insert_retained
 from tokenport.store.schema import tenants, usage
 from tokenport.store.shared import SharedStore
@@ -32,8 +33,9 @@ class UsageStore:
         dialect = engine.dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         # request_id is the idempotency key: a retried batch never duplicates a record.
-        self._pg = dialect == "postgresql"
         self._insert = insert(usage).on_conflict_do_nothing(index_elements=["request_id"])
+        ids = bindparam("ids", expanding=True)
+        self._known = select(usage.c.request_id).where(usage.c.request_id.in_(ids))
         self.shared = SharedStore(engine)
         self.mirror = None  # RedisState when admission runs in Redis: it mirrors what settles
 
@@ -71,16 +73,18 @@ class UsageStore:
             release()
 
     def _insert_new(self, conn, rows: list[dict]) -> set[str]:
-        """Insert the records; the ids of those not written before. PostgreSQL: look first (a
-        RETURNING insert of many rows is several times slower there); SQLite: RETURNING, so that
-        the transaction's first statement is a write (a read first could not upgrade its
-        snapshot to write under concurrent writers)."""
-        if self._pg:
-            ids = [r["request_id"] for r in rows]
-            known = set(conn.execute(select(usage.c.request_id).where(usage.c.request_id.in_(ids))).scalars())
-            conn.execute(self._insert, rows)
-            return set(ids) - known
-        return set(conn.execute(self._insert.returning(usage.c.request_id), rows).scalars())
+        """Insert the records; the ids of those not written before. Look first, then insert:
+        both statements keep one text whatever the batch's size (`padded_chunks`, executemany),
+        where a multi-row RETURNING insert is a new statement for every batch size (and several
+        times slower on PostgreSQL). SQLite takes its write lock before the read, so that the
+        transaction's snapshot cannot be too old to write under concurrent writers."""
+        ids = [r["request_id"] for r in rows]
+        write_lock(conn)
+        known: set[str] = set()
+        for chunk in padded_chunks(ids):
+            known.update(conn.execute(self._known, {"ids": chunk}).scalars())
+        conn.execute(self._insert, rows)
+        return set(ids) - known
 
     def query(
         self,

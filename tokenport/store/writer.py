@@ -1,4 +1,5 @@
-"""Batched durable writer: the hot path hands records over; a thread writes them in batches.
+"""Batched durable writer: the hot path hands records over; a thread writes them in batches
+(in the gateway, by handing each batch to the writer process: `store/writer_process.py`).
 
 What a `kill -9` can lose: records handed over but not yet committed, i.e. those of requests
 that finished within the last flush interval (default 200 ms), plus requests still in flight.

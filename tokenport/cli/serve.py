@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
+from tokenport import logs
 from tokenport.cli.common import (
     _settings,
 )
@@ -22,11 +22,7 @@ def cmd_serve(args) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = Settings(**{**settings.__dict__, **overrides})
-    level = getattr(logging, settings.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    if settings.log_level == "debug":  # every SQL statement, its parameters and result rows
-        logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)
+    logs.configure(settings.log_level)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     runtime = Runtime(settings, say=say)
     _first_run_demo(runtime, settings)

@@ -82,13 +82,13 @@ class BatchWriter:
         stopping). What arrives while a batch is written waits for the next interval: each batch
         has a fixed cost (its transaction, the audit tree's frontier, the commit) of several ms,
         and writing the few records that came in meanwhile at once made batches of ~10 rows."""
-        first = True
-        while self._queue and (first or self._stopping or len(self._queue) >= self._batch_size):
-            first = False
-            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
-            self._write_reliably(batch)
+        if self._queue:
+            self._write_next()
+        while self._queue and (self._stopping or len(self._queue) >= self._batch_size):
+            self._write_next()
 
-    def _write_reliably(self, batch: list[dict]) -> None:
+    def _write_next(self) -> None:
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
         self._written += write_reliably(
             self._write, batch, self._is_transient, self._dead_letter, self._retry_delay
         )

@@ -87,11 +87,11 @@ class WriterProcess:
         allocated window), committed by the child; how many usage records it wrote (the rest
         were dead-lettered). Raises WriterDied if the child is gone: the caller sends it again."""
         with self._lock:
-            if self._proc is None or self._proc.poll() is not None:
-                if self._proc is not None:
-                    log.error("writer process exited (code %s); starting another", self._proc.returncode)
-                    self.restarts += 1
-                    self._discard()
+            if self._proc is not None and self._proc.poll() is not None:
+                log.error("writer process exited (code %s); starting another", self._proc.returncode)
+                self.restarts += 1
+                self._discard()
+            if self._proc is None:
                 self.start()
             assert self._conn is not None and self._proc is not None
             try:
@@ -139,16 +139,14 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
     when to stop, so the child ignores it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(NICENESS)
-    level = getattr(logging, spec.log_level.upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if spec.log_level == "debug":  # as the gateway does: every statement and its parameters
-        logging.getLogger("sqlalchemy.engine").setLevel(logging.DEBUG)
+    from tokenport import logs
     from tokenport.store.db import connect
     from tokenport.store.energy import EnergyStore
     from tokenport.store.usage import DeadLetterFile, UsageStore
     from tokenport.store.usage import is_transient as db_transient
     from tokenport.store.writer import write_reliably
 
+    logs.configure(spec.log_level)
     engine = connect(spec.database_url)
     store = UsageStore(engine)
     if spec.redis_url:

@@ -205,6 +205,7 @@ def test_created_key_works_then_revoked_key_is_refused(mock_server: LiveServer) 
         "mock-embed",
         "mock-midfail",
         "mock-model",
+        "mock-think",
         "mock-tools",
         "paid-model",
     ]  # its zone only

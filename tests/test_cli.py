@@ -120,6 +120,9 @@ def test_unknown_tenant(cli: Cli) -> None:
 
 
 def test_usage(cli: Cli) -> None:
+    assert "no tokenport database" in cli.fails("usage")  # a read-only command creates nothing
+    assert not cli.home.exists()
+    cli.ok("tenants", "create", "someone")
     empty = cli.json("usage")
     assert empty == {
         "data": [],

@@ -7,6 +7,7 @@ import json
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tokenport.energy.allocation import Allocation, Share
 from tokenport.energy.config import EnergyConfig
 from tokenport.energy.green import MJ_PER_KWH
 from tokenport.energy.meter import Allocated, RequestMeta, Window
-from tokenport.energy.reports import economics_csv, economics_html, green_csv, green_html
+from tokenport.energy.reports import economics_csv, economics_html, economics_text, green_csv, green_html
 from tokenport.energy.service import EnergyInputError, EnergyService
 from tokenport.store.billing import BillingStore
 from tokenport.store.energy import DuplicateCertificate, EnergyStore
@@ -130,9 +131,12 @@ def test_the_value_chain(world) -> None:
     assert doc["revenue_cny"] == "24.85" and doc["value_multiple"] == "9.94"  # 24.85 / 2.50
     assert doc["kwh_per_million_tokens"] == "2.500"
     models = {r["name"]: r for r in doc["by_model"]}
-    assert models["m-large"]["revenue_usd"] == "3.000000" and models["m-large"]["energy_kwh"] == "3.000000000"
+    assert models["m-large"]["revenue_usd"] == "3.000000" and models["m-large"]["own_kwh"] == "3.000000000"
+    assert models["m-large"]["idle_kwh"] == "0.750000000"  # idle spread as for customers
+    assert models["m-large"]["energy_kwh"] == "3.750000000"
     customers = {r["name"]: r for r in doc["by_customer"]}
     assert customers["toys"]["energy_kwh"] == "1.250000000"  # its 1 kWh and a quarter of the idle
+    assert doc["energy"]["method"] == "measured" and doc["missing"] == {}
     assert "value_multiple" in economics_csv(doc) and "<svg" in economics_html(doc)
 
 
@@ -167,3 +171,121 @@ def test_the_cli(tmp_path: Path) -> None:
     )
     assert "PUE" in run("energy", "pue", "--period", "2026-10", "--value", "0.5", ok=False).stderr
     assert "not enough measured windows" in run("energy", "calibrate", ok=False).stdout
+
+
+def _rejected(engine: Engine, tenant_id: str, rid: str = "req_rejected") -> None:
+    """A request refused before routing (a 400): no model, no tokens, no cost."""
+    row = usage_row(rid, tenant_id, T0 + timedelta(seconds=5), model=None, backend=None, status=400)
+    row.update(prompt_tokens=0, cached_tokens=0, completion_tokens=0, error_code="invalid_request")
+    UsageStore(engine).insert_many([row])
+
+
+def test_rejected_requests_never_break_a_report(world, engine: Engine) -> None:
+    energy, clock, jakarta, toys, tenancy = world
+    _rejected(engine, toys.id)
+    energy.set_tariff("2026-10", "0.5")
+    doc = energy.economics("2026-10", 7_100_000, {jakarta.id: "jakarta", toys.id: "toys"})
+    models = {r["name"]: r for r in doc["by_model"]}
+    assert set(models) == {"m-large", "m-small", "(rejected requests)"}
+    assert models["(rejected requests)"]["tokens"] == 0 and models["(rejected requests)"]["energy_mj"] == 0
+    assert doc["missing"]["by_model.(rejected requests).kwh_per_million_tokens"] == "no tokens in 2026-10"
+    page = economics_html(doc)  # it raised AttributeError on the record's missing model
+    assert (
+        "None" not in page and "(rejected requests)" in page and "(rejected requests)" in economics_csv(doc)
+    )
+    assert "(rejected requests)" in economics_text(doc)
+    report = energy.green_report(toys.id, "toys", "overseas", "2026-10")
+    assert report["tokens"] == 1_000_000 and "toys" in green_html(report) and green_csv(report)
+    billing = BillingService(BillingStore(engine), tenancy, clock)
+    billing.set_price("m-small", "0.30", "1.20", effective_from=T0 - timedelta(days=1))
+    preview = billing.preview_invoice("toys", "2026-10")
+    assert preview["total_nano_usd"] == 500_000_000 and preview["rejected_requests"] == 1
+
+
+def test_no_report_prints_none_and_each_names_what_is_missing(world) -> None:
+    energy, _, jakarta, toys, _ = world
+    doc = energy.economics("2026-10", None, {jakarta.id: "jakarta", toys.id: "toys"})
+    assert doc["electricity"]["cny"] is None and doc["value_multiple"] is None  # JSON null stays...
+    tariff = "no tariff for 2026-10: tokenport energy tariff --period 2026-10 --cny-per-kwh X"
+    fx = "no CNY/USD rate for 2026-10: tokenport fx set --period 2026-10 --cny-per-usd X"
+    assert doc["missing"]["electricity.cny"] == tariff  # ... with what is missing beside it
+    assert doc["missing"]["cny_per_usd"] == fx and doc["missing"]["revenue_cny"] == fx
+    assert doc["missing"]["value_multiple"] == f"{fx}; {tariff}"
+    json.dumps(doc)
+    for text in (economics_text(doc), economics_csv(doc), economics_html(doc)):
+        assert "None" not in text
+        assert tariff in text and fx in text
+
+    empty = energy.economics("2026-11", None, {})  # nothing at all: no energy, no tokens
+    assert empty["missing"]["kwh_per_million_tokens"] == "no tokens in 2026-11"
+    assert empty["missing"]["energy.measured_share"].startswith("no energy metered in 2026-11")
+    assert empty["energy"]["method"] == "none"
+    for text in (economics_text(empty), economics_csv(empty), economics_html(empty)):
+        assert "None" not in text and "no tokens in 2026-11" in text
+
+    report = energy.green_report(jakarta.id, "jakarta", "overseas", "2026-11")
+    assert report["green_share"] is None
+    assert report["missing"]["green_share"].startswith("no energy metered for jakarta in 2026-11")
+    assert report["missing"]["intensity.kwh_per_million_tokens"] == "no tokens in 2026-11"
+    for text in (green_csv(report), green_html(report)):
+        assert "None" not in text and "no tokens in 2026-11" in text
+
+
+def test_energy_per_model_and_per_customer_reconcile_exactly(engine: Engine) -> None:
+    """Two windows, one measured and one estimated with idle and others' work, at PUE 1.237:
+    per model and per customer, own + idle + others' work = the metered total, to the mJ."""
+    clock = FakeClock(T0)
+    tenancy = TenancyService(TenantStore(engine), "overseas", clock)
+    a, b = tenancy.create_tenant("a"), tenancy.create_tenant("b")
+    usage = UsageStore(engine)
+    usage.insert_many(
+        [
+            usage_row("r0", a.id, T0, model="m1"),
+            usage_row("r1", b.id, T0, model="m1"),
+            usage_row("r2", b.id, T0, model="m2"),
+        ]
+    )
+    store = EnergyStore(engine)
+    meta = {r: RequestMeta(t.id) for r, t in (("r0", a), ("r1", b), ("r2", b))}
+    w1 = Window("box", "overseas", 0.0, 10.0, T0, T0 + timedelta(seconds=10), 5 * KWH + 11, "measured")
+    w2 = Window(
+        "box",
+        "overseas",
+        10.0,
+        20.0,
+        T0 + timedelta(seconds=10),
+        T0 + timedelta(seconds=20),
+        3 * KWH + 7,
+        "estimated",
+    )
+    shares1 = (Share("r0", KWH + 3, 2 * KWH), Share("r1", 0, KWH + 5), Share("r2", 7, 13))
+    shares2 = (Share("r0", KWH, 0), Share("r2", 1, 1))
+    idle1 = 5 * KWH + 11 - sum(s.total_mj for s in shares1)
+    store.write(
+        [
+            Allocated(w1, Allocation(shares1, idle1), meta),
+            Allocated(w2, Allocation(shares2, KWH + 2, KWH + 3), meta),
+        ]
+    )
+    energy = EnergyService(store, EnergyConfig(pue_milli=1000), clock)
+    energy.set_pue("2026-10", "1.237")
+    doc = energy.economics("2026-10", None, {a.id: "a", b.id: "b"})
+    e = doc["energy"]
+    assert e["facility_mj"] == ((8 * KWH + 18) * 1237 + 500) // 1000  # x PUE, rounded once
+    assert e["idle_mj"] > 0 and e["unattributed_mj"] > 0
+    assert e["attributed_mj"] + e["idle_mj"] + e["unattributed_mj"] == e["facility_mj"]
+    for group in ("by_model", "by_customer"):
+        rows = doc[group]
+        assert sum(r["own_mj"] for r in rows) == e["attributed_mj"]
+        assert sum(r["idle_mj"] for r in rows) == e["idle_mj"]
+        assert sum(r["energy_mj"] for r in rows) + e["unattributed_mj"] == e["facility_mj"]
+        assert all(r["energy_mj"] == r["own_mj"] + r["idle_mj"] for r in rows)
+    # the customers' energy is the green report's (its shares and its part of the idle, x PUE)
+    customers = {r["name"]: r for r in doc["by_customer"]}
+    green_b = energy.green_report(b.id, "b", "overseas", "2026-10")["energy_kwh"]
+    assert abs(Decimal(customers["b"]["energy_kwh"]) - Decimal(green_b)) <= Decimal("0.000000001")
+    measured = Decimal(5 * KWH + 11) / Decimal(8 * KWH + 18)
+    assert e["method"] == "mixed" and e["measured_share"] == str(measured.quantize(Decimal("0.0001")))
+    assert e["label"] == "mixed: 62.5 % measured, 37.5 % estimated"
+    text = economics_text(doc)
+    assert "idle" in text and "others' work" in text and "mixed: 62.5 % measured" in text

@@ -111,7 +111,7 @@ def test_failures(mock_server, client) -> None:
 
 
 def test_translation() -> None:
-    body = translate(
+    body, _ = translate(
         {
             "model": "m",
             "instructions": "sys",
@@ -151,11 +151,18 @@ def test_translation() -> None:
     for broken in (
         {"model": "m"},
         {"model": "m", "input": [{"type": "input_image"}]},
-        {"model": "m", "input": "x", "tools": [{"type": "web_search"}]},
+        {
+            "model": "m",
+            "input": "x",
+            "tools": [{"type": "web_search"}],
+            "tool_choice": {"type": "web_search"},
+        },
         {"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
     ):
         with pytest.raises(ApiError):
             translate(broken)
+    hosted_only, _ = translate({"model": "m", "input": "x", "tools": [{"type": "web_search"}]})
+    assert "tools" not in hosted_only  # a hosted tool is left out, not refused
 
 
 def test_the_embedded_model_through_the_responses_api(engine_server) -> None:

@@ -187,6 +187,11 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         name, url, models = raw["name"], raw["url"].rstrip("/"), tuple(raw["models"])
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"backend needs name, url and models: {raw!r}") from exc
+    if (base := without_v1(url)) is not None:
+        raise ConfigError(
+            f"backend {name}: url {url!r} ends in /v1, but a backend's url is the engine's root "
+            f"(tokenport asks it for /health and /v1/...): use url = {base!r}"
+        )
     kind = raw.get("kind", "openai")
     if kind not in BACKEND_KINDS:
         raise ConfigError(f"backend {name}: kind must be one of {', '.join(BACKEND_KINDS)}")
@@ -202,6 +207,13 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         weight=max(1, int(raw.get("weight", 1))),
         max_inflight=int(raw["max_inflight"]) if raw.get("max_inflight") else None,
     )
+
+
+def without_v1(url: str) -> str | None:
+    """A backend URL given as an OpenAI `base_url` (`http://host:8000/v1`): the engine's root
+    without the `/v1`; None when the URL has no such ending."""
+    trimmed = url.rstrip("/")
+    return trimmed[: -len("/v1")] if trimmed.endswith("/v1") else None
 
 
 def _embeddings(backend: str, names, models: tuple[str, ...]) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import gc
 import logging
 import sys
 from datetime import timedelta
+from functools import partial
 
 import aiohttp
 
@@ -32,7 +33,9 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.registry import BackendRegistry
 from tokenport.gateway.relay import Relay
 from tokenport.gateway.settle import Settler
+from tokenport.gateway.token_count import count_request_tokens
 from tokenport.gateway.upstream_http import UpstreamPool
+from tokenport.gateway.window import ContextWindow
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
@@ -149,7 +152,10 @@ class Runtime:
         settler = Settler(
             self.writer, self.metrics, self.clock, self.charging, limiter, self.vault, self.meter
         )
-        self.gateway = Gateway(self.keys, limiter, self.pool, self.charging, relay, settler, self.meter)
+        window = ContextWindow(partial(count_request_tokens, self.session))
+        self.gateway = Gateway(
+            self.keys, limiter, self.pool, self.charging, relay, settler, window, self.meter
+        )
         s = self.settings
         self._tasks = [
             asyncio.create_task(self.feed.run(), name="change-feed"),

@@ -24,6 +24,7 @@ DEFAULT_PRICES = {
     "domestic-model": ["--free"],
     "mock-tools": ["--free"],
     "mock-midfail": ["--free"],
+    "mock-think": ["--free"],
     "mock-embed": PAID_MODEL_PRICE,
     "paid-model": PAID_MODEL_PRICE,
 }
@@ -252,7 +253,10 @@ def mock_config(mock_url: str) -> dict:
             {
                 "name": "mock",
                 "url": mock_url,
-                "models": ["mock-model", "paid-model", "mock-tools", "mock-embed", "mock-midfail"],
+                "models": [
+                    *("mock-model", "paid-model", "mock-tools", "mock-embed", "mock-midfail"),
+                    "mock-think",
+                ],
                 "kind": "llamacpp",
                 "embeddings": ["mock-embed"],
             },

@@ -22,6 +22,7 @@ from tokenport.tenancy.service import InvalidInput, NotFound
 GROUPS = ("day", "model", "key")
 TOTALS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_nano_usd")
 # Facility energy (x PUE), the IT energy at the node, green energy (millijoules); carbon (ug CO2e).
+MAX_LIMIT = 100_000  # groups per answer
 ENERGY_FIELDS = ("energy_mj", "it_energy_mj", "green_mj", "co2_location_ug", "co2_market_ug")
 
 
@@ -43,15 +44,60 @@ async def usage(request: Request, rt, key) -> Response:
         start, end = parse_since(q.get("start")), parse_since(q.get("end"))
     except InvalidInput as exc:
         raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
+    limit = _limit(q.get("limit"))
     rows = await run_in_threadpool(rt.usage_store.grouped, key.tenant_id, group_by, start, end)
     energy = await run_in_threadpool(rt.energy.group_figures, key.tenant_id, group_by, start, end)
     for r in rows:
         r["cost_usd"] = nano_to_usd(r["cost_nano_usd"])
         r.update(energy.get(r[group_by], dict.fromkeys(ENERGY_FIELDS, 0)))
-    totals = {k: sum(r[k] for r in rows) for k in (*TOTALS, *ENERGY_FIELDS)}
+    totals = {k: sum(r[k] for r in rows) for k in (*TOTALS, *ENERGY_FIELDS)}  # over every group
     totals["cost_usd"] = nano_to_usd(totals["cost_nano_usd"])
-    body = {"object": "list", "group_by": group_by, "data": rows, "totals": totals}
+    shown = rows if limit is None else rows[:limit]
+    body = {
+        "object": "list",
+        "group_by": group_by,
+        "data": shown,
+        "has_more": len(shown) < len(rows),
+        "totals": totals,
+    }
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _limit(raw: str | None) -> int | None:
+    """`?limit=N`: at most N groups, the first in order (1 to MAX_LIMIT)."""
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 6 and 1 <= int(raw) <= MAX_LIMIT):
+        raise bad_request(f"'limit' must be an integer from 1 to {MAX_LIMIT}", param="limit")
+    return int(raw)
+
+
+def _rendered(doc: dict, fmt: str) -> Response:
+    if fmt == "csv":
+        return Response(render_csv(doc), media_type="text/csv")
+    if fmt == "html":
+        return Response(render_html(doc), media_type="text/html")
+    return Response(orjson.dumps(doc), media_type="application/json")
+
+
+def _format(request: Request) -> str:
+    fmt = request.query_params.get("format", "json")
+    if fmt not in ("json", "csv", "html"):
+        raise bad_request("'format' must be json, csv or html", param="format")
+    return fmt
+
+
+@keyed
+async def upcoming(request: Request, rt, key) -> Response:
+    """The running month's invoice to date (`?period=YYYY-MM` for another), from the ledger;
+    nothing is issued or stored."""
+    fmt = _format(request)
+    period = request.query_params.get("period")
+    try:
+        doc = await run_in_threadpool(rt.billing_service.preview_invoice, key.tenant_name, period)
+    except InvalidInput as exc:
+        raise bad_request(str(exc), param="period") from None
+    return _rendered(doc, fmt)
 
 
 @keyed
@@ -67,12 +113,7 @@ async def invoice(request: Request, rt, key) -> Response:
         doc = await run_in_threadpool(rt.billing_service.invoice, invoice_id, key.tenant_id)
     except NotFound:  # another tenant's invoice is indistinguishable from none
         raise ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found") from None
-    fmt = request.query_params.get("format", "json")
-    if fmt == "csv":
-        return Response(render_csv(doc), media_type="text/csv")
-    if fmt == "html":
-        return Response(render_html(doc), media_type="text/html")
-    return Response(orjson.dumps(doc), media_type="application/json")
+    return _rendered(doc, request.query_params.get("format", "json"))
 
 
 @keyed
@@ -115,6 +156,7 @@ routes = [
     Route("/v1/account/green", green, methods=["GET"]),
     Route("/v1/retained/{request_id}", retained, methods=["GET"]),
     Route("/v1/account/invoices", invoices, methods=["GET"]),
+    Route("/v1/account/invoices/upcoming", upcoming, methods=["GET"]),  # before {invoice_id}
     Route("/v1/account/invoices/{invoice_id}", invoice, methods=["GET"]),
     Route("/v1/account/balance", balance, methods=["GET"]),
     Route("/v1/account/usage", usage, methods=["GET"]),

@@ -1,11 +1,18 @@
 """Anthropic Messages requests: validated and translated to an OpenAI chat completion body, which
 the gateway sends upstream exactly as it does an OpenAI request (one code path to the engines).
 
-What is translated: `system` (a string or text blocks), user and assistant turns with text,
-`tool_use` and `tool_result` blocks, `tools` (`input_schema` as the function's parameters),
-`tool_choice` (auto / any / tool / none), `max_tokens`, `stop_sequences`, `temperature`,
-`top_p`, `stream`. Ignored: `metadata`, `top_k`, `thinking`, `service_tier`, cache_control
-marks, and `anthropic-beta` flags. Images and documents are refused (no model here reads them).
+Translated: `system` (a string or text blocks); user and assistant turns with text, `tool_use`
+and `tool_result` blocks; `role: "system"` turns anywhere in `messages` (Claude Code's
+mid-conversation system messages), as system messages at that position; `tools`
+(`input_schema` as the function's parameters), `tool_choice` (auto / any / tool / none,
+`disable_parallel_tool_use`), `max_tokens`, `stop_sequences`, `temperature`, `top_p`, `stream`;
+`thinking` (enabled with a budget, adaptive, disabled) and `output_config.effort` as the engine's
+reasoning parameters (engines/dialects.py); `output_config.format` (a JSON schema) as
+`response_format`. Dropped: earlier thinking blocks, blocks of server tools that no engine here
+ran, server tools themselves (a `tool_choice` forcing one is a 400). Ignored: `metadata`,
+`top_k`, `context_management`, `service_tier`, `container`, `mcp_servers`, `cache_control`
+marks, `anthropic-beta` flags and any other field. Images and documents a user sends are refused
+(no model here reads them); in a tool's result they become a line saying so.
 """
 
 from __future__ import annotations
@@ -16,7 +23,28 @@ from typing import Any
 import orjson
 
 from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.engines.dialects import EFFORTS, Reasoning
 from tokenport.gateway.errors import bad_request
+
+# Blocks of Anthropic's server tools (run by Anthropic, never by an engine here): dropped from the
+# history, as earlier thinking is.
+SERVER_BLOCKS = frozenset(
+    {
+        "thinking",
+        "redacted_thinking",
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "mcp_tool_use",
+        "mcp_tool_result",
+        "container_upload",
+    }
+)
+UNREADABLE = ("image", "document")  # what the models served here cannot read
 
 
 def resolve_model(name: str, aliases: dict[str, str]) -> str:
@@ -36,16 +64,25 @@ def _text(block: dict, where: str) -> str:
     return text
 
 
-def _content_text(content: Any, where: str) -> str:
-    """A tool result's (or system prompt's) content: a string or text blocks."""
+def _content_text(content: Any, where: str, in_tool_result: bool = False) -> str:
+    """A system prompt's or tool result's content: a string or blocks (text, search results;
+    in a tool result, an image or document becomes a line saying it was left out)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = []
         for block in content:
-            if not isinstance(block, dict) or block.get("type") != "text":
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                parts.append(_text(block, where))
+            elif kind == "search_result":
+                parts.append(_content_text(block.get("content"), where))
+            elif kind in UNREADABLE and in_tool_result:
+                parts.append(f"[{kind} left out: the model cannot read it]")
+            elif kind == "tool_reference":
+                continue
+            else:
                 raise bad_request(f"{where}: only text content is supported here", param="messages")
-            parts.append(_text(block, where))
         return "\n".join(parts)
     if content is None:
         return ""
@@ -55,9 +92,11 @@ def _content_text(content: Any, where: str) -> str:
 def _turn(i: int, message: Any) -> list[dict]:
     """One Anthropic message as OpenAI messages (a user turn's tool results become tool messages)."""
     where = f"messages[{i}]"
-    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-        raise bad_request(f"{where}: role must be 'user' or 'assistant'", param="messages")
+    if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+        raise bad_request(f"{where}: role must be 'user', 'assistant' or 'system'", param="messages")
     role, content = message["role"], message.get("content")
+    if role == "system":  # a system message at this point of the conversation
+        return [{"role": "system", "content": _content_text(content, where)}]
     if isinstance(content, str):
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
@@ -84,13 +123,15 @@ def _turn(i: int, message: Any) -> list[dict]:
         elif kind == "tool_result" and role == "user":
             if not isinstance(block.get("tool_use_id"), str):
                 raise bad_request(f"{at}: tool_result needs a string 'tool_use_id'", param="messages")
-            text = _content_text(block.get("content"), at)
+            text = _content_text(block.get("content"), at, in_tool_result=True)
             if block.get("is_error"):
                 text = f"Error: {text}"
             results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
-        elif kind in ("thinking", "redacted_thinking"):
-            continue  # earlier reasoning is not replayed to the engine
-        elif kind in ("image", "document"):
+        elif kind == "search_result":
+            texts.append(_content_text(block.get("content"), at))
+        elif kind in SERVER_BLOCKS:
+            continue  # earlier reasoning and server tools' traffic are not replayed to the engine
+        elif kind in UNREADABLE:
             raise bad_request(
                 f"{at}: {kind} blocks are not supported by the models served here", param="messages"
             )
@@ -101,21 +142,24 @@ def _turn(i: int, message: Any) -> list[dict]:
         turn: dict = {"role": "assistant", "content": "".join(texts) or None}
         if calls:
             turn["tool_calls"] = calls
-        out.append(turn)
+        if turn["content"] is not None or calls:
+            out.append(turn)
     elif texts or not results:
         out.append({"role": "user", "content": "\n".join(texts)})
     return out
 
 
-def _tools(tools: Any) -> list[dict]:
+def _tools(tools: Any) -> tuple[list[dict], set[str]]:
+    """(the function tools, the names of the server tools dropped)."""
     if not isinstance(tools, list):
         raise bad_request("'tools' must be an array", param="tools")
-    out = []
+    out, dropped = [], set()
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise bad_request(f"tools[{i}] needs a string 'name'", param="tools")
         if t.get("type") not in (None, "custom"):
-            continue  # server tools (web search, ...) are not run here
+            dropped.add(t["name"])  # server tools (web search, code execution, ...) are not run here
+            continue
         schema = t.get("input_schema") or {"type": "object"}
         if not isinstance(schema, dict):
             raise bad_request(f"tools[{i}].input_schema must be an object", param="tools")
@@ -123,10 +167,10 @@ def _tools(tools: Any) -> list[dict]:
         if isinstance(t.get("description"), str):
             fn["description"] = t["description"]
         out.append({"type": "function", "function": fn})
-    return out
+    return out, dropped
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, dropped: set[str]) -> Any:
     if not isinstance(choice, dict):
         raise bad_request("'tool_choice' must be an object", param="tool_choice")
     kind = choice.get("type")
@@ -137,8 +181,39 @@ def _tool_choice(choice: Any) -> Any:
     if kind == "none":
         return "none"
     if kind == "tool" and isinstance(choice.get("name"), str):
+        if choice["name"] in dropped:
+            raise bad_request(
+                f"'tool_choice' forces '{choice['name']}', a server tool that no model here runs",
+                param="tool_choice",
+            )
         return {"type": "function", "function": {"name": choice["name"]}}
     raise bad_request("'tool_choice.type' must be auto, any, tool (with a name) or none", param="tool_choice")
+
+
+def reasoning(body: dict) -> Reasoning:
+    """`thinking` and `output_config.effort` as what the engine is asked of its reasoning. No
+    `thinking` means none, as on Anthropic's API. Malformed values are ignored, never a 400."""
+    thinking = body.get("thinking") if isinstance(body.get("thinking"), dict) else {}
+    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+    effort = config.get("effort") if config.get("effort") in EFFORTS else None
+    kind = thinking.get("type")
+    shown = thinking.get("display") != "omitted"
+    if kind == "enabled":
+        budget = thinking.get("budget_tokens")
+        ok = isinstance(budget, int) and not isinstance(budget, bool) and budget > 0
+        return Reasoning(True, effort, budget if ok else None, shown)
+    if kind == "adaptive":
+        return Reasoning(True, effort, shown=shown)
+    return Reasoning(False)
+
+
+def _response_format(body: dict) -> dict | None:
+    """`output_config.format` (structured outputs) as OpenAI's `response_format`."""
+    config = body.get("output_config")
+    fmt = config.get("format") if isinstance(config, dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
+    return None
 
 
 def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
@@ -162,6 +237,8 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
         chat.append({"role": "system", "content": _content_text(system, "system")})
     for i, m in enumerate(messages):
         chat += _turn(i, m)
+    if all(m["role"] == "system" for m in chat):
+        raise bad_request("'messages' needs at least one user or assistant turn", param="messages")
     out: dict[str, Any] = {"model": resolve_model(model, aliases), "messages": chat, "max_tokens": max_tokens}
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -174,17 +251,27 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
         if stops:
             out["stop"] = stops
     copy_sampling(body, out, 1)
+    dropped: set[str] = set()
     if body.get("tools"):
-        tools = _tools(body["tools"])
+        tools, dropped = _tools(body["tools"])
         if tools:
             out["tools"] = tools
-    if body.get("tool_choice") is not None and "tools" in out:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
+    choice = body.get("tool_choice")
+    if choice is not None and ("tools" in out or dropped):
+        mapped = _tool_choice(choice, dropped)  # a forced server tool is refused
+        if "tools" in out:
+            out["tool_choice"] = mapped
+            if choice.get("disable_parallel_tool_use") is True:
+                out["parallel_tool_calls"] = False
+    if (fmt := _response_format(body)) is not None:
+        out["response_format"] = fmt
     return model, out
 
 
 def parse_messages(raw: bytes, aliases: dict[str, str]) -> tuple[str, ParsedRequest]:
     """(the model the client asked for, the request the lifecycle routes on: the engine's model
     and the translated body). The usage chunk is always asked for: the answer needs it."""
-    asked, chat = translate(parse_body(raw), aliases)
-    return asked, ParsedRequest("messages", chat["model"], chat["stream"], chat["stream"], chat)
+    body = parse_body(raw)
+    asked, chat = translate(body, aliases)
+    stream = chat["stream"]
+    return asked, ParsedRequest("messages", chat["model"], stream, stream, chat, reasoning(body))

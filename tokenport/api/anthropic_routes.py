@@ -34,6 +34,8 @@ class MessagesEndpoint(CompletionEndpoint):
     def parser(self, sink: AnthropicSink):
         def parse(raw: bytes) -> ParsedRequest:
             sink.model, parsed = parse_messages(raw, self.aliases)
+            if parsed.reasoning is not None and parsed.reasoning.on:
+                sink.thinking, sink.thinking_shown = True, parsed.reasoning.shown
             return parsed
 
         return parse

@@ -7,17 +7,24 @@ for a tool call's arguments) / `content_block_stop` with contiguous indexes, the
 `message_delta` (stop reason, output tokens) and `message_stop`. Errors in Anthropic's shape
 (`{"type": "error", "error": {...}}`, `event: error` once streaming), with `request-id`.
 Usage follows Anthropic's convention: `input_tokens` excludes cached prompt tokens, which are
-`cache_read_input_tokens`.
+`cache_read_input_tokens`. The engine's reasoning (`reasoning_content`, or vLLM's `reasoning`)
+comes back as `thinking` blocks (`thinking_delta`, then a `signature_delta`) when the client
+turned thinking on (with `display: "omitted"`, as Claude Code asks, the blocks carry no text: the
+signature only); the signature is a digest of the thinking, and thinking sent back is not
+replayed to the engine.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import orjson
 
 from tokenport.api.errors import error_headers
 from tokenport.api.openai_routes import AsgiSink
-from tokenport.api.translating_sink import TranslatingSink, stream_error
+from tokenport.api.translating_sink import TranslatingSink, reasoning_text, stream_error
 from tokenport.gateway.errors import ApiError
+from tokenport.gateway.window import ContextExceeded
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -40,7 +47,8 @@ _ERROR_TYPES = {
 
 def anthropic_error(err: ApiError) -> bytes:
     kind = "billing_error" if err.code == "insufficient_quota" else _ERROR_TYPES.get(err.status, "api_error")
-    return orjson.dumps({"type": "error", "error": {"type": kind, "message": err.message}})
+    message = err.anthropic_message if isinstance(err, ContextExceeded) else err.message
+    return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
 
 
 def _event(name: str, data: dict) -> bytes:
@@ -51,12 +59,20 @@ def anthropic_usage(usage: dict | None) -> dict:
     usage = usage or {}
     prompt = int(usage.get("prompt_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-    return {
+    out = {
         "input_tokens": prompt - cached,
         "output_tokens": int(usage.get("completion_tokens") or 0),
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
     }
+    if "clamped_max_tokens" in usage:  # max_tokens was lowered to what the context leaves
+        out["clamped_max_tokens"] = usage["clamped_max_tokens"]
+    return out
+
+
+def signature(digest) -> str:
+    """A thinking block's signature: a digest of its text (nothing to verify; it is not replayed)."""
+    return "tokenport-" + digest.hexdigest()[:40]
 
 
 def _counts_known(obj: dict) -> bool:
@@ -67,6 +83,7 @@ def _has_output(obj: dict) -> bool:
     return any(
         (c.get("delta") or {}).get("content")
         or (c.get("delta") or {}).get("tool_calls")
+        or reasoning_text(c.get("delta") or {})
         or c.get("finish_reason")
         for c in obj.get("choices") or []
     )
@@ -78,6 +95,9 @@ class AnthropicSink(TranslatingSink):
     def __init__(self, inner: AsgiSink, request_id: str) -> None:
         super().__init__(inner)
         self.model = ""  # the model the client asked for (aliases resolved only upstream)
+        self.thinking = False  # the client turned thinking on: the engine's reasoning goes back
+        self.thinking_shown = True  # False (`display: omitted`): the blocks go back without their text
+        self._thought = None  # the open thinking block's text, digested (hashlib.sha256)
         self.message_id = "msg_" + request_id.removeprefix("req_")
         self._rid = request_id.encode()
         self._stream = False
@@ -132,8 +152,15 @@ class AnthropicSink(TranslatingSink):
         out = [] if self._started else [self._message_start(obj)]
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
+            if self.thinking and (thought := reasoning_text(delta)) is not None:
+                if self._thought is None:
+                    out += self._open_block({"type": "thinking", "thinking": "", "signature": ""})
+                    self._thought = hashlib.sha256()
+                self._thought.update(thought.encode())
+                if self.thinking_shown:
+                    out.append(self._delta({"type": "thinking_delta", "thinking": thought}))
             if delta.get("content"):
-                if self._open is None or self._open in self._tools.values():
+                if self._open is None or self._open in self._tools.values() or self._thought is not None:
                     out += self._open_block({"type": "text", "text": ""})
                 out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
             for call in delta.get("tool_calls") or []:
@@ -211,8 +238,13 @@ class AnthropicSink(TranslatingSink):
     def _close(self) -> list[bytes]:
         if self._open is None:
             return []
+        out = []
+        if self._thought is not None:  # a thinking block ends with its signature
+            out.append(self._delta({"type": "signature_delta", "signature": signature(self._thought)}))
+            self._thought = None
         i, self._open = self._open, None
-        return [_event("content_block_stop", {"type": "content_block_stop", "index": i})]
+        out.append(_event("content_block_stop", {"type": "content_block_stop", "index": i}))
+        return out
 
     # --- a whole answer ---
 
@@ -220,6 +252,10 @@ class AnthropicSink(TranslatingSink):
         choice = (obj.get("choices") or [{}])[0]
         msg = choice.get("message") or {}
         content: list[dict] = []
+        if self.thinking and (thought := reasoning_text(msg)) is not None:
+            sig = signature(hashlib.sha256(thought.encode()))
+            shown = thought if self.thinking_shown else ""
+            content.append({"type": "thinking", "thinking": shown, "signature": sig})
         if msg.get("content"):
             content.append({"type": "text", "text": msg["content"]})
         for call in msg.get("tool_calls") or []:

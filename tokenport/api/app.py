@@ -51,7 +51,8 @@ class TokenportApp:
             finally:
                 await runtime.stop()
 
-        routes = [
+        routes = [  # Starlette answers HEAD wherever it answers GET
+            Route("/", ops.root, methods=["GET"]),
             Route("/health", ops.health, methods=["GET"]),
             Route("/metrics", ops.metrics, methods=["GET"]),
             Route("/v1/models", ops.models, methods=["GET"]),

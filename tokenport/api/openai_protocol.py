@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from tokenport.engines.dialects import Reasoning, openai_reasoning
 from tokenport.gateway.errors import bad_request
 
 MAX_TOKENS_CAP = 1_000_000
@@ -20,6 +21,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool  # the client asked for the usage chunk
     body: dict[str, Any]
+    reasoning: Reasoning | None = None  # what the client asked of the model's thinking
 
     @property
     def max_output(self) -> int | None:
@@ -142,7 +144,8 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     rf = body.get("response_format")
     if rf is not None and not (isinstance(rf, dict) and isinstance(rf.get("type"), str)):
         raise bad_request("'response_format' must be an object with a 'type'", param="response_format")
-    return ParsedRequest("chat", model, stream, include_usage, body)
+    reasoning = openai_reasoning(body) if "reasoning_effort" in body else None
+    return ParsedRequest("chat", model, stream, include_usage, body, reasoning)
 
 
 def parse_completion(raw: bytes) -> ParsedRequest:

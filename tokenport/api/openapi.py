@@ -124,6 +124,17 @@ SPEC = {
         },
         "/v1/models": {"get": _op("Models served in the key's zone", "openai")},
         "/v1/account/invoices": {"get": _op("The key's tenant's invoices", "account")},
+        "/v1/account/invoices/upcoming": {
+            "get": _op(
+                "The key's tenant's invoice for the running month (or `period`) to date, from the "
+                "ledger; nothing is issued or stored (`status: preview`, `id: null`)",
+                "account",
+                params=[
+                    _q("period", "YYYY-MM (default: the running month)"),
+                    _q("format", "json, csv or html"),
+                ],
+            )
+        },
         "/v1/account/invoices/{invoice_id}": {
             "get": {
                 **_op(
@@ -148,6 +159,14 @@ SPEC = {
                     _q("group_by", "day (default), model or key"),
                     _q("start", "ISO 8601, inclusive"),
                     _q("end", "ISO 8601, exclusive"),
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "description": "at most this many groups, the first in order (`has_more` says "
+                        "whether there are others; `totals` cover them all)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100000},
+                    },
                 ],
             )
         },

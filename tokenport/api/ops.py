@@ -1,4 +1,4 @@
-"""Operational endpoints: /health, /metrics, /v1/models."""
+"""Operational endpoints: /, /health, /metrics, /v1/models (each answers HEAD as it does GET)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ from prometheus_client import generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokenport import __version__
 from tokenport.api.keyed import keyed
 
 
 def _json(obj, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status, media_type="application/json")
+
+
+async def root(request: Request) -> Response:
+    """What answers here: clients probe the base URL (Claude Code sends `HEAD /` first)."""
+    return _json({"service": "tokenport", "version": __version__, "health": "/health", "api": "/v1"})
 
 
 async def health(request: Request) -> Response:

@@ -2,23 +2,55 @@
 completion body for the engine: the same one code path as every other protocol.
 
 Translated: `instructions` (a system message), `input` (a string, or items: messages with
-`input_text` / `output_text` parts, `function_call`, `function_call_output`), function `tools`,
-`tool_choice`, `max_output_tokens`, `temperature`, `top_p`, `stream`, `parallel_tool_calls`,
-`text.format` json_schema (as `response_format`). Ignored: `store`, `metadata`, `reasoning`,
-`include`, `user`, `truncation`, `prompt_cache_key`, `service_tier`; `reasoning` input items.
-Refused: `previous_response_id` (nothing is kept between requests: zero retention), non-function
-tools, images and files.
+`input_text` / `output_text` parts, `function_call` (with its `namespace`), `custom_tool_call`,
+`local_shell_call`, their outputs), `tools` and `tool_choice` (responses_tools.py: namespaces
+flattened, custom tools as functions, hosted tools dropped), `max_output_tokens`, `temperature`,
+`top_p`, `stream`, `parallel_tool_calls`, `reasoning.effort` (to each engine's reasoning
+parameters), `text.format` json_schema (as `response_format`). Ignored: `store`, `metadata`,
+`include`, `user`, `truncation`, `prompt_cache_key`, `service_tier`, `client_metadata`,
+`reasoning.summary`, `text.verbosity` and unknown fields; `reasoning` and `compaction` input items
+(their content is encrypted for OpenAI's models) and hosted tools' call items (`web_search_call`,
+...). Images in a tool's output become a placeholder line. Refused: `previous_response_id` and
+`item_reference` (nothing is kept between requests: zero retention), images and files as input.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.api.responses_tools import ToolMap, tool_map
+from tokenport.engines.dialects import EFFORTS, Reasoning
 from tokenport.gateway.errors import bad_request
 
+# Items the client echoes back from earlier answers that an engine here cannot use: reasoning and
+# compaction are encrypted for OpenAI's models, hosted tools' calls ran on OpenAI's side.
+SKIPPED_ITEMS = frozenset(
+    {
+        "reasoning",
+        "compaction",
+        "compaction_summary",
+        "additional_tools",  # its tools join the request's (responses_tools.py)
+        "web_search_call",
+        "file_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "computer_call",
+        "computer_call_output",
+        "mcp_list_tools",
+        "mcp_call",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "tool_search_call",
+        "tool_search_output",
+    }
+)
+IMAGE_PLACEHOLDER = "[an image was here: the models served here read text only]"
 
-def _text_of(content: Any, where: str) -> str:
+
+def _text_of(content: Any, where: str, tool_output: bool = False) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -28,6 +60,8 @@ def _text_of(content: Any, where: str) -> str:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
             parts.append(part["text"])
+        elif kind in ("input_image", "input_file", "input_audio") and tool_output:
+            parts.append(IMAGE_PLACEHOLDER)
         elif kind in ("input_image", "input_file", "input_audio"):
             raise bad_request(f"{where}: {kind} is not supported by the models served here", param="input")
         elif kind != "refusal":
@@ -35,7 +69,17 @@ def _text_of(content: Any, where: str) -> str:
     return "".join(parts)
 
 
-def _messages(items: Any) -> list[dict]:
+def _call(out: list[dict], call_id: str, name: str, arguments: str) -> None:
+    """An engine-side tool call; consecutive calls (parallel) share one assistant turn."""
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    last = out[-1] if out else None
+    if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+        last["tool_calls"].append(call)
+    else:
+        out.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
+def _messages(items: Any, tools: ToolMap) -> list[dict]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
     if not isinstance(items, list) or not items:
@@ -56,34 +100,52 @@ def _messages(items: Any) -> list[dict]:
                     "content": _text_of(item.get("content"), where),
                 }
             )
-        elif kind == "function_call":
+        elif kind in ("function_call", "custom_tool_call"):
             if not all(isinstance(item.get(k), str) for k in ("call_id", "name")):
-                raise bad_request(f"{where}: a function_call needs 'call_id' and 'name'", param="input")
-            call = {
-                "id": item["call_id"],
-                "type": "function",
-                "function": {"name": item["name"], "arguments": item.get("arguments") or "{}"},
-            }
-            last = out[-1] if out else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)  # parallel calls: one assistant turn
+                raise bad_request(f"{where}: a {kind} needs 'call_id' and 'name'", param="input")
+            ns = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+            if kind == "function_call":
+                arguments = item.get("arguments") or "{}"
             else:
-                out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            if not isinstance(item.get("call_id"), str):
-                raise bad_request(f"{where}: a function_call_output needs 'call_id'", param="input")
+                arguments = orjson.dumps({"input": str(item.get("input") or "")}).decode()
+            _call(out, item["call_id"], tools.engine_name(item["name"], ns), arguments)
+        elif kind == "local_shell_call":
+            call_id = item.get("call_id") or item.get("id")
+            if not isinstance(call_id, str):
+                raise bad_request(f"{where}: a local_shell_call needs 'call_id'", param="input")
+            _call(out, call_id, "local_shell", orjson.dumps(item.get("action") or {}).decode())
+        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
+            call_id = item.get("call_id") or item.get("id")
+            if not isinstance(call_id, str):
+                raise bad_request(f"{where}: a {kind} needs 'call_id'", param="input")
             output = item.get("output")
-            text = output if isinstance(output, str) else _text_of(output, where)
-            out.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
-        elif kind == "reasoning":
-            continue
-        else:
+            if isinstance(output, dict):  # {content, success}: an older failure shape
+                output = output.get("content", "")
+            text = output if isinstance(output, str) else _text_of(output, where, tool_output=True)
+            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        elif kind == "item_reference":
+            raise bad_request(
+                f"{where}: 'item_reference' is not supported: nothing is stored between requests "
+                "(zero retention); send the item itself",
+                param="input",
+            )
+        elif kind not in SKIPPED_ITEMS:
             raise bad_request(f"{where}: unsupported item type {kind!r}", param="input")
     return out
 
 
-def translate(body: dict) -> dict:
-    """The chat completion body for the engine."""
+def reasoning(body: dict) -> Reasoning | None:
+    """`reasoning.effort` as what the engine is asked of its thinking; none asked: the engine's
+    default. A malformed value is ignored."""
+    config = body.get("reasoning")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort not in EFFORTS:
+        return None
+    return Reasoning(on=effort != "none", effort=effort)
+
+
+def translate(body: dict) -> tuple[dict, ToolMap]:
+    """The chat completion body for the engine, and how its tools map to the client's."""
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 128:
         raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
@@ -98,7 +160,8 @@ def translate(body: dict) -> dict:
         if not isinstance(body["instructions"], str):
             raise bad_request("'instructions' must be a string", param="instructions")
         chat.append({"role": "system", "content": body["instructions"]})
-    chat += _messages(body.get("input"))
+    tools = tool_map(body)
+    chat += _messages(body.get("input"), tools)
     out: dict[str, Any] = {"model": model, "messages": chat}
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
@@ -110,44 +173,28 @@ def translate(body: dict) -> dict:
             raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")
         out["max_tokens"] = limit
     copy_sampling(body, out, 2)
-    tools = body.get("tools")
-    if tools:
-        if not isinstance(tools, list):
-            raise bad_request("'tools' must be an array", param="tools")
-        out["tools"] = []
-        for i, t in enumerate(tools):
-            if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("name"), str):
-                raise bad_request(
-                    f"tools[{i}]: only function tools (with a name) are supported", param="tools"
-                )
-            fn = {"name": t["name"], "parameters": t.get("parameters") or {"type": "object"}}
-            if isinstance(t.get("description"), str):
-                fn["description"] = t["description"]
-            out["tools"].append({"type": "function", "function": fn})
-        choice = body.get("tool_choice")
-        if isinstance(choice, str) and choice in ("auto", "required", "none"):
+    if tools.functions:
+        out["tools"] = tools.functions
+        choice = tools.tool_choice(body.get("tool_choice"))
+        if choice is not None:
             out["tool_choice"] = choice
-        elif (
-            isinstance(choice, dict)
-            and choice.get("type") == "function"
-            and isinstance(choice.get("name"), str)
-        ):
-            out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
-        elif choice is not None:
-            raise bad_request("'tool_choice' must be auto, required, none or a function", param="tool_choice")
         if isinstance(body.get("parallel_tool_calls"), bool):
             out["parallel_tool_calls"] = body["parallel_tool_calls"]
+    elif body.get("tool_choice") not in (None, "auto", "none"):
+        tools.tool_choice(body["tool_choice"])  # a forced hosted tool: its clear 400
+        raise bad_request("'tool_choice' requires a tool, and 'tools' has none", param="tool_choice")
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
         out["response_format"] = {"type": "json_schema", "json_schema": schema}
     elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
         out["response_format"] = {"type": "json_object"}
-    return out
+    return out, tools
 
 
-def parse_responses(raw: bytes) -> tuple[dict, ParsedRequest]:
-    """(the request as the client sent it, the one the lifecycle routes on)."""
+def parse_responses(raw: bytes) -> tuple[dict, ParsedRequest, ToolMap]:
+    """(the request as the client sent it, the one the lifecycle routes on, its tools)."""
     body = parse_body(raw)
-    chat = translate(body)
-    return body, ParsedRequest("responses", chat["model"], chat["stream"], chat["stream"], chat)
+    chat, tools = translate(body)
+    parsed = ParsedRequest("responses", chat["model"], chat["stream"], chat["stream"], chat, reasoning(body))
+    return body, parsed, tools

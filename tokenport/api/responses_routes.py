@@ -19,7 +19,7 @@ class ResponsesEndpoint(CompletionEndpoint):
 
     def parser(self, sink: ResponsesSink):
         def parse(raw: bytes) -> ParsedRequest:
-            sink.request, parsed = parse_responses(raw)
+            sink.request, parsed, sink.tools = parse_responses(raw)
             sink.streaming = parsed.stream
             return parsed
 

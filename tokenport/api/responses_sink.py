@@ -5,9 +5,13 @@ Streaming, the events Codex relies on, each with `event:` and a `sequence_number
 for a message `response.content_part.added`, `response.output_text.delta`...,
 `response.output_text.done`, `response.content_part.done`, or for a function call
 `response.function_call_arguments.delta`..., `response.function_call_arguments.done`; then
-`response.output_item.done`; finally `response.completed` (or `response.incomplete` when the
-token limit cut it) with the whole response and `usage` (input, cached, output, reasoning, total
-tokens). A failure once the request is known to stream is `response.failed` with its `code`
+`response.output_item.done`; for a custom tool's call `response.custom_tool_call_input.delta`
+and `.done`; for the engine's reasoning a `reasoning` item with `response.reasoning_text.delta`
+events; finally `response.completed` (or `response.incomplete` when the token limit cut it) with
+the whole response and `usage` (input, cached, output, reasoning, total tokens; and
+`clamped_max_tokens` when the gateway lowered the output limit to what the context leaves).
+Tool calls carry the client's own tool names and namespaces (responses_tools.py). A failure
+once the request is known to stream is `response.failed` with its `code`
 (`insufficient_quota`, `rate_limit_exceeded`, `context_length_exceeded`, ...).
 """
 
@@ -19,7 +23,8 @@ import orjson
 
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.openai_routes import AsgiSink
-from tokenport.api.translating_sink import TranslatingSink, stream_error
+from tokenport.api.responses_tools import ToolMap
+from tokenport.api.translating_sink import TranslatingSink, reasoning_text, stream_error
 from tokenport.gateway.errors import ApiError
 
 
@@ -29,19 +34,51 @@ def responses_usage(usage: dict | None) -> dict:
     completion = int(usage.get("completion_tokens") or 0)
     cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
     reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
-    return {
+    out = {
         "input_tokens": prompt,
         "input_tokens_details": {"cached_tokens": cached},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
     }
+    for extra in ("cost", "clamped_max_tokens"):  # the gateway's own, documented fields
+        if extra in usage:
+            out[extra] = usage[extra]
+    return out
+
+
+def call_item(tools: ToolMap, item_id: str, call_id: str, engine_name: str, arguments: str) -> dict:
+    """The client's call item for a call the engine made: a `function_call` (with its
+    `namespace` if the tool came from one) or a `custom_tool_call` with the free-form input."""
+    tool = tools.client_tool(engine_name)
+    if tool.kind == "custom":
+        item = {"type": "custom_tool_call", "id": "ctc" + item_id[2:], "call_id": call_id, "name": tool.name}
+        item["input"] = custom_input(arguments)
+    else:
+        item = {"type": "function_call", "id": item_id, "call_id": call_id, "name": tool.name}
+        item["arguments"] = arguments
+    if tool.namespace is not None:
+        item["namespace"] = tool.namespace
+    return item
+
+
+def custom_input(arguments: str) -> str:
+    """A custom tool's input from the engine's arguments, `{"input": ...}`; other JSON or text
+    passes as it is (the engine did not follow the wrapping)."""
+    try:
+        args = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        return arguments
+    if isinstance(args, dict) and isinstance(args.get("input"), str):
+        return args["input"]
+    return arguments
 
 
 class ResponsesSink(TranslatingSink):
     def __init__(self, inner: AsgiSink, request_id: str) -> None:
         super().__init__(inner)
         self.request: dict = {}  # the client's request, for the echoed fields
+        self.tools = ToolMap()  # the client's tools behind the engine's function names
         self.streaming = False  # the client asked to stream (known once parsed)
         self.id = "resp_" + request_id.removeprefix("req_")
         self.created_at = int(time.time())
@@ -50,6 +87,7 @@ class ResponsesSink(TranslatingSink):
         self._ended = False
         self._output: list[dict] = []  # finished items
         self._text: dict | None = None  # the message item being written
+        self._thought: dict | None = None  # the reasoning item being written
         self._calls: dict[int, dict] = {}  # the engine's tool-call index -> function_call item
         self._finish: str | None = None
 
@@ -135,9 +173,11 @@ class ResponsesSink(TranslatingSink):
         out: list[bytes] = []
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
+            if (thought := reasoning_text(delta)) is not None:
+                out += self._reasoning_delta(thought)
             if delta.get("content"):
                 if self._text is None:
-                    out += self._close_calls()
+                    out += self._close_reasoning() + self._close_calls()
                     out += self._open_text()
                 self._text["content"][0]["text"] += delta["content"]
                 out.append(
@@ -150,40 +190,11 @@ class ResponsesSink(TranslatingSink):
                     )
                 )
             for call in delta.get("tool_calls") or []:
-                k = call.get("index", 0)
-                fn = call.get("function") or {}
-                if k not in self._calls:
-                    out += self._close_text()
-                    item = {
-                        "type": "function_call",
-                        "id": f"fc_{self.id[5:]}_{k}",
-                        "call_id": call.get("id") or f"call_{k}",
-                        "name": fn.get("name") or "",
-                        "arguments": "",
-                        "status": "in_progress",
-                        "_index": len(self._output) + len(self._calls),
-                    }
-                    self._calls[k] = item
-                    out.append(
-                        self._event(
-                            "response.output_item.added", output_index=item["_index"], item=_public(item)
-                        )
-                    )
-                item = self._calls[k]
-                if fn.get("arguments"):
-                    item["arguments"] += fn["arguments"]
-                    out.append(
-                        self._event(
-                            "response.function_call_arguments.delta",
-                            item_id=item["id"],
-                            output_index=item["_index"],
-                            delta=fn["arguments"],
-                        )
-                    )
+                out += self._call_delta(call)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
         if obj.get("usage") and not obj.get("choices"):
-            out += self._close_text() + self._close_calls()
+            out += self._close_reasoning() + self._close_text() + self._close_calls()
             usage = responses_usage(obj["usage"])
             self._ended = True
             if self._finish == "length":
@@ -242,24 +253,85 @@ class ResponsesSink(TranslatingSink):
             self._event("response.output_item.done", output_index=i, item=_public(item)),
         ]
 
+    def _call_delta(self, call: dict) -> list[bytes]:
+        """A function call's item opens on its first delta; a function's arguments stream as
+        they come, a custom tool's input is sent whole when the call ends (the engine writes
+        it inside a JSON string)."""
+        k = call.get("index", 0)
+        fn = call.get("function") or {}
+        out: list[bytes] = []
+        if k not in self._calls:
+            out += self._close_reasoning() + self._close_text()
+            index = len(self._output) + len(self._calls)
+            item = call_item(
+                self.tools, f"fc_{self.id[5:]}_{k}", call.get("id") or f"call_{k}", fn.get("name") or "", ""
+            )
+            item.update(status="in_progress", _index=index, _args="")
+            self._calls[k] = item
+            out.append(self._event("response.output_item.added", output_index=index, item=_public(item)))
+        item = self._calls[k]
+        if fn.get("arguments"):
+            item["_args"] += fn["arguments"]
+            if item["type"] == "function_call":
+                item["arguments"] = item["_args"]
+                out.append(
+                    self._event(
+                        "response.function_call_arguments.delta",
+                        item_id=item["id"],
+                        output_index=item["_index"],
+                        delta=fn["arguments"],
+                    )
+                )
+        return out
+
     def _close_calls(self) -> list[bytes]:
         out = []
         for item in sorted(self._calls.values(), key=lambda x: x["_index"]):
             item["status"] = "completed"
-            self._output.append(_public(item))
-            out.append(
-                self._event(
-                    "response.function_call_arguments.done",
-                    item_id=item["id"],
-                    output_index=item["_index"],
-                    arguments=item["arguments"],
+            where = {"item_id": item["id"], "output_index": item["_index"]}
+            if item["type"] == "custom_tool_call":
+                item["input"] = custom_input(item["_args"])
+                out.append(self._event("response.custom_tool_call_input.delta", **where, delta=item["input"]))
+                out.append(self._event("response.custom_tool_call_input.done", **where, input=item["input"]))
+            else:
+                out.append(
+                    self._event("response.function_call_arguments.done", **where, arguments=item["arguments"])
                 )
-            )
+            self._output.append(_public(item))
             out.append(
                 self._event("response.output_item.done", output_index=item["_index"], item=_public(item))
             )
         self._calls = {}
         return out
+
+    def _reasoning_delta(self, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._thought is None:
+            out += self._close_text() + self._close_calls()
+            index = len(self._output)
+            self._thought = {
+                "type": "reasoning",
+                "id": f"rs_{self.id[5:]}_{index}",
+                "summary": [],
+                "_index": index,
+            }
+            self._thought["content"] = [{"type": "reasoning_text", "text": ""}]
+            added = {**_public(self._thought), "content": []}
+            out.append(self._event("response.output_item.added", output_index=index, item=added))
+        self._thought["content"][0]["text"] += text
+        where = {"item_id": self._thought["id"], "output_index": self._thought["_index"], "content_index": 0}
+        return [*out, self._event("response.reasoning_text.delta", **where, delta=text)]
+
+    def _close_reasoning(self) -> list[bytes]:
+        if self._thought is None:
+            return []
+        item, self._thought = self._thought, None
+        self._output.append(_public(item))
+        where = {"item_id": item["id"], "output_index": item["_index"], "content_index": 0}
+        return [
+            self._event("response.reasoning_text.done", **where, text=item["content"][0]["text"]),
+            self._event("response.output_item.done", output_index=item["_index"], item=_public(item)),
+        ]
 
     # --- a whole answer ---
 
@@ -267,11 +339,16 @@ class ResponsesSink(TranslatingSink):
         choice = (obj.get("choices") or [{}])[0]
         msg = choice.get("message") or {}
         output: list[dict] = []
+        if (thought := reasoning_text(msg)) is not None:
+            content = [{"type": "reasoning_text", "text": thought}]
+            output.append(
+                {"type": "reasoning", "id": f"rs_{self.id[5:]}_0", "summary": [], "content": content}
+            )
         if msg.get("content"):
             output.append(
                 {
                     "type": "message",
-                    "id": f"msg_{self.id[5:]}_0",
+                    "id": f"msg_{self.id[5:]}_{len(output)}",
                     "status": "completed",
                     "role": "assistant",
                     "content": [{"type": "output_text", "text": msg["content"], "annotations": []}],
@@ -279,16 +356,9 @@ class ResponsesSink(TranslatingSink):
             )
         for k, call in enumerate(msg.get("tool_calls") or []):
             fn = call.get("function") or {}
-            output.append(
-                {
-                    "type": "function_call",
-                    "id": f"fc_{self.id[5:]}_{k}",
-                    "call_id": call.get("id") or f"call_{k}",
-                    "name": fn.get("name") or "",
-                    "arguments": fn.get("arguments") or "",
-                    "status": "completed",
-                }
-            )
+            item_id, call_id = f"fc_{self.id[5:]}_{k}", call.get("id") or f"call_{k}"
+            item = call_item(self.tools, item_id, call_id, fn.get("name") or "", fn.get("arguments") or "")
+            output.append({**item, "status": "completed"})
         usage = responses_usage(obj.get("usage"))
         if choice.get("finish_reason") == "length":
             return self._response(

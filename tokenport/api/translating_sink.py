@@ -54,6 +54,13 @@ class TranslatingSink:
         return out
 
 
+def reasoning_text(part: dict) -> str | None:
+    """The engine's reasoning in a delta or message: `reasoning_content` (llama.cpp, SGLang,
+    DeepSeek), or `reasoning` (vLLM)."""
+    text = part.get("reasoning_content") or part.get("reasoning")
+    return text if isinstance(text, str) and text else None
+
+
 def stream_error(obj: dict) -> dict | None:
     """An error event from the engine (or the relay), as {"code", "message"}; None otherwise."""
     if not obj.get("error"):

@@ -48,7 +48,11 @@ def build_invoice(
     of what was charged (rounded once per request, as the ledger holds it), beside the exact
     tokens x price. Payments say which credit paid: promotional, prepaid, or still due."""
     lines: dict[tuple, dict] = {}
+    rejected = 0  # requests refused before routing (no model): never billed, counted
     for row in usage_rows:
+        if row.get("model") is None:
+            rejected += 1
+            continue
         if row.get("cost_nano_usd") is None:
             continue
         price = book.at(row["model"], row["started_at"])
@@ -109,6 +113,7 @@ def build_invoice(
         "issued_at": issued_at.isoformat(),
         "lines": out_lines,
         "plan_fees": fees,
+        "rejected_requests": rejected,
         "payments": {
             k: {"nano_usd": paid.get(k, 0), "usd": nano_to_usd(paid.get(k, 0))}
             for k in ("promotional_credit", "prepaid_credit", "amount_due")
@@ -118,6 +123,7 @@ def build_invoice(
     }
 
 
+REJECTED = "rejected requests (not billed)"
 CSV_COLUMNS = (
     "model",
     "price_from",
@@ -140,6 +146,8 @@ def render_csv(doc: dict) -> str:
         w.writerow(
             [f"plan fee: {fee['plan']}", "", "", "", "", "", fee["amount_usd"], fee["amount_nano_usd"]]
         )
+    if doc.get("rejected_requests"):
+        w.writerow([REJECTED, "", doc["rejected_requests"], "", "", "", "0.000000000", 0])
     w.writerow(["total", "", "", "", "", "", doc["total_usd"], doc["total_nano_usd"]])
     return buf.getvalue()
 
@@ -156,6 +164,9 @@ def render_html(doc: dict) -> str:
         f"<tr><td colspan=5>Plan fee: {e(fee['plan'])}</td><td class=n>{e(fee['amount_usd'])}</td></tr>"
         for fee in doc.get("plan_fees", [])
     )
+    if doc.get("rejected_requests"):
+        n = doc["rejected_requests"]
+        rows += f"<tr><td>{REJECTED}</td><td>{n}</td><td colspan=3></td><td class=n>0</td></tr>"
     pays = "".join(
         f"<tr><td>{e(k.replace('_', ' '))}</td><td class=n>{e(v['usd'])}</td></tr>"
         for k, v in doc["payments"].items()

@@ -228,21 +228,46 @@ class BillingService:
         """The tenant's invoice for a month. Issuing again returns the same document; after a void,
         a new document (the next generation) is issued. Documents are never edited."""
         tenant = self.tenancy.tenant(tenant_name)
-        try:
-            start, end = period_bounds(period)
-        except InvoiceError as exc:
-            raise InvalidInput(str(exc)) from None
+        end = _bounds(period)[1]
         now = self.clock.now()
         if end > now:
-            raise InvalidInput(f"the period {period} has not ended yet")
+            raise InvalidInput(
+                f"the period {period} has not ended yet (see it to date: tokenport invoices preview)"
+            )
         existing = self.invoices.for_period(tenant.id, period)
         if existing and existing[-1]["voided_at"] is None:
             return _document(existing[-1])
         generation = len(existing) + 1
+        doc = self._compose(tenant, period, generation, now)
+        fees = [fee_tx(f["ledger_tx"], tenant.id, f["amount_nano_usd"], now) for f in doc["plan_fees"]]
+        try:
+            self.invoices.insert(doc, tenant.id, generation, now, fees)
+        except InvoiceConflict:  # issued concurrently: the other run's document stands
+            return _document(self.invoices.for_period(tenant.id, period)[-1])
+        return {**doc, "status": "issued"}
+
+    def preview_invoice(self, tenant_name: str, period: str | None = None) -> dict:
+        """The invoice for a month (default: the running one) as it stands now, from the ledger,
+        without issuing or storing anything (no document, no plan-fee transaction, no audit
+        entry). For a month that has ended, it is what `issue_invoice` would issue now."""
+        tenant = self.tenancy.tenant(tenant_name)
+        now = self.clock.now()
+        period = period or now.strftime("%Y-%m")
+        start, end = _bounds(period)
+        if start > now:
+            raise InvalidInput(f"the period {period} has not started yet")
+        existing = self.invoices.for_period(tenant.id, period)
+        generation = len(existing) + (0 if existing and existing[-1]["voided_at"] is None else 1)
+        doc = self._compose(tenant, period, generation, now)
+        return {**doc, "id": None, "status": "preview", "period_ended": end <= now}
+
+    def _compose(self, tenant, period: str, generation: int, now: datetime) -> dict:
+        """The document for a tenant's month as the ledger has it at `now`."""
+        start, end = _bounds(period)
         rows = self.usage.query(tenant.name, start, until=end)
         charges = self.store.usage_charges(tenant.id, {r["request_id"] for r in rows})
         lots = {lot.id: lot for lot in self.store.load_lots(tenant.id)}
-        doc = build_invoice(
+        doc = _built(
             invoice_id=new_id("inv"),
             number=f"TP-{period.replace('-', '')}-{tenant.id[-8:]}-{generation}",
             tenant={"id": tenant.id, "name": tenant.name, "zone": tenant.zone},
@@ -262,12 +287,7 @@ class BillingService:
                 "cny_per_usd": f"{rate / 10**6:.6f}",
                 "total_cny": nano_usd_to_cny(doc["total_nano_usd"], rate),
             }
-        fees = [fee_tx(f["ledger_tx"], tenant.id, f["amount_nano_usd"], now) for f in doc["plan_fees"]]
-        try:
-            self.invoices.insert(doc, tenant.id, generation, now, fees)
-        except InvoiceConflict:  # issued concurrently: the other run's document stands
-            return _document(self.invoices.for_period(tenant.id, period)[-1])
-        return {**doc, "status": "issued"}
+        return doc
 
     def _plan_fees(self, tenant_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
         """Each plan the tenant was on during the period, at its full monthly fee (no proration)."""
@@ -309,6 +329,20 @@ class BillingService:
         for tx in self.store.load_transactions():
             ledger.post(tx)
         return ledger
+
+
+def _built(**kw) -> dict:
+    try:
+        return build_invoice(**kw)
+    except InvoiceError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def _bounds(period: str) -> tuple[datetime, datetime]:
+    try:
+        return period_bounds(period)
+    except InvoiceError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def _document(row: dict) -> dict:

@@ -7,6 +7,8 @@ and a running server sees changes within a second."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from tokenport.cli import audit, backends, billing, energy, serve, tenancy
@@ -20,10 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tokenport {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(parent, name, func, help_):
+    def command(parent, name, func, help_, creates: bool = False):
+        """`creates`: the command may create the database; the others need one already there."""
         c = parent.add_parser(name, help=help_)
         c.add_argument("--config", help="TOML config file (default: $TOKENPORT_HOME/tokenport.toml)")
-        c.set_defaults(func=func)
+        c.set_defaults(func=func, creates_database=creates)
         return c
 
     for module in (serve, audit, tenancy, backends, billing, energy):
@@ -38,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
     except (ConfigError, InvalidInput, NotFound, Conflict, EnergyInputError, DuplicateCertificate) as exc:
         print(f"tokenport: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tokenport ... | head`: the reader has what it wanted; exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
 from tokenport.cli.common import (
     _print,
     _service,
@@ -11,16 +17,26 @@ from tokenport.cli.common import (
 
 def cmd_backends_add(args) -> int:
     from tokenport.clock import SystemClock
-    from tokenport.config import BACKEND_KINDS, BackendConfig
+    from tokenport.config import BACKEND_KINDS, BackendConfig, without_v1
     from tokenport.store.backends import BackendExists, BackendStore
     from tokenport.tenancy.keys import NAME_RE
     from tokenport.tenancy.service import Conflict, InvalidInput
 
     svc, engine = _service(args)
     settings = _settings(args)
+    url = args.url.rstrip("/")
+    if (base := without_v1(url)) is not None:
+        print(
+            f"note: --url {args.url} ends in /v1; a backend's URL is the engine's root (tokenport asks "
+            f"it for /health and /v1/...): registering {base}",
+            file=sys.stderr,
+        )
+        url = base
     models = tuple(m.strip() for m in args.models.split(",") if m.strip())
     embeddings = tuple(m.strip() for m in (args.embeddings or "").split(",") if m.strip())
     zone = args.zone or settings.default_zone
+    if zone == settings.default_zone:  # as `tenants create`: the default zone exists once named
+        svc.ensure_zones({zone})
     problems = [
         "name: 1-64 letters, digits, '.', '_' or '-'"
         if not NAME_RE.fullmatch(args.name) or len(args.name) > 64
@@ -28,10 +44,10 @@ def cmd_backends_add(args) -> int:
         "the name is a configured backend's"
         if args.name in {b.name for b in settings.backends} | {"embedded"}
         else "",
-        "--url must start with http:// or https://"
-        if not args.url.startswith(("http://", "https://"))
+        "--url must start with http:// or https://" if not url.startswith(("http://", "https://")) else "",
+        f"there is no zone {zone!r}; create it first: tokenport zones create {zone}"
+        if not svc.store.zone_exists(zone)
         else "",
-        f"there is no zone {zone!r}" if not svc.store.zone_exists(zone) else "",
         "--models must name at least one model" if not models else "",
         "--embeddings must name some of --models" if any(e not in models for e in embeddings) else "",
         f"--kind must be one of {', '.join(BACKEND_KINDS)}" if args.kind not in BACKEND_KINDS else "",
@@ -40,7 +56,7 @@ def cmd_backends_add(args) -> int:
         raise InvalidInput("; ".join(p for p in problems if p))
     cfg = BackendConfig(
         args.name,
-        args.url.rstrip("/"),
+        url,
         zone,
         models,
         args.kind,
@@ -76,12 +92,42 @@ def cmd_backends_list(args) -> int:
         for source, group in (("config", settings.backends), ("registered", BackendStore(engine).load()))
         for b in group
     ]
+    if not args.no_probe:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for b, health in zip(items, pool.map(lambda b: probe(b["url"]), items), strict=True):
+                b["health"] = health
     lines = [
         f"{b['name']:16} {b['zone']:12} {b['kind']:9} {b['url']:32} {','.join(b['models'])} ({b['source']})"
+        + (f"  {b['health']}" if "health" in b else "")
         for b in items
     ]
     _print(items, args.json, lines or ["no backends (besides the embedded engine)"])
     return 0
+
+
+PROBE_TIMEOUT_S = 2.0  # as the gateway's own health checks
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # as the gateway: no proxy
+
+
+def probe(url: str) -> str:
+    """`healthy`, or why the gateway would find the backend unhealthy: what GET /health did."""
+    try:
+        with _DIRECT.open(url + "/health", timeout=PROBE_TIMEOUT_S) as r:
+            return "healthy" if r.status == 200 else f"unhealthy: GET /health answered {r.status}"
+    except urllib.error.HTTPError as exc:
+        return f"unhealthy: GET /health answered {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"unreachable: {_why(getattr(exc, 'reason', exc))}"
+
+
+def _why(reason) -> str:
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {PROBE_TIMEOUT_S:g} s"
+    if isinstance(reason, socket.gaierror):
+        return "cannot resolve the host name"
+    return reason if isinstance(reason, str) else type(reason).__name__
 
 
 def cmd_backends_remove(args) -> int:
@@ -100,7 +146,13 @@ def register(sub, command) -> None:
     backends = sub.add_parser("backends", help="engines registered at run time").add_subparsers(
         dest="sub", required=True
     )
-    c = command(backends, "add", cmd_backends_add, "register an OpenAI-compatible engine (vLLM, SGLang, ...)")
+    c = command(
+        backends,
+        "add",
+        cmd_backends_add,
+        "register an OpenAI-compatible engine (vLLM, SGLang, ...)",
+        creates=True,
+    )
     c.add_argument("name")
     c.add_argument("--url", required=True)
     c.add_argument("--zone", help="default: the default zone; fixed for good")
@@ -112,7 +164,10 @@ def register(sub, command) -> None:
     c.add_argument("--embeddings", help="comma-separated models (among --models) it embeds with")
     c.add_argument("--api-key-env", help="the environment variable holding its API key")
     c.add_argument("--json", action="store_true")
-    c = command(backends, "list", cmd_backends_list, "configured and registered backends")
+    c = command(
+        backends, "list", cmd_backends_list, "configured and registered backends, and their GET /health"
+    )
+    c.add_argument("--no-probe", action="store_true", help="do not ask each backend for /health")
     c.add_argument("--json", action="store_true")
     c = command(backends, "remove", cmd_backends_remove, "remove a registered backend")
     c.add_argument("name")

@@ -129,9 +129,18 @@ def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
         print(render_html(doc), end="")
     else:
         head = f"{doc['number']}  {doc['tenant']['name']}  {doc['period']}"
-        print(f"{head}  {doc['total_usd']} USD  ({doc['status']})")
+        status = doc["status"]
+        if status == "preview":
+            status = f"preview as of {doc['issued_at']}, not issued" + (
+                "" if doc["period_ended"] else "; the month is still running"
+            )
+        print(f"{head}  {doc['total_usd']} USD  ({status})")
         for line in doc["lines"]:
             print(f"  {line['model']:28} {line['requests']:>8} requests  {line['amount_usd']:>16} USD")
+        for fee in doc.get("plan_fees", []):
+            print(f"  {'plan fee: ' + fee['plan']:28} {'':>17}  {fee['amount_usd']:>16} USD")
+        if doc.get("rejected_requests"):
+            print(f"  {'rejected requests':28} {doc['rejected_requests']:>8} requests  {'not billed':>16}")
 
 
 def _plan_view(plan, tenants: list[str] | None = None) -> dict:
@@ -198,6 +207,11 @@ def cmd_invoices_issue(args) -> int:
     return 0
 
 
+def cmd_invoices_preview(args) -> int:
+    _render_invoice(_billing(args).preview_invoice(args.tenant, args.period), args.format, args.json)
+    return 0
+
+
 def cmd_invoices_show(args) -> int:
     _render_invoice(_billing(args).invoice(args.invoice_id), args.format, args.json)
     return 0
@@ -224,7 +238,9 @@ def cmd_invoices_void(args) -> int:
 
 def register(sub, command) -> None:
     prices = sub.add_parser("prices", help="the price book").add_subparsers(dest="sub", required=True)
-    c = command(prices, "set", cmd_prices_set, "set a model's price from a moment on (history is kept)")
+    c = command(
+        prices, "set", cmd_prices_set, "set a model's price from a moment on (history is kept)", creates=True
+    )
     c.add_argument("model")
     c.add_argument("--input", help="USD per million uncached input tokens")
     c.add_argument("--output", help="USD per million output tokens")
@@ -258,7 +274,7 @@ def register(sub, command) -> None:
     c.add_argument("--json", action="store_true")
 
     plans = sub.add_parser("plans", help="coding-style plans").add_subparsers(dest="sub", required=True)
-    c = command(plans, "create", cmd_plans_create, "create a plan")
+    c = command(plans, "create", cmd_plans_create, "create a plan", creates=True)
     c.add_argument("name")
     c.add_argument("--fee-usd", required=True, help="monthly fee")
     c.add_argument("--five-hour", type=int, required=True, help="weighted units per rolling 5 hours")
@@ -279,7 +295,7 @@ def register(sub, command) -> None:
     c.add_argument("plan")
 
     fx = sub.add_parser("fx", help="the CNY/USD rate per month").add_subparsers(dest="sub", required=True)
-    c = command(fx, "set", cmd_fx_set, "record the CNY/USD rate for a month")
+    c = command(fx, "set", cmd_fx_set, "record the CNY/USD rate for a month", creates=True)
     c.add_argument("--period", required=True, help="YYYY-MM")
     c.add_argument("--cny-per-usd", required=True)
     c = command(fx, "list", cmd_fx_list, "the recorded rates")
@@ -290,6 +306,16 @@ def register(sub, command) -> None:
     c = command(inv, "issue", cmd_invoices_issue, "issue a tenant's invoice for a past month (idempotent)")
     c.add_argument("--tenant", required=True)
     c.add_argument("--period", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=formats, default="text")
+    c.add_argument("--json", action="store_true")
+    c = command(
+        inv,
+        "preview",
+        cmd_invoices_preview,
+        "a month's invoice to date (default: this month); issues nothing",
+    )
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--period", help="YYYY-MM (default: the running month)")
     c.add_argument("--format", choices=formats, default="text")
     c.add_argument("--json", action="store_true")
     c = command(inv, "show", cmd_invoices_show, "show an issued invoice")

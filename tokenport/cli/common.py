@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
-from tokenport.config import Settings, load_settings
+from tokenport.config import ConfigError, Settings, load_settings
 
 
 def _settings(args) -> Settings:
     return load_settings(getattr(args, "config", None))
+
+
+class NoDatabase(ConfigError):
+    pass
 
 
 def _service(args):
@@ -18,12 +24,61 @@ def _service(args):
     from tokenport.tenancy.service import TenancyService
 
     settings = _settings(args)
+    if not getattr(args, "creates_database", False):
+        _require_database(settings, args)
     engine = open_database(settings.database_url)
     if settings.redis_url:  # running gateways apply what this command changes at once
         from tokenport.store.broadcast import announce_changes
 
         announce_changes(engine, settings.redis_url)
     return TenancyService(TenantStore(engine), settings.default_zone), engine
+
+
+def _require_database(settings: Settings, args) -> None:
+    """Commands that only read or change what exists never create a database: a wrong data
+    directory is an error naming where the path came from, not an empty database."""
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tokenport.store.db import connect, normalise_url
+
+    url = normalise_url(settings.database_url)
+    origin = _origin(settings, args)
+    create = "create one with `tokenport tenants create NAME` (or `tokenport serve`)"
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if not path or path == ":memory:" or Path(path).exists():
+            return
+        raise NoDatabase(
+            f"no tokenport database at {path} ({origin}); nothing was created. Point TOKENPORT_HOME "
+            f"(or --config) at the data directory that holds it, or {create}"
+        )
+    engine = connect(url)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            migrated = inspect(conn).has_table("alembic_version")
+    except SQLAlchemyError as exc:
+        raise NoDatabase(f"cannot open the database {shown} ({origin}): {type(exc).__name__}") from None
+    finally:
+        engine.dispose()
+    if not migrated:
+        raise NoDatabase(f"the database {shown} ({origin}) holds no tokenport data; {create}")
+
+
+def _origin(settings: Settings, args) -> str:
+    """Where the database's location came from, in words."""
+    if os.environ.get("TOKENPORT_DATABASE_URL"):
+        return "from TOKENPORT_DATABASE_URL"
+    config = getattr(args, "config", None)
+    if settings.database_url != f"sqlite:///{settings.home / 'tokenport.db'}":
+        return f"from [database] url in {config or settings.home / 'tokenport.toml'}"
+    home = (
+        f"TOKENPORT_HOME={os.environ['TOKENPORT_HOME']}"
+        if os.environ.get("TOKENPORT_HOME")
+        else f"the default data directory {settings.home}; TOKENPORT_HOME is not set"
+    )
+    return f"the data directory: {home}" + (f"; config {config}" if config else "")
 
 
 def _print(obj, as_json: bool, lines) -> None:

@@ -97,7 +97,7 @@ def cmd_green_report(args) -> int:
 
 
 def cmd_economics(args) -> int:
-    from tokenport.energy.reports import economics_csv, economics_html
+    from tokenport.energy.reports import economics_csv, economics_html, economics_text
 
     energy, svc = _energy(args)
     fx = _billing(args).fx_rates().get(args.period)
@@ -109,12 +109,7 @@ def cmd_economics(args) -> int:
     elif args.format == "json":
         print(json.dumps(doc, indent=2))
     else:
-        e = doc["electricity"]
-        print(
-            f"{doc['period']}: {e['kwh']} kWh bought for {e['cny']} CNY; {doc['tokens']} tokens sold for "
-            f"{doc['revenue_usd']} USD ({doc['revenue_cny']} CNY): value multiple {doc['value_multiple']}, "
-            f"{doc['kwh_per_million_tokens']} kWh per million tokens, green share {doc['green_share']}"
-        )
+        print(economics_text(doc), end="")
     return 0
 
 
@@ -122,7 +117,9 @@ def register(sub, command) -> None:
     energy = sub.add_parser("energy", help="electricity bought and the PUE, per month").add_subparsers(
         dest="sub", required=True
     )
-    c = command(energy, "tariff", cmd_energy_tariff, "record electricity bought in a month, per source")
+    c = command(
+        energy, "tariff", cmd_energy_tariff, "record electricity bought in a month, per source", creates=True
+    )
     c.add_argument("--period", required=True, help="YYYY-MM")
     c.add_argument("--cny-per-kwh", required=True)
     c.add_argument("--source", default="grid", help="e.g. offshore-wind, grid")
@@ -132,13 +129,15 @@ def register(sub, command) -> None:
     c.add_argument("--node")
     c.add_argument("--since", help="ISO 8601 or a date")
     c.add_argument("--json", action="store_true")
-    c = command(energy, "pue", cmd_energy_pue, "the month's PUE (default: [energy] pue)")
+    c = command(energy, "pue", cmd_energy_pue, "the month's PUE (default: [energy] pue)", creates=True)
     c.add_argument("--period", required=True, help="YYYY-MM")
     c.add_argument("--value", required=True)
     certs = sub.add_parser("certificates", help="green certificates (GEC) retired").add_subparsers(
         dest="sub", required=True
     )
-    c = command(certs, "add", cmd_certificates_add, "record a certificate retired for this site")
+    c = command(
+        certs, "add", cmd_certificates_add, "record a certificate retired for this site", creates=True
+    )
     c.add_argument("id")
     c.add_argument("--mwh", required=True)
     c.add_argument("--period", required=True, help="YYYY-MM it was retired for")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 
@@ -10,6 +11,51 @@ from tokenport.cli.common import (
     _settings,
 )
 from tokenport.config import Settings
+
+DRAIN_S = 30  # a graceful stop waits this long for the requests in flight
+
+
+def _server(config, runtime, say):
+    """uvicorn's server, saying what a stop waits for: the first Ctrl-C (or SIGTERM) drains the
+    requests in flight for up to DRAIN_S; a second Ctrl-C cuts them at once. Either way every
+    request is settled and its usage written before the process exits: a cut stream is billed
+    for what it delivered."""
+    import asyncio
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        loop: asyncio.AbstractEventLoop | None = None
+
+        async def serve(self, sockets=None) -> None:
+            self.loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+        def handle_exit(self, sig: int, frame) -> None:
+            n = runtime.gateway.in_flight if runtime.gateway is not None else 0
+            if self.should_exit and sig == signal.SIGINT:
+                say(f"Stopping now: cutting {n} request(s) in flight (each billed for what it delivered)")
+                self.force_exit = True
+                if self.loop is not None:  # the handlers settle as they are cancelled
+                    self.loop.call_soon_threadsafe(self._cut)
+                return
+            if not self.should_exit:
+                say(
+                    f"Shutting down: draining {n} request(s) in flight (up to {DRAIN_S} s); "
+                    "press Ctrl-C again to stop now"
+                )
+            self.should_exit = True
+
+        def _cut(self) -> None:
+            for task in list(self.server_state.tasks):
+                task.cancel()
+
+        async def shutdown(self, sockets=None) -> None:
+            await super().shutdown(sockets)
+            if self.force_exit:  # uvicorn skips the lifespan's end then: write the usage anyway
+                await self.lifespan.shutdown()
+
+    return Server(config)
 
 
 def cmd_serve(args) -> int:
@@ -22,6 +68,8 @@ def cmd_serve(args) -> int:
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     if overrides:
         settings = Settings(**{**settings.__dict__, **overrides})
+    if settings.engine.enabled:
+        logs.fold_native_output()  # llama.cpp's console lines, in this log's format
     logs.configure(settings.log_level)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     runtime = Runtime(settings, say=say)
@@ -36,13 +84,13 @@ def cmd_serve(args) -> int:
         log_level="debug" if settings.log_level == "debug" else "warning",
         loop=_loop(),
         http="httptools",
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=DRAIN_S,
         proxy_headers=False,
     )
     # uvicorn re-raises SIGTERM/SIGINT once it has shut down gracefully; that is a clean exit.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: sys.exit(0))
-    uvicorn.Server(config).run()
+    _server(config, runtime, say).run()
     return 0
 
 
@@ -76,6 +124,7 @@ def _first_run_demo(runtime, settings: Settings) -> None:
         priced = f"Priced {model} at $0.02 / $0.04 per million input / output tokens (tokenport prices).\n"
     billing.grant("demo", "1", promo=True)
     base = f"http://{settings.host}:{settings.port}"
+    python = shlex.quote(sys.executable)  # the interpreter tokenport runs in (its virtual environment)
     print(
         f"""
 First run: created tenant 'demo' with $1 of promotional credit, and API key {info.id}
@@ -90,7 +139,7 @@ curl {base}/v1/chat/completions \\
   -H "Authorization: Bearer {secret}" -H "Content-Type: application/json" \\
   -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Say hello"}}], "max_tokens": 32}}'
 
-pip install openai && python - <<'PY'
+{python} -m pip install -q openai && {python} - <<'PY'
 from openai import OpenAI
 client = OpenAI(base_url="{base}/v1", api_key="{secret}")
 reply = client.chat.completions.create(model="{model}", max_tokens=32,

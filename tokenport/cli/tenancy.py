@@ -194,7 +194,8 @@ def cmd_usage(args) -> int:
     rows = [{**usage_view(r), "energy": energy.get(r["request_id"])} for r in raw]
     totals = store.totals(args.tenant, since)
     lines = [
-        f"{r['started_at']}  {r['request_id']}  {r['tenant']:12} {r['model'] or '-':24} {r['status']} "
+        f"{r['started_at']}  {r['request_id']}  {r['tenant']:12} "
+        f"{r['model'] or '(rejected)':24} {r['status']} "
         f"in={r['prompt_tokens']} cached={r['cached_tokens']} out={r['completion_tokens']} "
         f"{r['finish_reason'] or '-'}{' disconnected' if r['client_disconnected'] else ''}"
         for r in rows
@@ -210,7 +211,11 @@ def cmd_usage(args) -> int:
 def register(sub, command) -> None:
     zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
     c = command(
-        zones, "create", cmd_zones_create, "create a zone (immutable; tenants, keys and backends live in one)"
+        zones,
+        "create",
+        cmd_zones_create,
+        "create a zone (immutable; tenants, keys and backends live in one)",
+        creates=True,
     )
     c.add_argument("name")
     c.add_argument("--json", action="store_true")
@@ -218,7 +223,7 @@ def register(sub, command) -> None:
     c.add_argument("--json", action="store_true")
 
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="sub", required=True)
-    c = command(tenants, "create", cmd_tenants_create, "create a tenant")
+    c = command(tenants, "create", cmd_tenants_create, "create a tenant", creates=True)
     c.add_argument("name")
     c.add_argument("--zone", help="zone (default: the configured default zone); immutable")
     c.add_argument("--json", action="store_true")
@@ -240,7 +245,9 @@ def register(sub, command) -> None:
     admins = sub.add_parser("admins", help="zone-scoped admin tokens").add_subparsers(
         dest="sub", required=True
     )
-    c = command(admins, "create", cmd_admins_create, "an admin API token for some zones (shown once)")
+    c = command(
+        admins, "create", cmd_admins_create, "an admin API token for some zones (shown once)", creates=True
+    )
     c.add_argument("name")
     c.add_argument("--zones", required=True, help="comma-separated zones the token may act on")
     c.add_argument("--json", action="store_true")

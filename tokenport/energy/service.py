@@ -249,7 +249,7 @@ class EnergyService:
         grid, residual = self.config.factors(zone)
         location, market = carbon_ug(total, grid), carbon_ug(total - green, residual)
         tokens = self.store.tokens(start, end, usage.c.tenant_id).get(tenant_id, 0)
-        return {
+        doc = {
             "tenant": tenant_name,
             "zone": zone,
             "period": period,
@@ -270,84 +270,16 @@ class EnergyService:
                 self.store.metered(start, end), self.pue(period), self.config, grid, residual
             ),
         }
+        doc["missing"] = _green_missing(doc)
+        return doc
 
     def economics(self, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
         """The value chain of a month: electricity in (kWh, CNY), tokens out, revenue (USD from
-        the ledger; CNY at the period's rate), the value multiple, per model and per customer."""
-        start, end = period_bounds(period)
-        supply = self.consumed_mj(period)
-        sources = self.store.electricity(period)
-        cost_micro_cny = 0
-        bought = []
-        for src in sources:
-            mj = (
-                src["kwh_milli"] * MJ_PER_WH
-                if src["kwh_milli"] is not None
-                else supply["consumed_mj"]
-                - sum(x["kwh_milli"] * MJ_PER_WH for x in sources if x["kwh_milli"] is not None)
-            )
-            cost = mj * src["cny_per_kwh_micro"] // MJ_PER_KWH
-            cost_micro_cny += cost
-            bought.append(
-                {
-                    "source": src["source"],
-                    "kwh": kwh(mj),
-                    "cny_per_kwh": str(Decimal(src["cny_per_kwh_micro"]) / 1_000_000),
-                    "cny": fixed(Decimal(cost) / 1_000_000, "0.01"),
-                }
-            )
-        revenue = self.store.revenue(start, end)
-        by_tenant: dict[str, int] = {}
-        by_model: dict[str, int] = {}
-        for tenant, model, nano in revenue:
-            by_tenant[tenant] = by_tenant.get(tenant, 0) + nano
-            key = model if model is not None else "(plan fees)"
-            by_model[key] = by_model.get(key, 0) + nano
-        usd_nano = sum(by_tenant.values())
-        cny_micro = usd_nano * fx_micro // 1_000_000_000 if fx_micro else None
-        tokens_t = self.store.tokens(start, end, usage.c.tenant_id)
-        tokens_m = self.store.tokens(start, end, usage.c.model)
-        energy_t = self._tenant_facility_mj(period)
-        pue = self.pue(period)
-        energy_m = {m: facility_mj(v, pue) for m, v in self.store.model_energy(start, end).items()}
-        tokens = sum(tokens_t.values())
+        the ledger; CNY at the period's rate), the value multiple, per model and per customer,
+        with the energy reconciled (`energy/economics.py`)."""
+        from tokenport.energy.economics import value_chain
 
-        def row(name: str, tok: int, nano: int, mj: int) -> dict:
-            return {
-                "name": name,
-                "tokens": tok,
-                "revenue_usd": usd(nano),
-                "energy_kwh": kwh(mj),
-                "kwh_per_million_tokens": per_million(Decimal(mj) / MJ_PER_KWH, tok),
-            }
-
-        return {
-            "period": period,
-            "electricity": {
-                "kwh": kwh(supply["consumed_mj"]),
-                "cny": fixed(Decimal(cost_micro_cny) / 1_000_000, "0.01") if sources else None,
-                "sources": bought,
-            },
-            "metered_kwh": kwh(supply["energy_mj"]),
-            "pue": str(Decimal(pue) / 1000),
-            "tokens": tokens,
-            "revenue_usd": usd(usd_nano),
-            "cny_per_usd": str(Decimal(fx_micro) / 1_000_000) if fx_micro else None,
-            "revenue_cny": fixed(Decimal(cny_micro) / 1_000_000, "0.01") if cny_micro is not None else None,
-            "value_multiple": fixed(Decimal(cny_micro) / cost_micro_cny, "0.01")
-            if cny_micro is not None and cost_micro_cny
-            else None,
-            "kwh_per_million_tokens": per_million(Decimal(supply["consumed_mj"]) / MJ_PER_KWH, tokens),
-            "green_share": ratio(self.share_ppm(period), PPM),
-            "by_model": [
-                row(m, tokens_m.get(m, 0), by_model.get(m, 0), energy_m.get(m, 0))
-                for m in sorted(set(tokens_m) | set(by_model), key=str)
-            ],
-            "by_customer": [
-                row(tenant_names.get(t, t), tokens_t.get(t, 0), by_tenant.get(t, 0), energy_t.get(t, 0))
-                for t in sorted(set(tokens_t) | set(by_tenant))
-            ],
-        }
+        return value_chain(self, period, fx_micro, tenant_names)
 
 
 def usd(nano: int) -> str:
@@ -374,6 +306,21 @@ def _figures_view(f: Figures) -> dict:
         "co2_location_ug": f.co2_location_ug,
         "co2_market_ug": f.co2_market_ug,
     }
+
+
+def _green_missing(doc: dict) -> dict[str, str]:
+    """What each null figure of a green report lacks."""
+    p = doc["period"]
+    no_energy = (
+        f"no energy metered for {doc['tenant']} in {p} (backends no [[energy.nodes]] covers are not "
+        "metered; docs/energy.md)"
+    )
+    out = {"green_share": no_energy} if doc["green_share"] is None else {}
+    out.update({f"intensity.{k}": f"no tokens in {p}" for k, v in doc["intensity"].items() if v is None})
+    for k in ("measured_share", "estimated_share"):
+        if doc["method"][k] is None:
+            out[f"method.{k}"] = f"no energy metered in {p}"
+    return out
 
 
 def _method_note(metered: dict, pue: int, cfg: EnergyConfig, grid: int, residual: int) -> dict:

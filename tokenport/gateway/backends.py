@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +47,8 @@ class Backend:
     failures: int = 0  # in a row (passive: requests that failed before any byte)
     open_until: float = 0.0  # monotonic; the circuit is open before then
     seed: int = field(init=False, repr=False)  # its rendezvous hashing salt, from its name
+    unhealthy_reason: str | None = None  # what its last failed health check saw
+    reported_at: float | None = None  # monotonic: when its unhealthiness was last logged
 
     def __post_init__(self) -> None:
         self.seed = int.from_bytes(hashlib.blake2b(self.config.name.encode(), digest_size=8).digest(), "big")
@@ -176,14 +179,47 @@ class BackendPool:
             return
         try:
             async with session.get(backend.url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                ok = r.status == 200
-        except (aiohttp.ClientError, TimeoutError):
-            ok = False
-        if ok != backend.healthy:
-            log.info("backend %s is %s", backend.name, "healthy" if ok else "unhealthy")
-        backend.healthy = ok
-        if ok and backend.config.kind in LOAD_METRICS:
+                reason = None if r.status == 200 else f"GET /health answered {r.status}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = unreachable(exc)
+        self._report(backend, reason)
+        backend.healthy, backend.unhealthy_reason = reason is None, reason
+        if reason is None and backend.config.kind in LOAD_METRICS:
             backend.engine_load = await _engine_load(session, backend)
+
+    def _report(self, backend: Backend, reason: str | None) -> None:
+        """Log a backend turning healthy, or unhealthy with why (its first check included), and
+        again every UNHEALTHY_LOG_EVERY_S (or when the reason changes) while it stays so."""
+        now = self.mono()
+        if reason is None:
+            if not backend.healthy:
+                log.info("backend %s is healthy", backend.name)
+            backend.reported_at = None
+            return
+        if (
+            backend.reported_at is None
+            or reason != backend.unhealthy_reason
+            or now - backend.reported_at >= UNHEALTHY_LOG_EVERY_S
+        ):
+            since = "" if backend.reported_at is None else " (still)"
+            log.warning("backend %s is unhealthy%s: %s (%s)", backend.name, since, reason, backend.url)
+            backend.reported_at = now
+
+
+UNHEALTHY_LOG_EVERY_S = 60.0
+
+
+def unreachable(exc: BaseException) -> str:
+    """Why a health check got no answer, from the exception's type (never its message)."""
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "unreachable: no answer within 2 s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "unreachable: connection refused"
+        if isinstance(exc.os_error, socket.gaierror):
+            return "unreachable: cannot resolve the host name"
+        return f"unreachable: {type(exc.os_error).__name__}"
+    return f"unreachable: {type(exc).__name__}"
 
 
 # The engines' gauges of requests running and waiting, by kind.

@@ -124,20 +124,21 @@ class Charging:
         key: KeyRecord,
         model: str,
         max_output: int | None,
-        body_size: int,
+        prompt_bound: int,
         context: int,
         at: datetime,
     ) -> tuple[Price, Plan | None]:
-        """The price, and the plan when the tenant's plan covers the request (nothing is held then)."""
+        """The price, and the plan when the tenant's plan covers the request (nothing is held then).
+        `prompt_bound`: the most prompt tokens it can bill (counted, or the body's size in bytes)."""
         try:
             price = self.state.accountant.quote(model, at)
         except ModelNotPriced:
             raise not_priced(model) from None
         plan = self.state.plan_for(key.tenant_id)
-        # Prompt tokens are at most the body's bytes (a token covers at least one byte); output at
-        # most what the request allows (`max_output`; None: the context).
+        # Prompt tokens are at most the body's bytes (a token covers at least one byte) unless
+        # counted; output at most what the request allows (`max_output`; None: the context).
         max_out = context if max_output is None else max_output
-        amount = max_cost(price, min(body_size, context), min(max_out, context))
+        amount = max_cost(price, min(prompt_bound, context), min(max_out, context))
         if self.shared is None:
             covered = self._admit_local(request_id, key, plan, amount, at)
         else:

@@ -1,6 +1,7 @@
 """The request lifecycle, in one place:
 
-    authenticate → resolve zone → admit (limits) → route → admit (money) → stream → settle
+    authenticate → resolve zone → admit (limits) → route → fit (context) → admit (money)
+    → stream → settle
 
 Each step lives in its own module; this one only sequences them and makes sure every request
 that got past authentication is settled exactly once, whatever happens.
@@ -14,6 +15,7 @@ from functools import partial
 
 from tokenport.api.openai_protocol import ParsedRequest
 from tokenport.energy.meter import EnergyMeter
+from tokenport.engines.dialects import llamacpp_cleaner
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import BackendPool
 from tokenport.gateway.charging import Charging
@@ -23,6 +25,7 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
 from tokenport.gateway.usage import opaque
+from tokenport.gateway.window import ContextWindow, Fit
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
@@ -37,6 +40,8 @@ UPSTREAM_PATHS = {
 }
 
 
+# The endpoints whose answers go to the client as the engine wrote them (the others are translated).
+NATIVE = ("chat", "completions")
 RETRYABLE = {"backend_unavailable", "backend_overloaded", "upstream_error"}
 MAX_RETRIES = 2
 AFFINITY_HEADERS = (b"x-session-affinity", b"x-session-id")
@@ -60,6 +65,17 @@ def affinity_key(headers: dict[bytes, bytes], req: ParsedRequest) -> bytes | Non
     return b"p:" + text.encode("utf-8", "surrogateescape") if text else None
 
 
+def _usage_fields(price, fit: Fit):
+    """What the client's `usage` gains (its cost; the output limit, when it was lowered to fit),
+    or None: the engine's usage goes out as it came."""
+    if fit.clamped is None:
+        return None if price is None else partial(Charging.usage_fields, price)
+    clamped = {"clamped_max_tokens": fit.clamped}
+    if price is None:
+        return lambda counts: clamped
+    return lambda counts: {**Charging.usage_fields(price, counts), **clamped}
+
+
 class Gateway:
     def __init__(
         self,
@@ -69,9 +85,11 @@ class Gateway:
         charging: Charging,
         relay: Relay,
         settler: Settler,
+        window: ContextWindow,
         energy: EnergyMeter | None = None,
     ) -> None:
         self.keys = keys
+        self.window = window
         self.energy = energy
         self.charging = charging
         self.limiter = limiter
@@ -83,8 +101,11 @@ class Gateway:
     async def _relay(
         self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, sink, out: Outcome
     ) -> None:
-        payload = upstream_payload(req.body, req.stream, backend.config.kind)
-        call = UpstreamCall(backend, UPSTREAM_PATHS[req.endpoint], payload, ctx.request_id, usage_fields)
+        kind = backend.config.kind
+        payload = upstream_payload(req.body, req.stream, kind, req.reasoning)
+        clean = llamacpp_cleaner(req.endpoint) if kind == "llamacpp" and req.endpoint in NATIVE else None
+        path = UPSTREAM_PATHS[req.endpoint]
+        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean)
         backend.in_flight += 1
         if self.energy is not None:  # the engine works for it from now: its energy is metered
             self.energy.opened(ctx.request_id, backend.name, ctx.t0)
@@ -122,16 +143,17 @@ class Gateway:
             affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
             backend = self.pool.route(req.model, ctx.zone, embeddings, affinity=affinity)
             ctx.backend = backend.name
+            fit = await self.window.fit(req, backend, len(raw_body))
             ctx.price, ctx.plan = price, plan = await self.charging.admit(
                 ctx.request_id,
                 key,
                 req.model,
-                req.max_output,
-                len(raw_body),
+                fit.max_output,
+                fit.prompt_bound,
                 backend.config.context,
                 ctx.started_at,
             )
-            usage_fields = None if price.free or plan else partial(Charging.usage_fields, price)
+            usage_fields = _usage_fields(None if price.free or plan else price, fit)
             tried: set = set()
             while True:  # a backend that fails before any byte reached the client: the next one
                 try:

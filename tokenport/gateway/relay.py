@@ -12,11 +12,13 @@ from typing import Protocol
 
 import orjson
 
+from tokenport.engines.dialects import Reasoning, with_reasoning
 from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
 from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool
 from tokenport.gateway.usage import SOURCE_CHUNKS, SOURCE_ENGINE, SOURCE_NONE, SOURCE_PROGRESS
+from tokenport.gateway.window import engine_context_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
 
@@ -60,10 +62,12 @@ class UpstreamCall:
     payload: bytes
     request_id: str  # sent as x-request-id, so engine logs line up with usage records
     usage_fields: Callable[[Counts], dict] | None = None  # added to the client's usage (the cost)
+    clean: Callable[[bytes], bytes] | None = None  # drops what the engine adds to OpenAI's answer
 
 
-def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
-    """The body sent upstream: always ask for usage, and for running counts where supported."""
+def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning | None = None) -> bytes:
+    """The body sent upstream: always ask for usage, and for running counts where supported;
+    reasoning in the fields this kind of engine reads (engines/dialects.py)."""
     if stream:
         opts = dict(body.get("stream_options") or {})
         opts["include_usage"] = True
@@ -74,6 +78,8 @@ def upstream_payload(body: dict, stream: bool, kind: str) -> bytes:
             body["timings_per_token"] = True
     if "max_completion_tokens" in body and "max_tokens" not in body:
         body = {**body, "max_tokens": body["max_completion_tokens"]}
+    if reasoning is not None:
+        body = with_reasoning(reasoning, kind, body)
     try:
         return orjson.dumps(body)
     except orjson.JSONEncodeError:  # orjson parses deeper nesting than it will write back
@@ -113,6 +119,8 @@ class Relay:
             except UpstreamError as exc:
                 raise _broken(call.backend) from exc
         out.first_token_at = self.mono()
+        if call.clean is not None:
+            body = call.clean(body)
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -134,7 +142,7 @@ class Relay:
 
     async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
-        watcher = StreamWatcher(forward_usage=include_usage, usage_fields=call.usage_fields)
+        watcher = StreamWatcher(include_usage, call.usage_fields, call.clean)
         resp: Response | None = None
         sink.cancellable = True
         try:
@@ -201,16 +209,15 @@ async def _upstream_error(resp: Response) -> ApiError:
     raw = b""
     with contextlib.suppress(UpstreamError):
         raw = await resp.read(_ERROR_BODY_LIMIT)
-    message, etype = f"The backend answered HTTP {resp.status}", ""
+    message, error = f"The backend answered HTTP {resp.status}", {}
     with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
         err = orjson.loads(raw).get("error")
         if isinstance(err, dict):
-            message = str(err.get("message") or message)[:1000]
-            etype = str(err.get("type") or "")
+            message, error = str(err.get("message") or message)[:1000], err
         elif isinstance(err, str):
             message = err[:1000]
-    if etype == "exceed_context_size_error" or ("context" in message.lower() and resp.status == 400):
-        return ApiError(400, message, "invalid_request_error", "context_length_exceeded", "messages")
+    if resp.status == 400 and (too_long := engine_context_error(message, error)) is not None:
+        return too_long  # in each protocol's own words, never the engine's
     if 400 <= resp.status < 500 and resp.status not in (401, 403, 429):
         return ApiError(resp.status, message, "invalid_request_error", "upstream_rejected")
     if resp.status == 429:

@@ -38,9 +38,15 @@ def usage_counts(usage: dict) -> Counts:
 
 
 class StreamWatcher:
-    def __init__(self, forward_usage: bool, usage_fields: Callable[[Counts], dict] | None = None) -> None:
+    def __init__(
+        self,
+        forward_usage: bool,
+        usage_fields: Callable[[Counts], dict] | None = None,
+        clean: Callable[[bytes], bytes] | None = None,
+    ) -> None:
         self.forward_usage = forward_usage  # the client asked for usage itself
         self.usage_fields = usage_fields  # what to add to the final usage the client sees
+        self.clean = clean  # what the engine adds to OpenAI's events, removed once read
         self.final: Counts | None = None  # the engine's own final usage
         self._progress: Counts | None = None  # running counts reported per chunk
         self._timings_event: bytes | None = None  # the latest llama.cpp timings, parsed on demand
@@ -51,6 +57,10 @@ class StreamWatcher:
 
     def observe(self, event: bytes) -> bytes | None:
         """Inspect one SSE event (ending in a blank line); returns what to forward, if anything."""
+        forward = self._observe(event)
+        return self.clean(forward) if self.clean is not None and forward is not None else forward
+
+    def _observe(self, event: bytes) -> bytes | None:
         if event.startswith(DONE):
             self.done = True
             return event

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.config import BackendConfig
+from tokenport.config import BackendConfig, without_v1
 from tokenport.store.audit import audit_action
 from tokenport.store.schema import backends, changes
 
@@ -22,7 +22,7 @@ def _config(r) -> BackendConfig:
     key = os.environ.get(r.api_key_env) if r.api_key_env else None
     return BackendConfig(
         name=r.name,
-        url=r.url,
+        url=without_v1(r.url) or r.url,  # registered before `backends add` took the /v1 off
         zone=r.zone,
         models=tuple(r.models.split(",")),
         kind=r.kind,

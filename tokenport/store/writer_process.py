@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from tokenport import logs
+
 log = logging.getLogger("tokenport.writer")
 
 CLOSE = b""  # the gateway's last message: write nothing more, exit
@@ -76,6 +78,7 @@ class WriterProcess:
             [sys.executable, "-m", "tokenport.store.writer_process", str(child.fileno())],
             pass_fds=[child.fileno()],
             stdin=subprocess.DEVNULL,
+            stderr=logs.real_stderr(),  # not the engine console's pipe (tokenport/logs.py)
             env={**os.environ, "PYTHONPATH": path},
         )
         child.close()
@@ -139,7 +142,6 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
     when to stop, so the child ignores it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(NICENESS)
-    from tokenport import logs
     from tokenport.store.db import connect
     from tokenport.store.energy import EnergyStore
     from tokenport.store.usage import DeadLetterFile, UsageStore

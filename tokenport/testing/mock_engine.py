@@ -8,7 +8,21 @@ tool_calls, error_500, error_400, error_midstream, hang, slow_first_token, echo 
 is the last message's text, or the prompt: for canary tests). A model named `*-tools` always
 behaves as tool_calls, one named `*-midfail` as error_midstream.
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
-max_tokens ignored). GET /mock/stats shows counters and what the last request carried.
+max_tokens ignored). GET /mock/stats shows counters and what the last request carried
+(`last_body`: all of it).
+
+A chat model named `*-agent` is a scripted coding agent (scenario agent), for real agent
+clients: while no tool result has come back since the last assistant turn, it calls ONE shell
+tool that it finds among the request's `tools` (AGENT_TOOLS: Claude Code's `Bash`, Codex's
+`exec_command` / `shell_command` / `shell`, OpenClaw's `exec`) with arguments that run `ls`
+in the client's working directory: three deltas, three tokens (the first delta carries `id`,
+`type` and `function.name`; `finish_reason: tool_calls`). Once the results are back it answers
+`FILES: <the tool results' text>`, one token per whitespace-separated piece (AGENT_ANSWER).
+A request that offers none of those tools and carries no result is answered as any other.
+Prompt tokens are MockConfig's, as for every request.
+
+A chat model named `*-think` reasons: the first half of its completion tokens come as
+`reasoning_content` (llama.cpp's and SGLang's field), the rest as `content`.
 """
 
 from __future__ import annotations
@@ -17,6 +31,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +50,16 @@ TOOL_CALLS = (
     ("get_time", ('{"tz"', ': "UTC"}')),
 )
 TOOL_CALL_TOKENS = sum(1 + len(frags) for _, frags in TOOL_CALLS)
+FIXED_CALLS = [(f"call_{i}", name, list(frags)) for i, (name, frags) in enumerate(TOOL_CALLS)]
+# The agent scenario: each client's shell tool and the arguments that list the working directory.
+AGENT_TOOLS: dict[str, dict[str, Any]] = {
+    "Bash": {"command": "ls", "description": "List the files"},  # Claude Code
+    "exec_command": {"cmd": "ls"},  # Codex (unified exec)
+    "shell_command": {"command": "ls"},  # Codex (shell_command)
+    "shell": {"command": ["ls"]},  # Codex (older shell tool)
+    "exec": {"command": "ls"},  # OpenClaw
+}
+AGENT_ANSWER = "FILES: "  # the final answer: this, then the tool results' text
 
 
 @dataclass
@@ -59,6 +84,7 @@ class MockStats:
     last_request_keys: list[str] = field(default_factory=list)
     last_stream_options: dict[str, Any] | None = None
     last_headers: dict[str, str] = field(default_factory=dict)
+    last_body: dict[str, Any] = field(default_factory=dict)  # what the engine was sent, whole
 
     def reset(self) -> None:
         in_flight = self.in_flight
@@ -164,6 +190,17 @@ class _Gen:
         self.text = "tok "
         if (body.get("mock_scenario") or request.headers.get("x-mock-scenario")) == "echo":
             self.text = f"{_last_text(body) if chat else body.get('prompt')} "
+        self.pieces = [self.text] * self.n  # the text of each completion token
+        self.calls: list[tuple[str, str, list[str]]] = []  # (id, name, argument fragments)
+        self.thoughts = 0  # how many of the first pieces are reasoning (`reasoning_content`)
+
+    def script_agent(self, body: dict[str, Any]) -> None:
+        """The agent scenario's next move: one shell call, or the answer that quotes the results."""
+        move = _agent_move(body)
+        if isinstance(move, tuple):
+            self.calls = [(f"call_{self.id}", *move)]
+        elif move is not None:
+            self.pieces, self.n, self.finish = move, len(move), "stop"
 
     def chunk(self, choice: dict[str, Any] | None, done: int, usage: bool = False) -> bytes:
         obj: dict[str, Any] = {
@@ -179,21 +216,24 @@ class _Gen:
             obj["timings"] = {"prompt_n": self.p, "cache_n": 0, "predicted_n": done}
         return _event(obj)
 
-    def token_choice(self, finish: str | None = None) -> dict[str, Any]:
-        text = self.text
+    def token_choice(self, finish: str | None = None, text: str = "", thought: bool = False) -> dict:
         if self.chat:
-            delta = {"content": text} if finish is None else {}
+            delta = {"reasoning_content" if thought else "content": text} if finish is None else {}
             return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return {"index": 0, "text": text if finish is None else "", "logprobs": None, "finish_reason": finish}
 
     def full(self, n: int, finish: str, tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        thought = min(self.thoughts, n)
+        text = "".join(self.pieces[thought:n])
         if self.chat:
-            msg: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else self.text * n}
+            msg: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+            if thought:
+                msg["reasoning_content"] = "".join(self.pieces[:thought])
             if tool_calls:
                 msg["tool_calls"] = tool_calls
             choice = {"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": self.text * n, "logprobs": None, "finish_reason": finish}
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
         return {
             "id": self.id,
             "object": self.object,
@@ -210,18 +250,45 @@ def _last_text(body: dict[str, Any]) -> str:
     return content if isinstance(content, str) else orjson.dumps(content).decode()
 
 
-def _tool_call_list() -> list[dict[str, Any]]:
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or the text of its parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict))
+    return ""
+
+
+def _agent_move(body: dict[str, Any]) -> tuple[str, list[str]] | list[str] | None:
+    """(tool name, argument fragments) to call a shell tool; the answer's pieces once the tool
+    results are back (any `tool` message after the last assistant turn); None when the request
+    offers no known shell tool."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=-1)
+    results = [_text_of(m.get("content")) for m in messages[last + 1 :] if m.get("role") == "tool"]
+    if results:
+        return re.findall(r"\S+\s*", AGENT_ANSWER + "\n".join(results))
+    for tool in body.get("tools") or []:
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        name = fn.get("name") if isinstance(fn, dict) else None
+        if name in AGENT_TOOLS:
+            args = orjson.dumps(AGENT_TOOLS[name]).decode()
+            return name, [args[: len(args) // 2], args[len(args) // 2 :]]
+    return None
+
+
+def _tool_call_list(calls: list[tuple[str, str, list[str]]]) -> list[dict[str, Any]]:
     return [
-        {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": "".join(frags)}}
-        for i, (name, frags) in enumerate(TOOL_CALLS)
+        {"id": cid, "type": "function", "function": {"name": name, "arguments": "".join(frags)}}
+        for cid, name, frags in calls
     ]
 
 
-def _tool_call_deltas() -> list[dict[str, Any]]:
+def _tool_call_deltas(calls: list[tuple[str, str, list[str]]]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for i, (name, frags) in enumerate(TOOL_CALLS):
+    for i, (cid, name, frags) in enumerate(calls):
         fn = {"name": name, "arguments": ""}
-        out.append({"index": i, "id": f"call_{i}", "type": "function", "function": fn})
+        out.append({"index": i, "id": cid, "type": "function", "function": fn})
         out.extend({"index": i, "function": {"arguments": f}} for f in frags)
     return out
 
@@ -251,8 +318,8 @@ async def _stream(request: web.Request, g: _Gen, scenario: str) -> web.StreamRes
                 "finish_reason": None,
             }
             await resp.write(g.chunk(role, 0))
-        if scenario == "tool_calls" and g.chat:
-            for tc in _tool_call_deltas():
+        if g.calls:
+            for tc in _tool_call_deltas(g.calls):
                 if g.delay and produced:
                     await asyncio.sleep(g.delay)
                 produced += 1
@@ -263,12 +330,13 @@ async def _stream(request: web.Request, g: _Gen, scenario: str) -> web.StreamRes
         else:
             n = min(g.n, 3) if scenario == "error_midstream" else g.n
             finish = g.finish
-            for _ in range(n):
+            for piece in g.pieces[:n]:
                 if g.delay and produced:
                     await asyncio.sleep(g.delay)
+                thought = produced < g.thoughts
                 produced += 1
                 st.tokens_generated += 1
-                await resp.write(g.chunk(g.token_choice(), produced))
+                await resp.write(g.chunk(g.token_choice(text=piece, thought=thought), produced))
             if scenario == "error_midstream":
                 await resp.write(_event({"error": {"message": "engine failed", "type": "server_error"}}))
                 st.streams_failed += 1
@@ -303,6 +371,7 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
         except ValueError as exc:
             return _bad_request(f"invalid JSON: {exc}")
         st.last_request_keys = list(body)
+        st.last_body = body
         st.last_stream_options = body.get("stream_options")
         st.last_headers = {k.lower(): v for k, v in request.headers.items()}
         if request.app[CFG].failing:
@@ -313,6 +382,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             scenario = "tool_calls"  # a model that always calls tools (protocols that drop extra fields)
         elif not scenario and model_name.endswith("-midfail"):
             scenario = "error_midstream"  # a model whose streams fail after three tokens
+        elif not scenario and model_name.endswith("-agent"):
+            scenario = "agent"  # a scripted coding agent: one shell call, then the answer
         if scenario == "error_500":
             return _json(
                 {"error": {"message": "mock engine exploded", "type": "server_error", "code": 500}},
@@ -326,12 +397,19 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             g = _Gen(request, body, chat)
         except (TypeError, ValueError, AttributeError) as exc:
             return _bad_request(f"invalid field: {exc}")
+        if chat and scenario == "tool_calls":
+            g.calls = FIXED_CALLS
+        elif chat and scenario == "agent":
+            g.script_agent(body)
+        elif chat and model_name.endswith("-think"):
+            g.thoughts = g.n // 2  # a reasoning model: the first half of its tokens are thinking
         st.prompt_tokens += g.p
         if body.get("stream"):
             return await _stream(request, g, scenario)
         await _scenario_wait(scenario)
-        if scenario == "tool_calls" and chat:
-            n, finish, calls = TOOL_CALL_TOKENS, "tool_calls", _tool_call_list()
+        if g.calls:
+            n, finish = sum(1 + len(frags) for _, _, frags in g.calls), "tool_calls"
+            calls = _tool_call_list(g.calls)
         else:
             n, finish, calls = g.n, g.finish, None
         if g.delay and n > 1:

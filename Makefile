@@ -15,5 +15,6 @@ test: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q -e '.[test]'
 	scripts/ensure-postgres
 	scripts/ensure-redis
+	scripts/ensure-npm
 	$(VENV)/bin/ruff check tokenport tests bench
 	$(VENV)/bin/pytest -q $(ARGS)

@@ -165,6 +165,12 @@ def test_customer_sees_its_invoices_only(mock_server):
         headers=headers,
     )
     assert page.headers["content-type"].startswith("text/html") and issued["number"] in page.text
+    pdf = httpx.get(
+        mock_server.base_url + f"/v1/account/invoices/{issued['id']}",
+        params={"format": "pdf"},
+        headers=headers,
+    )
+    assert pdf.status_code == 400 and pdf.json()["error"]["param"] == "format"  # not JSON instead
     other = httpx.get(
         mock_server.base_url + f"/v1/account/invoices/{issued['id']}",
         headers={"Authorization": f"Bearer {theirs}"},

@@ -109,11 +109,12 @@ async def invoices(request: Request, rt, key) -> Response:
 @keyed
 async def invoice(request: Request, rt, key) -> Response:
     invoice_id = request.path_params["invoice_id"]
+    fmt = _format(request)
     try:
         doc = await run_in_threadpool(rt.billing_service.invoice, invoice_id, key.tenant_id)
     except NotFound:  # another tenant's invoice is indistinguishable from none
         raise ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found") from None
-    return _rendered(doc, request.query_params.get("format", "json"))
+    return _rendered(doc, fmt)
 
 
 @keyed

@@ -262,3 +262,26 @@ def test_an_engine_failing_mid_stream_ends_with_an_error_event(mock_server, clau
         s.until_done()
     record = mock_server.record(rid)
     assert record["completion_tokens"] == 3 and record["error_code"]  # billed what was produced
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/messages/count_tokens", 405),
+        ("DELETE", "/v1/messages", 405),
+        ("GET", "/v1/messages/batches", 404),
+        ("POST", "/v1/messages/nope", 404),
+    ],
+)
+def test_unknown_routes_and_methods_under_messages_answer_in_anthropics_shape(
+    mock_server, claude, method: str, path: str, status: int
+) -> None:
+    _, secret = claude
+    r = httpx.request(method, mock_server.base_url + path, headers={"x-api-key": secret})
+    assert r.status_code == status, r.text
+    body = r.json()
+    kind = "not_found_error" if status == 404 else "invalid_request_error"
+    assert body["type"] == "error" and body["error"]["type"] == kind and body["error"]["message"]
+    assert r.headers["request-id"] == r.headers["x-request-id"]
+    other = httpx.request(method, mock_server.base_url + path.replace("messages", "chat"))
+    assert "error" in other.json() and "type" not in other.json()  # elsewhere, OpenAI's shape

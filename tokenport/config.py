@@ -58,6 +58,7 @@ class Settings:
     max_body_bytes: int = 4 * 1024 * 1024
     admin_token: str | None = None
     default_rpm: int = 0  # per-key requests per minute; 0 = unlimited
+    auth_failures_per_minute: int = 30  # per client address, then 429; 0 = no throttling
     usage_flush_ms: int = 200
     usage_batch_size: int = 500
     key_refresh_ms: int = 250
@@ -137,6 +138,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         max_body_bytes=int(server.get("max_body_bytes", 4 * 1024 * 1024)),
         admin_token=os.environ.get("TOKENPORT_ADMIN_TOKEN") or server.get("admin_token") or None,
         default_rpm=int(limits.get("default_rpm", 0)),
+        auth_failures_per_minute=int(limits.get("auth_failures_per_minute", 30)),
         usage_flush_ms=int(metering.get("flush_interval_ms", 200)),
         usage_batch_size=int(metering.get("batch_size", 500)),
         key_refresh_ms=int(metering.get("key_refresh_ms", 250)),

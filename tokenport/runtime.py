@@ -23,6 +23,7 @@ from tokenport.energy.service import EnergyService
 from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.gateway.auth import KeyCache
+from tokenport.gateway.auth_throttle import AuthThrottle
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.billing import BillingState, MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
@@ -79,7 +80,10 @@ class Runtime:
         for name in self.tenancy.ensure_zones(declared):
             log.info("zone %s registered (declared by the configuration)", name)
         self.metrics = Metrics()
-        self.keys = KeyCache(self.tenant_store)
+        throttle = AuthThrottle(
+            settings.auth_failures_per_minute, self.clock.monotonic, self.metrics.auth_failed
+        )
+        self.keys = KeyCache(self.tenant_store, throttle)
         self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)
         self.billing_service = BillingService(BillingStore(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)

@@ -180,6 +180,8 @@ def start_server(
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cfg = {"server": {"admin_token": ADMIN_TOKEN, "health_interval_s": 0.5}, **config}
+    # Tests poll with wrong and revoked keys from one address: throttling is off unless asked for.
+    cfg.setdefault("limits", {}).setdefault("auth_failures_per_minute", 0)
     engine = cfg.setdefault("engine", {})
     engine_port = None
     if engine.get("enabled", True):

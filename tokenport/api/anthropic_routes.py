@@ -51,6 +51,7 @@ async def count_tokens(request: Request) -> Response:
         key = rt.keys.authenticate(
             h.get("authorization", "").encode("latin-1") or None,
             h.get("x-api-key", "").encode("latin-1") or None,
+            request.client.host if request.client else None,
         )
         zone = resolve_zone(key.zone, h.get(ZONE_HEADER.decode(), "").encode("latin-1") or None)
         body = parse_body(await request.body())

@@ -10,15 +10,19 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from tokenport.api import account, admin, anthropic_routes, audit, ops
+from tokenport.api.anthropic_sink import anthropic_error
 from tokenport.api.errors import openai_error_body
-from tokenport.api.middleware import RequestIdMiddleware
+from tokenport.api.middleware import REQUEST_ID_KEY, RequestIdMiddleware
 from tokenport.api.openai_routes import completion_endpoints
 from tokenport.api.openapi import openapi
 from tokenport.gateway.errors import ApiError
 from tokenport.runtime import Runtime
 
+ANTHROPIC_PREFIX = "/v1/messages"  # the Anthropic Messages API's paths
+
 
 async def _not_found(request: Request, exc) -> Response:
+    """404 / 405 in the shape of the API the path belongs to (Anthropic's under /v1/messages)."""
     status = getattr(exc, "status_code", 404)
     err = ApiError(
         status,
@@ -26,7 +30,11 @@ async def _not_found(request: Request, exc) -> Response:
         "invalid_request_error",
         "not_found" if status == 404 else "method_not_allowed",
     )
-    return Response(openai_error_body(err), status, media_type="application/json")
+    headers = dict(getattr(exc, "headers", None) or {})  # a 405's `allow`
+    if request.url.path.startswith(ANTHROPIC_PREFIX):
+        headers["request-id"] = request.scope.get(REQUEST_ID_KEY, "")
+        return Response(anthropic_error(err), status, headers=headers, media_type="application/json")
+    return Response(openai_error_body(err), status, headers=headers, media_type="application/json")
 
 
 async def _internal(request: Request, exc: Exception) -> Response:

@@ -23,6 +23,7 @@ def keyed(handler):
             key = rt.keys.authenticate(
                 h.get("authorization", "").encode("latin-1") or None,
                 h.get("x-api-key", "").encode("latin-1") or None,
+                request.client.host if request.client else None,
             )
             return await handler(request, rt, key)
         except ApiError as err:

@@ -148,7 +148,10 @@ class CompletionEndpoint:
         if body is None:  # client left while sending the body
             return
         gateway: Gateway = self.gateway_ref()
-        ctx = RequestContext(request_id, self.endpoint, self.clock.now(), self.clock.monotonic())
+        peer = scope.get("client")
+        ctx = RequestContext(
+            request_id, self.endpoint, self.clock.now(), self.clock.monotonic(), peer[0] if peer else None
+        )
         ctx.request_sha256 = hashlib.sha256(body).hexdigest()  # evidence of what was processed
         watcher = asyncio.create_task(_watch_disconnect(receive, sink, asyncio.current_task()))
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from tokenport.gateway.auth_throttle import AuthThrottle
 from tokenport.gateway.errors import forbidden, unauthorized
 from tokenport.store.tenants import TenantStore
 from tokenport.tenancy.keys import KeyRecord, extract_secret, hash_key
@@ -18,8 +19,9 @@ log = logging.getLogger("tokenport.auth")
 class KeyCache:
     """The key table in memory; a change-feed subscriber."""
 
-    def __init__(self, store: TenantStore) -> None:
+    def __init__(self, store: TenantStore, throttle: AuthThrottle | None = None) -> None:
         self.store = store
+        self.throttle = throttle  # failed authentications per client address
         self._by_hash: dict[str, KeyRecord] = {}
 
     def load(self, conn) -> None:
@@ -32,15 +34,20 @@ class KeyCache:
             for record in self.store.load_keys(key_ids, tenant_ids):
                 self._by_hash[record.key_hash] = record  # one atomic item update each
 
-    def authenticate(self, authorization: bytes | None, x_api_key: bytes | None) -> KeyRecord:
+    def authenticate(
+        self, authorization: bytes | None, x_api_key: bytes | None, address: str | None = None
+    ) -> KeyRecord:
+        """The key's record; a failure is throttled per client `address` (auth_throttle.py)."""
         secret = extract_secret(authorization, x_api_key)
+        record = self._by_hash.get(hash_key(secret)) if secret is not None else None
+        if record is not None and not record.revoked:
+            return record
         if secret is None:
-            raise unauthorized(
+            err = unauthorized(
                 "Missing API key: send it as 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
             )
-        record = self._by_hash.get(hash_key(secret))
-        if record is None:
-            raise unauthorized("Incorrect API key provided")
-        if record.revoked:
-            raise forbidden("This API key has been revoked", "key_revoked")
-        return record
+        elif record is None:
+            err = unauthorized("Incorrect API key provided")
+        else:
+            err = forbidden("This API key has been revoked", "key_revoked")
+        raise err if self.throttle is None else self.throttle.failed(address, err)

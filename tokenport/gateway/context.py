@@ -16,6 +16,7 @@ class RequestContext:
     endpoint: str
     started_at: datetime
     t0: float  # monotonic
+    client: str | None = None  # the client's address (the peer of the connection)
     key: KeyRecord | None = None
     zone: str | None = None
     other_zone: str | None = None  # a refused cross-zone attempt: the zone(s) it reached for

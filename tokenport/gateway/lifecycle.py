@@ -24,8 +24,9 @@ from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
-from tokenport.gateway.usage import opaque
-from tokenport.gateway.window import ContextWindow, Fit
+from tokenport.gateway.usage import SOURCE_BOUNDED, opaque
+from tokenport.gateway.usage_guard import UsageLimits
+from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
 from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
@@ -65,6 +66,14 @@ def affinity_key(headers: dict[bytes, bytes], req: ParsedRequest) -> bytes | Non
     return b"p:" + text.encode("utf-8", "surrogateescape") if text else None
 
 
+def usage_limits(fit: Fit, context: int) -> UsageLimits:
+    """What the engine's counts can be for this request: the prompt counted, or at most the
+    body's bytes plus a chat template's tokens; the output limit asked for (lowered to fit), or
+    the context; neither above the context."""
+    completion = context if fit.max_output is None else min(fit.max_output, context)
+    return UsageLimits(min(fit.prompt_bound + TEMPLATE_SLACK, context), completion)
+
+
 def _usage_fields(price, fit: Fit):
     """What the client's `usage` gains (its cost; the output limit, when it was lowered to fit),
     or None: the engine's usage goes out as it came."""
@@ -99,13 +108,14 @@ class Gateway:
         self.in_flight = 0  # read by /metrics
 
     async def _relay(
-        self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, sink, out: Outcome
+        self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, fit: Fit, sink, out: Outcome
     ) -> None:
         kind = backend.config.kind
         payload = upstream_payload(req.body, req.stream, kind, req.reasoning)
         clean = llamacpp_cleaner(req.endpoint) if kind == "llamacpp" and req.endpoint in NATIVE else None
         path = UPSTREAM_PATHS[req.endpoint]
-        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean)
+        limits = usage_limits(fit, backend.config.context)
+        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean, limits)
         backend.in_flight += 1
         if self.energy is not None:  # the engine works for it from now: its energy is metered
             self.energy.opened(ctx.request_id, backend.name, ctx.t0)
@@ -128,7 +138,9 @@ class Gateway:
         out = Outcome()
         self.in_flight += 1
         try:
-            key = ctx.key = self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"))
+            key = ctx.key = self.keys.authenticate(
+                headers.get(b"authorization"), headers.get(b"x-api-key"), ctx.client
+            )
             sink.receipted = True  # authenticated: settled, audited, and so receipted
             if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
                 ctx.retention = retention_mode(key.retention_ttl_s)
@@ -157,8 +169,11 @@ class Gateway:
             tried: set = set()
             while True:  # a backend that fails before any byte reached the client: the next one
                 try:
-                    await self._relay(ctx, req, backend, usage_fields, sink, out)
-                    backend.succeeded()
+                    await self._relay(ctx, req, backend, usage_fields, fit, sink, out)
+                    if out.usage_source == SOURCE_BOUNDED:  # its counts were wrong: its circuit notes it
+                        backend.failed(self.pool.mono())
+                    else:
+                        backend.succeeded()
                     break
                 except ApiError as err:
                     if out.started or err.code not in RETRYABLE:

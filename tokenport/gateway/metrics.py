@@ -64,8 +64,24 @@ class Metrics:
         self.usage_written = Gauge(
             "tokenport_usage_records_written", "Usage records committed since start", registry=r
         )
+        self.usage_bounded = Counter(
+            "tokenport_usage_bounded",
+            "Requests whose engine reported token counts out of bounds (settled on the bounds)",
+            ["backend"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "tokenport_auth_failures",
+            "Failed authentications (throttled: answered 429, over the per-address limit)",
+            ["throttled"],
+            registry=r,
+        )
+        self._auth_children = (self.auth_failures.labels("false"), self.auth_failures.labels("true"))
         self._children: dict[tuple[str, str, int], tuple] = {}
         self._backend_children: dict[str, tuple] = {}
+
+    def auth_failed(self, throttled: bool) -> None:
+        self._auth_children[throttled].inc()
 
     def observe_backend(self, backend: str, duration: float, ttft: float | None) -> None:
         children = self._backend_children.get(backend)

@@ -17,7 +17,14 @@ from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
 from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool
-from tokenport.gateway.usage import SOURCE_CHUNKS, SOURCE_ENGINE, SOURCE_NONE, SOURCE_PROGRESS
+from tokenport.gateway.usage import (
+    SOURCE_BOUNDED,
+    SOURCE_CHUNKS,
+    SOURCE_ENGINE,
+    SOURCE_NONE,
+    SOURCE_PROGRESS,
+)
+from tokenport.gateway.usage_guard import UsageLimits, write_usage
 from tokenport.gateway.window import engine_context_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -63,6 +70,7 @@ class UpstreamCall:
     request_id: str  # sent as x-request-id, so engine logs line up with usage records
     usage_fields: Callable[[Counts], dict] | None = None  # added to the client's usage (the cost)
     clean: Callable[[bytes], bytes] | None = None  # drops what the engine adds to OpenAI's answer
+    limits: UsageLimits | None = None  # the bounds of the engine's counts (usage_guard.py)
 
 
 def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning | None = None) -> bytes:
@@ -127,9 +135,15 @@ class Relay:
             raise _broken(call.backend) from None
         usage = obj.get("usage") if isinstance(obj, dict) else None
         if isinstance(usage, dict):
-            out.counts, out.usage_source = usage_counts(usage), SOURCE_ENGINE
+            counts, bounded = usage_counts(usage), False
+            if call.limits is not None:
+                counts, bounded = call.limits.bound(counts)
+            out.counts, out.usage_source = counts, SOURCE_BOUNDED if bounded else SOURCE_ENGINE
+            if bounded:  # the client is told what is billed
+                write_usage(usage, counts)
             if call.usage_fields is not None:
-                usage.update(call.usage_fields(out.counts))
+                usage.update(call.usage_fields(counts))
+            if bounded or call.usage_fields is not None:
                 body = orjson.dumps(obj)
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if choices and isinstance(choices[0], dict):
@@ -142,7 +156,7 @@ class Relay:
 
     async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
-        watcher = StreamWatcher(include_usage, call.usage_fields, call.clean)
+        watcher = StreamWatcher(include_usage, call.usage_fields, call.clean, call.limits)
         resp: Response | None = None
         sink.cancellable = True
         try:
@@ -195,7 +209,10 @@ def _settle_counts(out: Outcome, watcher: StreamWatcher) -> None:
     elif watcher.progress is not None:
         out.counts, out.usage_source = watcher.progress, SOURCE_PROGRESS
     elif watcher.content_chunks:
-        out.counts, out.usage_source = Counts(completion=watcher.content_chunks), SOURCE_CHUNKS
+        out.counts = watcher.checked(Counts(completion=watcher.content_chunks))
+        out.usage_source = SOURCE_CHUNKS
+    if watcher.bounded:
+        out.usage_source = SOURCE_BOUNDED
 
 
 def _broken(backend: Backend) -> ApiError:

@@ -4,6 +4,8 @@ to the batched writer, which also appends the audit entry."""
 
 from __future__ import annotations
 
+import logging
+
 from tokenport.clock import Clock
 from tokenport.energy.allocation import Span
 from tokenport.energy.meter import EnergyMeter, RequestMeta
@@ -12,9 +14,11 @@ from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
-from tokenport.gateway.usage import SOURCE_NONE, UsageRecord
+from tokenport.gateway.usage import SOURCE_BOUNDED, SOURCE_NONE, UsageRecord
 from tokenport.store.writer import BatchWriter
 from tokenport.zones.vault import Vault
+
+log = logging.getLogger("tokenport.settle")
 
 
 class Settler:
@@ -50,6 +54,13 @@ class Settler:
         )
         if ctx.backend is not None and out.status == 200:
             self.metrics.observe_backend(ctx.backend, now - ctx.t0, ttft if ctx.stream else None)
+        if out.usage_source == SOURCE_BOUNDED:
+            self.metrics.usage_bounded.labels(ctx.backend or "-").inc()
+            log.warning(
+                "backend %s reported token counts out of bounds for %s: settled on the bounds",
+                ctx.backend,
+                ctx.request_id,
+            )
         if ctx.key is None:  # unauthenticated: nobody to meter
             return None
         finished_at = self.clock.now()

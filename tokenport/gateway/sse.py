@@ -6,11 +6,14 @@ error events). Progress counts come from cheap byte searches.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
+
+from tokenport.gateway.usage_guard import UsageLimits, write_usage
 
 DONE = b"data: [DONE]"
 _FINISH = re.compile(rb'"finish_reason":\s*"([A-Za-z_]+)"')
@@ -27,13 +30,30 @@ class Counts:
     completion: int = 0
 
 
+INVALID = -1  # what an unreadable count parses to: below every bound
+
+
+def token_count(value: object) -> int:
+    """A count as an engine sent it: the integer, 0 when absent, INVALID when not a count."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return INVALID
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return INVALID
+
+
 def usage_counts(usage: dict) -> Counts:
-    """OpenAI convention: prompt_tokens includes cached tokens."""
-    details = usage.get("prompt_tokens_details") or {}
+    """OpenAI convention: prompt_tokens includes cached tokens. Never raises: a value that is
+    not a count reads as INVALID (usage_guard.py bounds it)."""
+    details = usage.get("prompt_tokens_details")
     return Counts(
-        prompt=int(usage.get("prompt_tokens") or 0),
-        cached=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-        completion=int(usage.get("completion_tokens") or 0),
+        prompt=token_count(usage.get("prompt_tokens")),
+        cached=token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0,
+        completion=token_count(usage.get("completion_tokens")),
     )
 
 
@@ -43,8 +63,11 @@ class StreamWatcher:
         forward_usage: bool,
         usage_fields: Callable[[Counts], dict] | None = None,
         clean: Callable[[bytes], bytes] | None = None,
+        limits: UsageLimits | None = None,
     ) -> None:
         self.forward_usage = forward_usage  # the client asked for usage itself
+        self.limits = limits  # the bounds of the engine's counts (usage_guard.py)
+        self.bounded = False  # a count the engine reported was outside them
         self.usage_fields = usage_fields  # what to add to the final usage the client sees
         self.clean = clean  # what the engine adds to OpenAI's events, removed once read
         self.final: Counts | None = None  # the engine's own final usage
@@ -78,8 +101,16 @@ class StreamWatcher:
     def progress(self) -> Counts | None:
         event, self._timings_event = self._timings_event, None
         if event is not None:
-            self._progress = _timings_counts(event)
+            self._progress = self.checked(_timings_counts(event))
         return self._progress
+
+    def checked(self, counts: Counts) -> Counts:
+        """`counts` within the limits (noting when they were not)."""
+        if self.limits is None:
+            return counts
+        counts, changed = self.limits.bound(counts, self.content_chunks)
+        self.bounded = self.bounded or changed
+        return counts
 
     def _parse(self, event: bytes) -> bytes | None:
         payload = _data(event)
@@ -100,14 +131,17 @@ class StreamWatcher:
         choices = obj.get("choices") or []
         finished = not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
         if finished:
-            self.final = usage_counts(usage)
+            self.final = self.checked(usage_counts(usage))
         else:  # running usage on a content chunk (vLLM continuous stats)
-            self._progress, self._timings_event = usage_counts(usage), None
+            self._progress, self._timings_event = self.checked(usage_counts(usage)), None
         if self.forward_usage:
-            if finished and self.usage_fields is not None and self.final is not None:
+            if not finished or self.final is None or (self.usage_fields is None and not self.bounded):
+                return event
+            if self.bounded:  # the client is told what is billed
+                write_usage(usage, self.final)
+            if self.usage_fields is not None:
                 usage.update(self.usage_fields(self.final))
-                return b"data: " + orjson.dumps(obj) + b"\n\n"
-            return event
+            return b"data: " + orjson.dumps(obj) + b"\n\n"
         if not choices:
             return None  # the usage chunk the gateway asked for on the client's behalf
         if finished:  # usage riding on the last content chunk: hide it from this client

@@ -11,6 +11,7 @@ SOURCE_ENGINE = "engine"  # the engine's final usage object
 SOURCE_PROGRESS = "progress"  # the engine's per-chunk running counts (stream cut short)
 SOURCE_CHUNKS = "chunks"  # counted content chunks (engine gave no counts; stream cut short)
 SOURCE_NONE = "none"  # no tokens were produced (rejected or failed before the engine)
+SOURCE_BOUNDED = "bounded"  # the engine's counts were out of bounds: settled on the bounds (usage_guard.py)
 
 
 @dataclass(slots=True)

@@ -21,6 +21,9 @@ in the client's working directory: three deltas, three tokens (the first delta c
 A request that offers none of those tools and carries no result is answered as any other.
 Prompt tokens are MockConfig's, as for every request.
 
+A body field `mock_usage` (an object) replaces fields of the final usage the mock reports: an
+engine that lies about its counts.
+
 A chat model named `*-think` reasons: the first half of its completion tokens come as
 `reasoning_content` (llama.cpp's and SGLang's field), the rest as `content`.
 """
@@ -193,6 +196,8 @@ class _Gen:
         self.pieces = [self.text] * self.n  # the text of each completion token
         self.calls: list[tuple[str, str, list[str]]] = []  # (id, name, argument fragments)
         self.thoughts = 0  # how many of the first pieces are reasoning (`reasoning_content`)
+        lie = body.get("mock_usage")  # fields that replace the final usage's: an engine that lies
+        self.lie: dict[str, Any] = lie if isinstance(lie, dict) else {}
 
     def script_agent(self, body: dict[str, Any]) -> None:
         """The agent scenario's next move: one shell call, or the answer that quotes the results."""
@@ -212,6 +217,8 @@ class _Gen:
         }
         if self.continuous or usage:
             obj["usage"] = _usage(self.p, done)
+            if usage:
+                obj["usage"].update(self.lie)
         if self.timings:
             obj["timings"] = {"prompt_n": self.p, "cache_n": 0, "predicted_n": done}
         return _event(obj)
@@ -240,7 +247,7 @@ class _Gen:
             "created": self.created,
             "model": self.model,
             "choices": [choice],
-            "usage": _usage(self.p, n),
+            "usage": {**_usage(self.p, n), **self.lie},
         }
 
 

@@ -10,6 +10,7 @@ import ssl
 
 import pytest
 
+from tokenport.config import Waits
 from tokenport.gateway.upstream_http import Origin, UpstreamError, UpstreamPool, UpstreamTimeout
 
 LOOPBACK = "127.0.0.1"
@@ -229,9 +230,10 @@ def test_read_timeout_and_connect_refused():
 
     async def main():
         async with Script(reply) as base:
-            pool = UpstreamPool(read_timeout=0.2)
-            with pytest.raises(UpstreamTimeout):
+            pool = UpstreamPool(Waits(headers=0.2))
+            with pytest.raises(UpstreamTimeout) as exc:
                 await _post(pool, base)
+            assert (exc.value.phase, exc.value.seconds) == ("headers", 0.2)
         with pytest.raises(UpstreamError, match="cannot connect"):
             await _post(UpstreamPool(), base)  # the server is gone
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tokenport.energy.config import EnergyConfig, EnergyConfigError, energy_config
@@ -15,6 +15,31 @@ BACKEND_KINDS = ("llamacpp", "vllm", "sglang", "openai")
 
 class ConfigError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """How long each part of a request to an engine may take, in seconds. The defaults let a
+    busy engine queue a request and work through a long prompt without being cut."""
+
+    connect: float = 5.0  # a connection to the engine
+    headers: float = 60.0  # the request sent -> the answer's headers (a whole answer's: `total`)
+    first_token: float = 300.0  # the headers -> the first piece of the body (queue, prompt)
+    idle: float = 120.0  # between two pieces of the body
+    total: float = 1800.0  # the whole exchange
+
+    def unary(self) -> Waits:
+        """For a whole (non-streamed) answer: its headers come with it, when it is done."""
+        return Waits(self.connect, self.total, self.total, self.idle, self.total)
+
+
+WAIT_KEYS = {  # config keys (in [upstream] and [[backends]]) -> Waits fields
+    "connect_timeout_s": "connect",
+    "headers_timeout_s": "headers",
+    "first_token_timeout_s": "first_token",
+    "idle_timeout_s": "idle",
+    "total_timeout_s": "total",
+}
 
 
 @dataclass(frozen=True)
@@ -31,6 +56,7 @@ class BackendConfig:
     embeddings: tuple[str, ...] = ()  # the models (among `models`) it serves /v1/embeddings for
     weight: int = 1  # its share of the load, relative to the zone's other backends for a model
     max_inflight: int | None = None  # no more requests than this at once (None: no limit)
+    waits: Waits | None = None  # its own bounds on each wait (None: the [upstream] defaults)
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,7 @@ class Settings:
     audit_keys_dir: Path | None = None  # the zones' signing keys; None = $TOKENPORT_HOME/keys
     log_level: str = "info"  # debug | info | warning | error (content is never logged at any level)
     retention_purge_every_s: float = 60.0  # delete expired retained records; 0 = off
+    waits: Waits = field(default_factory=Waits)  # [upstream]: every backend's, unless its own
 
     @property
     def keys_dir(self) -> Path:
@@ -115,7 +142,8 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
     default_zone = server.get("default_zone", "overseas")
     url = os.environ.get("TOKENPORT_DATABASE_URL") or db.get("url") or f"sqlite:///{home / 'tokenport.db'}"
     engine = _engine(data.get("engine", {}))
-    backends = tuple(_backend(b, default_zone) for b in data.get("backends", []))
+    waits = _waits(data.get("upstream", {}), Waits(), "[upstream]")
+    backends = tuple(_backend(b, default_zone, waits) for b in data.get("backends", []))
     try:
         energy = energy_config(data.get("energy", {}))
     except EnergyConfigError as exc:
@@ -138,6 +166,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         max_body_bytes=int(server.get("max_body_bytes", 4 * 1024 * 1024)),
         admin_token=os.environ.get("TOKENPORT_ADMIN_TOKEN") or server.get("admin_token") or None,
         default_rpm=int(limits.get("default_rpm", 0)),
+        waits=waits,
         auth_failures_per_minute=int(limits.get("auth_failures_per_minute", 30)),
         usage_flush_ms=int(metering.get("flush_interval_ms", 200)),
         usage_batch_size=int(metering.get("batch_size", 500)),
@@ -184,7 +213,22 @@ def _engine(raw: dict) -> EngineConfig:
     )
 
 
-def _backend(raw: dict, default_zone: str) -> BackendConfig:
+def _waits(raw: dict, base: Waits, where: str) -> Waits:
+    """`base` with the timeouts `raw` sets (positive seconds)."""
+    values = {}
+    for key, name in WAIT_KEYS.items():
+        if key in raw:
+            try:
+                value = float(raw[key])
+            except (TypeError, ValueError):
+                value = 0.0
+            if not value > 0:
+                raise ConfigError(f"{where}: {key} must be a positive number of seconds")
+            values[name] = value
+    return replace(base, **values) if values else base
+
+
+def _backend(raw: dict, default_zone: str, waits: Waits | None = None) -> BackendConfig:
     try:
         name, url, models = raw["name"], raw["url"].rstrip("/"), tuple(raw["models"])
     except (KeyError, TypeError) as exc:
@@ -208,6 +252,7 @@ def _backend(raw: dict, default_zone: str) -> BackendConfig:
         embeddings=_embeddings(name, raw.get("embeddings", ()), models),
         weight=max(1, int(raw.get("weight", 1))),
         max_inflight=int(raw["max_inflight"]) if raw.get("max_inflight") else None,
+        waits=_waits(raw, waits or Waits(), f"backend {name}") if WAIT_KEYS.keys() & raw.keys() else None,
     )
 
 

@@ -138,7 +138,7 @@ class Runtime:
         self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
         self.audit.sections = self.energy.receipt_section
         self.session: aiohttp.ClientSession | None = None  # health checks, token counts
-        self.upstream = UpstreamPool()  # the requests themselves
+        self.upstream = UpstreamPool(settings.waits)  # the requests themselves
         self.gateway: Gateway | None = None
         self.started = False
         self._tasks: list[asyncio.Task] = []
@@ -158,7 +158,15 @@ class Runtime:
         )
         window = ContextWindow(partial(count_request_tokens, self.session))
         self.gateway = Gateway(
-            self.keys, limiter, self.pool, self.charging, relay, settler, window, self.meter
+            self.keys,
+            limiter,
+            self.pool,
+            self.charging,
+            relay,
+            settler,
+            window,
+            self.meter,
+            self.settings.waits,
         )
         s = self.settings
         self._tasks = [

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import partial
 
 from tokenport.api.openai_protocol import ParsedRequest
+from tokenport.config import Waits
 from tokenport.energy.meter import EnergyMeter
 from tokenport.engines.dialects import llamacpp_cleaner
 from tokenport.gateway.auth import KeyCache
@@ -44,6 +45,7 @@ UPSTREAM_PATHS = {
 # The endpoints whose answers go to the client as the engine wrote them (the others are translated).
 NATIVE = ("chat", "completions")
 RETRYABLE = {"backend_unavailable", "backend_overloaded", "upstream_error"}
+TIMED_OUT = "upstream_timeout"  # the engine took the request but ran past a bound: not retried
 MAX_RETRIES = 2
 AFFINITY_HEADERS = (b"x-session-affinity", b"x-session-id")
 AFFINITY_PREFIX = 512  # characters of each of the first two messages
@@ -96,8 +98,10 @@ class Gateway:
         settler: Settler,
         window: ContextWindow,
         energy: EnergyMeter | None = None,
+        waits: Waits | None = None,
     ) -> None:
         self.keys = keys
+        self.waits = waits or Waits()  # each backend's bounds on waiting for it, unless its own
         self.window = window
         self.energy = energy
         self.charging = charging
@@ -115,7 +119,10 @@ class Gateway:
         clean = llamacpp_cleaner(req.endpoint) if kind == "llamacpp" and req.endpoint in NATIVE else None
         path = UPSTREAM_PATHS[req.endpoint]
         limits = usage_limits(fit, backend.config.context)
-        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean, limits)
+        waits = backend.config.waits or self.waits
+        if not req.stream:
+            waits = waits.unary()
+        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean, limits, waits)
         backend.in_flight += 1
         if self.energy is not None:  # the engine works for it from now: its energy is metered
             self.energy.opened(ctx.request_id, backend.name, ctx.t0)
@@ -170,12 +177,14 @@ class Gateway:
             while True:  # a backend that fails before any byte reached the client: the next one
                 try:
                     await self._relay(ctx, req, backend, usage_fields, fit, sink, out)
-                    if out.usage_source == SOURCE_BOUNDED:  # its counts were wrong: its circuit notes it
-                        backend.failed(self.pool.mono())
+                    if out.usage_source == SOURCE_BOUNDED or out.error_code == TIMED_OUT:
+                        backend.failed(self.pool.mono())  # wrong counts, or too slow: its circuit notes it
                     else:
                         backend.succeeded()
                     break
                 except ApiError as err:
+                    if err.code == TIMED_OUT:
+                        backend.failed(self.pool.mono())
                     if out.started or err.code not in RETRYABLE:
                         raise
                     backend.failed(self.pool.mono())  # passive: enough in a row open its circuit

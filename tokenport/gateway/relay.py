@@ -12,11 +12,12 @@ from typing import Protocol
 
 import orjson
 
+from tokenport.config import Waits
 from tokenport.engines.dialects import Reasoning, with_reasoning
 from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
-from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool
+from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool, UpstreamTimeout
 from tokenport.gateway.usage import (
     SOURCE_BOUNDED,
     SOURCE_CHUNKS,
@@ -71,6 +72,7 @@ class UpstreamCall:
     usage_fields: Callable[[Counts], dict] | None = None  # added to the client's usage (the cost)
     clean: Callable[[bytes], bytes] | None = None  # drops what the engine adds to OpenAI's answer
     limits: UsageLimits | None = None  # the bounds of the engine's counts (usage_guard.py)
+    waits: Waits | None = None  # the bounds of each wait on the engine (None: the pool's)
 
 
 def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning | None = None) -> bytes:
@@ -106,16 +108,15 @@ class Relay:
         if backend.config.api_key:
             headers["authorization"] = f"Bearer {backend.config.api_key}"
         try:
-            return await self.upstream.post(backend.url, call.path, call.payload, headers)
+            return await self.upstream.post(backend.url, call.path, call.payload, headers, call.waits)
+        except UpstreamTimeout as exc:
+            if exc.phase != "connect":  # it took the request: not tried elsewhere
+                raise timed_out(backend, exc) from None
+            backend.healthy = False
+            raise unavailable(backend) from exc
         except UpstreamError as exc:
             backend.healthy = False  # passive health: the next check decides when it is back
-            raise ApiError(
-                503,
-                f"Backend '{backend.name}' is unavailable; try again shortly",
-                "service_unavailable",
-                "backend_unavailable",
-                headers={"retry-after": "1"},
-            ) from exc
+            raise unavailable(backend) from exc
 
     async def unary(self, call: UpstreamCall, sink: ClientSink, out: Outcome) -> None:
         resp = await self._post(call)
@@ -124,6 +125,8 @@ class Relay:
                 raise await _upstream_error(resp)
             try:
                 body = await resp.read()
+            except UpstreamTimeout as exc:
+                raise timed_out(call.backend, exc) from None
             except UpstreamError as exc:
                 raise _broken(call.backend) from exc
         out.first_token_at = self.mono()
@@ -189,6 +192,12 @@ class Relay:
                     sse_error("The backend stream ended unexpectedly", "server_error", out.error_code)
                 )
             sink.delivered = True
+        except UpstreamTimeout as exc:
+            out.error_code = "upstream_timeout"
+            if not out.started:
+                raise timed_out(call.backend, exc) from None
+            await sink.send(sse_error(_timeout_message(call.backend, exc), "server_error", out.error_code))
+            sink.delivered = True
         except UpstreamError:
             out.error_code = "upstream_disconnected"
             if not out.started:
@@ -213,6 +222,27 @@ def _settle_counts(out: Outcome, watcher: StreamWatcher) -> None:
         out.usage_source = SOURCE_CHUNKS
     if watcher.bounded:
         out.usage_source = SOURCE_BOUNDED
+
+
+def unavailable(backend: Backend) -> ApiError:
+    return ApiError(
+        503,
+        f"Backend '{backend.name}' is unavailable; try again shortly",
+        "service_unavailable",
+        "backend_unavailable",
+        headers={"retry-after": "1"},
+    )
+
+
+def _timeout_message(backend: Backend, exc: UpstreamTimeout) -> str:
+    waited = {"total": "finish", "headers": "answer", "first_token": "start answering"}
+    what = waited.get(exc.phase, "send more")
+    return f"Backend '{backend.name}' did not {what} within {exc.seconds:g} s"
+
+
+def timed_out(backend: Backend, exc: UpstreamTimeout) -> ApiError:
+    """504 `upstream_timeout`: a wait on the engine ran past its configured bound."""
+    return ApiError(504, _timeout_message(backend, exc), "server_error", "upstream_timeout")
 
 
 def _broken(backend: Backend) -> ApiError:

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from tokenport.config import Waits
+
 _PAUSE_ABOVE = 256 * 1024  # stop reading from the engine while this much is waiting for the client
 
 
@@ -25,7 +27,12 @@ class UpstreamError(Exception):
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
-    """Connecting took too long, or the engine sent nothing for the read timeout."""
+    """A wait ran past its bound (config.Waits): `phase` says which, `seconds` how long."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"the engine's {phase} took over {seconds:g} s")
+        self.phase = phase  # connect | headers | first_token | idle | total
+        self.seconds = seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,22 +151,26 @@ class Response:
         "_error",
         "_size",
         "_waiter",
+        "body_started",
         "complete",
+        "deadline",
         "headers",
         "headers_done",
-        "read_timeout",
         "released",
         "status",
         "until_close",
+        "waits",
     )
 
-    def __init__(self, conn: _Connection, read_timeout: float) -> None:
+    def __init__(self, conn: _Connection, waits: Waits) -> None:
         self._conn = conn
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
         self._waiter: asyncio.Future | None = None
         self._error: Exception | None = None
-        self.read_timeout = read_timeout
+        self.waits = waits
+        self.deadline = conn.loop.time() + waits.total  # the whole exchange
+        self.body_started = False
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
         self.headers_done = False
@@ -169,6 +180,7 @@ class Response:
 
     # fed by the connection
     def _append(self, body: bytes) -> None:
+        self.body_started = True
         self._chunks.append(body)
         self._size += len(body)
         if self._size > _PAUSE_ABOVE:
@@ -189,11 +201,22 @@ class Response:
             w.set_result(None)
 
     async def _wait(self) -> None:
+        """Until the connection has news, within this part's bound and the whole's."""
         if self._error is not None:
             raise self._error
         loop = self._conn.loop
+        waits = self.waits
+        if not self.headers_done:
+            phase, limit = "headers", waits.headers
+        elif not self.body_started:
+            phase, limit = "first_token", waits.first_token
+        else:
+            phase, limit = "idle", waits.idle
+        left = self.deadline - loop.time()
+        if left < limit:
+            phase, limit = "total", waits.total
         self._waiter = w = loop.create_future()
-        timer = loop.call_later(self.read_timeout, _expire, w)
+        timer = loop.call_later(max(0.0, min(left, limit)), _expire, w, phase, limit)
         try:
             await w
         finally:
@@ -255,9 +278,9 @@ class Response:
         self.close()
 
 
-def _expire(waiter: asyncio.Future) -> None:
+def _expire(waiter: asyncio.Future, phase: str, seconds: float) -> None:
     if not waiter.done():
-        waiter.set_exception(UpstreamTimeout("the engine sent nothing within the read timeout"))
+        waiter.set_exception(UpstreamTimeout(phase, seconds))
 
 
 class UpstreamPool:
@@ -265,13 +288,11 @@ class UpstreamPool:
 
     def __init__(
         self,
-        connect_timeout: float = 5.0,
-        read_timeout: float = 600.0,
-        idle_timeout: float = 30.0,
+        waits: Waits | None = None,  # the bounds of an exchange unless `post` is given its own
+        idle_timeout: float = 30.0,  # a kept-alive connection unused this long is not reused
         ssl_context: ssl.SSLContext | None = None,  # default: the system's trust store
     ) -> None:
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self.waits = waits or Waits()
         self.idle_timeout = idle_timeout
         self._idle: dict[Origin, list[_Connection]] = {}
         self._origins: dict[str, Origin] = {}
@@ -285,25 +306,28 @@ class UpstreamPool:
             o = self._origins[base_url] = Origin.parse(base_url)
         return o
 
-    async def post(self, base_url: str, path: str, body: bytes, headers: dict[str, str]) -> Response:
+    async def post(
+        self, base_url: str, path: str, body: bytes, headers: dict[str, str], waits: Waits | None = None
+    ) -> Response:
         """Send the request; returns once the answer's status and headers are in."""
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
+        waits = waits or self.waits
         origin = self.origin(base_url)
         head = _request_head(origin, path, len(body), headers)
         conn = self._take_idle(origin)
         if conn is not None:
             try:
-                return await self._exchange(conn, head, body)
+                return await self._exchange(conn, head, body, waits)
             except UpstreamError as exc:
                 if isinstance(exc, UpstreamTimeout) or conn.response_started:
                     raise
                 # a kept-alive connection the engine closed as we reused it: once more, on a new one
-        conn = await self._connect(origin)
-        return await self._exchange(conn, head, body)
+        conn = await self._connect(origin, waits.connect)
+        return await self._exchange(conn, head, body, waits)
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> Response:
-        response = conn.response = Response(conn, self.read_timeout)
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, waits: Waits) -> Response:
+        response = conn.response = Response(conn, waits)
         conn.response_started = False
         conn.transport.write(head + body if len(body) < 16384 else head)
         if len(body) >= 16384:
@@ -328,17 +352,17 @@ class UpstreamPool:
             conn.close()
         return None
 
-    async def _connect(self, origin: Origin) -> _Connection:
+    async def _connect(self, origin: Origin, timeout: float) -> _Connection:
         conn = _Connection(self, origin)
         if origin.tls and self._ssl is None:
             self._ssl = ssl.create_default_context()
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 await self.loop.create_connection(
                     lambda: conn, origin.host, origin.port, ssl=self._ssl if origin.tls else None
                 )
         except TimeoutError:
-            raise UpstreamTimeout(f"connecting to {origin.host}:{origin.port} timed out") from None
+            raise UpstreamTimeout("connect", timeout) from None
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {origin.host}:{origin.port}: {exc}") from None
         self.opened += 1

@@ -6,7 +6,7 @@ MockConfig. A body field ``mock_scenario`` (or, calling the mock directly, a req
 ``x-mock-scenario``) selects a behaviour:
 tool_calls, error_500, error_400, error_midstream, hang, slow_first_token, echo (every token
 is the last message's text, or the prompt: for canary tests). A model named `*-tools` always
-behaves as tool_calls, one named `*-midfail` as error_midstream.
+behaves as tool_calls, one named `*-midfail` as error_midstream, one named `*-hang` as hang.
 In tool_calls every streamed tool-call delta is one token (TOOL_CALL_TOKENS in all,
 max_tokens ignored). GET /mock/stats shows counters and what the last request carried
 (`last_body`: all of it).
@@ -389,6 +389,8 @@ async def _generate(request: web.Request, chat: bool) -> web.StreamResponse:
             scenario = "tool_calls"  # a model that always calls tools (protocols that drop extra fields)
         elif not scenario and model_name.endswith("-midfail"):
             scenario = "error_midstream"  # a model whose streams fail after three tokens
+        elif not scenario and model_name.endswith("-hang"):
+            scenario = "hang"  # an engine that takes requests and never answers
         elif not scenario and model_name.endswith("-agent"):
             scenario = "agent"  # a scripted coding agent: one shell call, then the answer
         if scenario == "error_500":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 
@@ -128,3 +130,35 @@ def test_non_streaming_disconnect_is_billed_in_full(mock_server, mock_engine):
     (record,) = usage["data"]
     assert record["client_disconnected"] is True
     assert (record["status"], record["usage_source"], record["completion_tokens"]) == (200, "engine", 20)
+
+
+def test_a_cut_stream_from_an_engine_with_no_running_counts_bills_its_prompt(mock_server, mock_engine):
+    """A `kind = "openai"` engine (here the domestic zone's backend) reports no running counts: a
+    stream cut short is billed the chunks delivered and the prompt estimated from the body."""
+    _, secret = mock_server.new_key("cancel-openai-kind", zone="domestic")
+    raw = json.dumps(
+        {
+            "model": "domestic-model",
+            "messages": [{"role": "user", "content": "a prompt of some length " * 8}],
+            "stream": True,
+            "max_tokens": 20,
+            "mock_chunk_delay_ms": 100,
+        }
+    ).encode()
+    got = 0
+    with httpx.stream(
+        "POST",
+        mock_server.base_url + "/v1/chat/completions",
+        content=raw,
+        headers={"authorization": f"Bearer {secret}", "content-type": "application/json"},
+    ) as r:
+        rid = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                got += 1
+            if got == 3:
+                break
+    record = mock_server.record(rid)
+    assert record["client_disconnected"] is True and record["usage_source"] == "chunks"
+    assert record["prompt_tokens"] == math.ceil(len(raw) / 4)  # not 0: the body's bytes / 4
+    assert 3 <= record["completion_tokens"] < 20

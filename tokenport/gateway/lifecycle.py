@@ -122,7 +122,9 @@ class Gateway:
         waits = backend.config.waits or self.waits
         if not req.stream:
             waits = waits.unary()
-        call = UpstreamCall(backend, path, payload, ctx.request_id, usage_fields, clean, limits, waits)
+        call = UpstreamCall(
+            backend, path, payload, ctx.request_id, usage_fields, clean, limits, waits, fit.prompt_estimate
+        )
         backend.in_flight += 1
         if self.energy is not None:  # the engine works for it from now: its energy is metered
             self.energy.opened(ctx.request_id, backend.name, ctx.t0)

@@ -73,6 +73,7 @@ class UpstreamCall:
     clean: Callable[[bytes], bytes] | None = None  # drops what the engine adds to OpenAI's answer
     limits: UsageLimits | None = None  # the bounds of the engine's counts (usage_guard.py)
     waits: Waits | None = None  # the bounds of each wait on the engine (None: the pool's)
+    prompt_estimate: int = 0  # the prompt's tokens, when the engine never says (window.Fit)
 
 
 def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning | None = None) -> bytes:
@@ -208,17 +209,17 @@ class Relay:
             sink.cancellable = False
             if resp is not None:
                 resp.close()  # on a client disconnect this is what stops the engine generating
-            _settle_counts(out, watcher)
+            _settle_counts(out, watcher, call.prompt_estimate)
 
 
-def _settle_counts(out: Outcome, watcher: StreamWatcher) -> None:
+def _settle_counts(out: Outcome, watcher: StreamWatcher, prompt_estimate: int) -> None:
     out.finish_reason = watcher.finish_reason
     if watcher.final is not None:
         out.counts, out.usage_source = watcher.final, SOURCE_ENGINE
     elif watcher.progress is not None:
         out.counts, out.usage_source = watcher.progress, SOURCE_PROGRESS
     elif watcher.content_chunks:
-        out.counts = watcher.checked(Counts(completion=watcher.content_chunks))
+        out.counts = watcher.checked(Counts(prompt=prompt_estimate, completion=watcher.content_chunks))
         out.usage_source = SOURCE_CHUNKS
     if watcher.bounded:
         out.usage_source = SOURCE_BOUNDED

@@ -11,6 +11,7 @@ itself, and its refusal is mapped to the same errors (`gateway/relay.py`).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError
 
 TEMPLATE_SLACK = 256  # tokens a chat template may add (role markers, a default system prompt)
+BYTES_PER_TOKEN = 4  # a request body's bytes per prompt token, for an estimate (English and JSON)
 
 
 class ContextExceeded(ApiError):
@@ -50,6 +52,13 @@ class Fit:
     prompt_bound: int  # the most prompt tokens the request can bill (counted, or the body's bytes)
     max_output: int | None  # the most output tokens (None: up to the context)
     clamped: int | None = None  # the output limit the request now carries, if it was lowered
+    counted: bool = False  # prompt_bound is the engine's own count of the prompt
+
+    @property
+    def prompt_estimate(self) -> int:
+        """The prompt's tokens for billing when the engine does not say (a stream cut before
+        its usage, from an engine with no running counts): the count, or the body's bytes / 4."""
+        return self.prompt_bound if self.counted else math.ceil(self.prompt_bound / BYTES_PER_TOKEN)
 
 
 Counter = Callable[[Backend, dict], Awaitable[int | None]]
@@ -71,11 +80,11 @@ class ContextWindow:
             raise ContextExceeded(prompt, context)
         room = context - prompt
         if max_output is None or max_output <= room:
-            return Fit(prompt, max_output if max_output is not None else room)
+            return Fit(prompt, max_output if max_output is not None else room, counted=True)
         for name in ("max_tokens", "max_completion_tokens"):
             if name in req.body:
                 req.body[name] = room
-        return Fit(prompt, room, clamped=room)
+        return Fit(prompt, room, clamped=room, counted=True)
 
 
 # What engines say when a prompt does not fit: llama.cpp ("request (N tokens) exceeds the

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from tokenport.engines.dialects import Reasoning, openai_reasoning
+from tokenport.engines.dialects import Reasoning, effort_reasoning
 from tokenport.gateway.errors import bad_request
 
 MAX_TOKENS_CAP = 1_000_000
@@ -144,7 +144,7 @@ def parse_chat(raw: bytes) -> ParsedRequest:
     rf = body.get("response_format")
     if rf is not None and not (isinstance(rf, dict) and isinstance(rf.get("type"), str)):
         raise bad_request("'response_format' must be an object with a 'type'", param="response_format")
-    reasoning = openai_reasoning(body) if "reasoning_effort" in body else None
+    reasoning = effort_reasoning(body.get("reasoning_effort"))
     return ParsedRequest("chat", model, stream, include_usage, body, reasoning)
 
 

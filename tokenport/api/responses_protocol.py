@@ -22,7 +22,7 @@ import orjson
 
 from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
 from tokenport.api.responses_tools import ToolMap, tool_map
-from tokenport.engines.dialects import EFFORTS, Reasoning
+from tokenport.engines.dialects import Reasoning, effort_reasoning
 from tokenport.gateway.errors import bad_request
 
 # Items the client echoes back from earlier answers that an engine here cannot use: reasoning and
@@ -138,10 +138,7 @@ def reasoning(body: dict) -> Reasoning | None:
     """`reasoning.effort` as what the engine is asked of its thinking; none asked: the engine's
     default. A malformed value is ignored."""
     config = body.get("reasoning")
-    effort = config.get("effort") if isinstance(config, dict) else None
-    if effort not in EFFORTS:
-        return None
-    return Reasoning(on=effort != "none", effort=effort)
+    return effort_reasoning(config.get("effort") if isinstance(config, dict) else None)
 
 
 def translate(body: dict) -> tuple[dict, ToolMap]:

@@ -70,9 +70,9 @@ def with_reasoning(r: Reasoning, kind: str, body: dict) -> dict:
     return out
 
 
-def openai_reasoning(body: dict) -> Reasoning | None:
-    """An OpenAI chat request's own `reasoning_effort`, if it names one we know."""
-    effort = body.get("reasoning_effort")
+def effort_reasoning(effort: object) -> Reasoning | None:
+    """An OpenAI-style effort (chat's `reasoning_effort`, Responses' `reasoning.effort`), if it
+    names one we know; `none` turns thinking off."""
     if effort not in EFFORTS:
         return None
     return Reasoning(on=effort != "none", effort=effort)
@@ -100,4 +100,3 @@ def llamacpp_cleaner(endpoint: str) -> Callable[[bytes], bytes]:
         return data
 
     return clean
-

@@ -25,7 +25,7 @@ from tokenport.gateway.usage import (
     SOURCE_NONE,
     SOURCE_PROGRESS,
 )
-from tokenport.gateway.usage_guard import UsageLimits, write_usage
+from tokenport.gateway.usage_guard import UsageLimits, tell_client
 from tokenport.gateway.window import engine_context_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -143,11 +143,7 @@ class Relay:
             if call.limits is not None:
                 counts, bounded = call.limits.bound(counts)
             out.counts, out.usage_source = counts, SOURCE_BOUNDED if bounded else SOURCE_ENGINE
-            if bounded:  # the client is told what is billed
-                write_usage(usage, counts)
-            if call.usage_fields is not None:
-                usage.update(call.usage_fields(counts))
-            if bounded or call.usage_fields is not None:
+            if tell_client(usage, counts, bounded, call.usage_fields):
                 body = orjson.dumps(obj)
         choices = obj.get("choices") if isinstance(obj, dict) else None
         if choices and isinstance(choices[0], dict):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from tokenport.gateway.usage_guard import UsageLimits, write_usage
+from tokenport.gateway.usage_guard import UsageLimits, tell_client
 
 DONE = b"data: [DONE]"
 _FINISH = re.compile(rb'"finish_reason":\s*"([A-Za-z_]+)"')
@@ -135,13 +135,13 @@ class StreamWatcher:
         else:  # running usage on a content chunk (vLLM continuous stats)
             self._progress, self._timings_event = self.checked(usage_counts(usage)), None
         if self.forward_usage:
-            if not finished or self.final is None or (self.usage_fields is None and not self.bounded):
-                return event
-            if self.bounded:  # the client is told what is billed
-                write_usage(usage, self.final)
-            if self.usage_fields is not None:
-                usage.update(self.usage_fields(self.final))
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
+            if (
+                finished
+                and self.final is not None
+                and tell_client(usage, self.final, self.bounded, self.usage_fields)
+            ):
+                return b"data: " + orjson.dumps(obj) + b"\n\n"
+            return event
         if not choices:
             return None  # the usage chunk the gateway asked for on the client's behalf
         if finished:  # usage riding on the last content chunk: hide it from this client

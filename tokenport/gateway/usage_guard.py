@@ -38,7 +38,17 @@ class UsageLimits:
         return bounded, bounded != counts
 
 
-def write_usage(usage: dict, counts: Counts) -> None:
+def tell_client(usage: dict, counts: Counts, bounded: bool, usage_fields) -> bool:
+    """The engine's usage object as the client is to see it: the billed counts when they were
+    bounded, and what `usage_fields` adds (the cost). Whether it changed."""
+    if bounded:
+        _write_usage(usage, counts)
+    if usage_fields is not None:
+        usage.update(usage_fields(counts))
+    return bounded or usage_fields is not None
+
+
+def _write_usage(usage: dict, counts: Counts) -> None:
     """The engine's usage object rewritten with the bounded counts (what the client is told)."""
     usage["prompt_tokens"], usage["completion_tokens"] = counts.prompt, counts.completion
     usage["total_tokens"] = counts.prompt + counts.completion

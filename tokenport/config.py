@@ -33,6 +33,19 @@ class Waits:
         return Waits(self.connect, self.total, self.total, self.idle, self.total)
 
 
+@dataclass(frozen=True, slots=True)
+class ClientBounds:
+    """How long a client may take to send a request, and how many connections one address may
+    hold ([server]; api/http_protocol.py). Answers are not bounded here: a long stream is the
+    engine's time, bounded by `Waits`."""
+
+    header_timeout_s: float = 10.0  # a request's first byte (or the connection) -> its whole headers
+    body_timeout_s: float = 10.0  # the longest gap while its body arrives
+    read_timeout_s: float = 60.0  # a request's first byte -> its whole body
+    keepalive_timeout_s: float = 5.0  # an idle connection between requests
+    max_connections_per_client: int = 1000  # per client address; 0: no cap
+
+
 WAIT_KEYS = {  # config keys (in [upstream] and [[backends]]) -> Waits fields
     "connect_timeout_s": "connect",
     "headers_timeout_s": "headers",
@@ -87,6 +100,7 @@ class Settings:
     auth_failures_per_minute: int = 30  # per client address, then 429; 0 = no throttling
     usage_flush_ms: int = 200
     usage_batch_size: int = 500
+    journal_fsync_ms: int = 200  # a machine crash loses at most this much of the journal
     key_refresh_ms: int = 250
     health_interval_s: float = 2.0
     shared: bool = False  # several gateway processes on one database (see docs/billing.md)
@@ -97,6 +111,7 @@ class Settings:
     log_level: str = "info"  # debug | info | warning | error (content is never logged at any level)
     retention_purge_every_s: float = 60.0  # delete expired retained records; 0 = off
     waits: Waits = field(default_factory=Waits)  # [upstream]: every backend's, unless its own
+    client_bounds: ClientBounds = field(default_factory=ClientBounds)  # [server]
 
     @property
     def keys_dir(self) -> Path:
@@ -167,9 +182,11 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         admin_token=os.environ.get("TOKENPORT_ADMIN_TOKEN") or server.get("admin_token") or None,
         default_rpm=int(limits.get("default_rpm", 0)),
         waits=waits,
+        client_bounds=_client_bounds(server),
         auth_failures_per_minute=int(limits.get("auth_failures_per_minute", 30)),
         usage_flush_ms=int(metering.get("flush_interval_ms", 200)),
         usage_batch_size=int(metering.get("batch_size", 500)),
+        journal_fsync_ms=max(1, int(metering.get("journal_fsync_ms", 200))),
         key_refresh_ms=int(metering.get("key_refresh_ms", 250)),
         health_interval_s=float(server.get("health_interval_s", 2.0)),
         shared=shared,
@@ -211,6 +228,24 @@ def _engine(raw: dict) -> EngineConfig:
         port=int(raw.get("port", 0)),
         zone=raw.get("zone") or None,
     )
+
+
+def _client_bounds(server: dict) -> ClientBounds:
+    values: dict = {}
+    for name in ("header_timeout_s", "body_timeout_s", "read_timeout_s", "keepalive_timeout_s"):
+        if name in server:
+            try:
+                values[name] = float(server[name])
+            except (TypeError, ValueError):
+                values[name] = 0.0
+            if not values[name] > 0:
+                raise ConfigError(f"[server]: {name} must be a positive number of seconds")
+    if "max_connections_per_client" in server:
+        cap = server["max_connections_per_client"]
+        if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            raise ConfigError("[server]: max_connections_per_client must be a whole number (0: no cap)")
+        values["max_connections_per_client"] = cap
+    return ClientBounds(**values)
 
 
 def _waits(raw: dict, base: Waits, where: str) -> Waits:

@@ -45,6 +45,7 @@ from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
+from tokenport.store.journal import Journal
 from tokenport.store.redis_state import RedisState
 from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
@@ -97,11 +98,14 @@ class Runtime:
                 settings.log_level,
             )
         )
+        # Each settlement is journaled before the client's last bytes (store/journal.py).
+        self.journal = Journal(settings.home / "journal", settings.journal_fsync_ms / 1000)
         self.writer = BatchWriter(
             self.writer_process.write,
             settings.usage_flush_ms / 1000,
             settings.usage_batch_size,
             is_transient=writer_died,
+            journal=self.journal,
         )
         self.audit = AuditService(AuditStore(self.db), settings.keys_dir, self.clock)
         self.admins = AdminStore(self.db)
@@ -145,6 +149,8 @@ class Runtime:
 
     async def start(self) -> None:
         self.feed.start()  # keys, prices and balances, from one snapshot
+        self.journal.open()
+        self.writer_process.hold_fds = (self.journal.lock_fd,)  # the journal stays locked while it writes
         self.writer_process.start()
         self.writer.start()
         self.session = aiohttp.ClientSession(
@@ -264,6 +270,7 @@ class Runtime:
             log.warning("energy metering failed: %s", type(exc).__name__)
         await asyncio.to_thread(self.writer.close)  # drain: graceful shutdown loses no usage
         await asyncio.to_thread(self.writer_process.close)
+        self.journal.close()
         try:  # the last entries get a signed head too
             await asyncio.to_thread(self.audit.sign_heads)
         except Exception as exc:

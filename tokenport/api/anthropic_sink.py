@@ -39,8 +39,10 @@ _ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",  # the client's request did not arrive in time
     413: "request_too_large",
     429: "rate_limit_error",
+    504: "timeout_error",  # Anthropic's own gateway timeout (an engine past its bound)
     529: "overloaded_error",
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -38,9 +38,16 @@ async def _not_found(request: Request, exc) -> Response:
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
-    """A bug, never bad input; the middleware logs where (not what). Still the OpenAI shape."""
+    """A bug, never bad input; the middleware logs where (not what). Still the OpenAI shape.
+    (A client gone while its body was read is neither: `RequestIdMiddleware` lets it go.)"""
     err = ApiError(500, "Internal error; the request id identifies it", "server_error", "internal_error")
     return Response(openai_error_body(err), 500, media_type="application/json")
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away (or was cut by a bound on sending) while its body was read: the
+    answer goes nowhere, and nothing is logged as an error."""
+    return Response(status_code=499)
 
 
 class TokenportApp:
@@ -73,7 +80,12 @@ class TokenportApp:
         self.starlette = Starlette(
             routes=routes,
             lifespan=lifespan,
-            exception_handlers={404: _not_found, 405: _not_found, Exception: _internal},
+            exception_handlers={
+                404: _not_found,
+                405: _not_found,
+                ClientDisconnect: _client_gone,
+                Exception: _internal,
+            },
         )
         self.starlette.state.runtime = runtime
         self._http = RequestIdMiddleware(self.starlette)

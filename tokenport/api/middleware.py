@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import traceback
 
+from starlette.requests import ClientDisconnect
+
 from tokenport.api.errors import send_error
 from tokenport.gateway.errors import ApiError
 from tokenport.ids import random_hex
@@ -46,6 +48,8 @@ class RequestIdMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            return  # gone while its body was read (or past a bound on it): nobody to answer
         except Exception as exc:
             log_unhandled(exc, scope.get("path"))
             if not started:

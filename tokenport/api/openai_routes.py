@@ -24,6 +24,7 @@ class AsgiSink:
 
     __slots__ = (
         "_digest",
+        "_held",
         "_rid",
         "_send",
         "cancellable",
@@ -48,6 +49,24 @@ class AsgiSink:
         self.streaming = False
         self._digest = hashlib.sha256()  # of every body byte the client is sent
         self.kept: list[bytes] | None = None  # the body, only for a tenant that opted in to retention
+        self._held: list[dict] | None = None  # messages kept back until the request is settled
+
+    def hold(self) -> None:
+        """From now on keep the messages back (the answer's last bytes): `release` sends them once
+        the request's settlement is journaled, so no client has an answer the journal lacks."""
+        if self._held is None:
+            self._held = []
+
+    async def release(self) -> None:
+        held, self._held = self._held, None
+        for message in held or ():
+            await self._send(message)
+
+    async def _out(self, message: dict) -> None:
+        if self._held is not None:
+            self._held.append(message)
+        else:
+            await self._send(message)
 
     def keep(self) -> None:
         self.kept = []
@@ -72,13 +91,13 @@ class AsgiSink:
             self.streaming = True
             headers += _SSE_HEADERS
         self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._out({"type": "http.response.start", "status": status, "headers": headers})
 
     async def send(self, data: bytes) -> None:
         self._digest.update(data)
         if self.kept is not None:
             self.kept.append(data)
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self._out({"type": "http.response.body", "body": data, "more_body": True})
 
     async def error(self, err: ApiError) -> None:
         if self.streaming:  # after streaming started: an error event, then the stream ends
@@ -90,13 +109,14 @@ class AsgiSink:
     async def raw_error(self, status: int, headers: list, body: bytes) -> None:
         """An error answer already in the client's protocol shape."""
         self.started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._out({"type": "http.response.start", "status": status, "headers": headers})
         self._digest.update(body)
         if self.kept is not None:
             self.kept.append(body)
-        await self._send({"type": "http.response.body", "body": body, "more_body": True})
+        await self._out({"type": "http.response.body", "body": body, "more_body": True})
 
     async def finish(self) -> None:
+        await self.release()  # a request that never reached settlement (an early error, a bug)
         self.finished = True
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 

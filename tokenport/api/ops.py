@@ -43,6 +43,7 @@ async def metrics(request: Request) -> Response:
         m.backend_circuit_open.labels(b.name).set(1 if b.circuit_open else 0)
     m.in_flight.set(rt.gateway.in_flight if rt.gateway else 0)
     m.usage_pending.set(rt.writer.pending)
+    m.usage_recovered.set(rt.writer.recovered)
     m.usage_written.set(rt.writer.written)
     return Response(generate_latest(m.registry), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -37,6 +37,12 @@ class TranslatingSink:
     async def finish(self) -> None:
         await self.inner.finish()
 
+    def hold(self) -> None:
+        self.inner.hold()
+
+    async def release(self) -> None:
+        await self.inner.release()
+
     def chunks(self, data: bytes) -> list[dict]:
         """The engine's JSON chunks in the whole SSE events received so far (not `[DONE]`)."""
         self._buf += data

@@ -62,6 +62,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from tokenport.api.app import TokenportApp
+    from tokenport.api.http_protocol import guarded_protocol
     from tokenport.runtime import Runtime
 
     settings = _settings(args)
@@ -75,6 +76,8 @@ def cmd_serve(args) -> int:
     runtime = Runtime(settings, say=say)
     _first_run_demo(runtime, settings)
     say(f"tokenport serving on http://{settings.host}:{settings.port} (data: {settings.home})")
+    bounds = settings.client_bounds
+    refused = runtime.metrics.client_refusals
     config = uvicorn.Config(
         TokenportApp(runtime),
         host=settings.host,
@@ -83,7 +86,8 @@ def cmd_serve(args) -> int:
         access_log=False,
         log_level="debug" if settings.log_level == "debug" else "warning",
         loop=_loop(),
-        http="httptools",
+        http=guarded_protocol(bounds, lambda reason: refused.labels(reason).inc()),
+        timeout_keep_alive=bounds.keepalive_timeout_s,
         timeout_graceful_shutdown=DRAIN_S,
         proxy_headers=False,
     )

@@ -257,6 +257,13 @@ class Charging:
         self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
         return cost, tx
 
+    def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
+        """Drop the request's holds without charging (its settlement failed). Shared mode: the
+        hold expires (`HOLD_TTL`)."""
+        if self.shared is None:
+            self.state.accountant.release(request_id)
+            self.state.budgets.settle(key.id, request_id, key.budget_period, 0, started_at)
+
     def charge(
         self,
         request_id: str,

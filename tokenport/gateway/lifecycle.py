@@ -1,10 +1,12 @@
 """The request lifecycle, in one place:
 
     authenticate → resolve zone → admit (limits) → route → fit (context) → admit (money)
-    → stream → settle
+    → stream → settle → deliver the last bytes
 
 Each step lives in its own module; this one only sequences them and makes sure every request
-that got past authentication is settled exactly once, whatever happens.
+that got past authentication is settled exactly once, whatever happens. The answer's last bytes
+(a whole JSON answer, a stream's end) are held back until the settlement is journaled: a client
+never has an answer that a crash could leave unbilled.
 """
 
 from __future__ import annotations
@@ -122,8 +124,18 @@ class Gateway:
         waits = backend.config.waits or self.waits
         if not req.stream:
             waits = waits.unary()
+        n = req.body.get("n")
         call = UpstreamCall(
-            backend, path, payload, ctx.request_id, usage_fields, clean, limits, waits, fit.prompt_estimate
+            backend,
+            path,
+            payload,
+            ctx.request_id,
+            usage_fields,
+            clean,
+            limits,
+            waits,
+            fit.prompt_estimate,
+            n if isinstance(n, int) and not isinstance(n, bool) else 1,
         )
         backend.in_flight += 1
         if self.energy is not None:  # the engine works for it from now: its energy is metered
@@ -203,6 +215,7 @@ class Gateway:
             ctx.other_zone = err.other_zone
             if err.code == "model_not_found" and ctx.model is not None:
                 ctx.model = opaque(ctx.model)  # not a model we serve: the client's text, not kept
+            sink.hold()  # an error is an answer too: out once settled
             await sink.error(err)
         except Exception:  # a bug, not bad input: the client gets a 500, the record says so
             out.status, out.error_code = 500, "internal_error"
@@ -218,4 +231,7 @@ class Gateway:
             ctx.response_sha256 = sink.response_sha256()
             if ctx.kept_request is not None:
                 ctx.kept_response = sink.kept_body()
-            self.settler.settle(ctx, out)
+            try:
+                self.settler.settle(ctx, out)  # journaled before the answer's last bytes go out
+            finally:
+                await sink.release()

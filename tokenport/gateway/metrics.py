@@ -70,6 +70,23 @@ class Metrics:
             ["backend"],
             registry=r,
         )
+        self.settle_failed = Counter(
+            "tokenport_settle_failures",
+            "Requests whose settlement failed (a bug: logged; their holds released)",
+            registry=r,
+        )
+        self.usage_recovered = Gauge(
+            "tokenport_usage_records_recovered",
+            "Records written since start from the journals of gateways that stopped (kill -9, crash)",
+            registry=r,
+        )
+        self.client_refusals = Counter(
+            "tokenport_client_refusals",
+            "Connections ended by a client-side bound: idle, header_timeout, body_timeout, "
+            "too_many_connections, malformed",
+            ["reason"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "tokenport_auth_failures",
             "Failed authentications (throttled: answered 429, over the per-address limit)",

@@ -49,6 +49,10 @@ class ClientSink(Protocol):
 
     def keep(self) -> None: ...  # keep the body bytes sent from now on (opt-in retention)
 
+    def hold(self) -> None: ...  # keep what is sent from now on back, until `release`
+
+    async def release(self) -> None: ...  # send what was held (once the request is settled)
+
     def kept_body(self) -> bytes: ...
 
 
@@ -74,6 +78,7 @@ class UpstreamCall:
     limits: UsageLimits | None = None  # the bounds of the engine's counts (usage_guard.py)
     waits: Waits | None = None  # the bounds of each wait on the engine (None: the pool's)
     prompt_estimate: int = 0  # the prompt's tokens, when the engine never says (window.Fit)
+    choices: int = 1  # `n`: a stream's end is near once its last choice finished
 
 
 def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning | None = None) -> bytes:
@@ -149,6 +154,7 @@ class Relay:
         if choices and isinstance(choices[0], dict):
             out.finish_reason = choices[0].get("finish_reason")
         out.status = 200
+        sink.hold()  # the whole answer goes out once the request is settled (journaled)
         await sink.start(200, b"application/json", len(body))
         out.started = True
         await sink.send(body)
@@ -175,10 +181,13 @@ class Relay:
                     forward = watcher.observe(event)
                     if forward is not None:
                         ready.append(forward)
+                if watcher.ending(call.choices):
+                    sink.hold()  # the answer's last bytes wait for its settlement (journaled)
                 if ready:
                     await sink.send(ready[0] if len(ready) == 1 else b"".join(ready))
                     if out.first_token_at is None and watcher.content_chunks:
                         out.first_token_at = self.mono()
+            sink.hold()
             if watcher.error is not None:
                 out.error_code = str(
                     watcher.error.get("code") or watcher.error.get("type") or "upstream_error"
@@ -193,12 +202,14 @@ class Relay:
             out.error_code = "upstream_timeout"
             if not out.started:
                 raise timed_out(call.backend, exc) from None
+            sink.hold()
             await sink.send(sse_error(_timeout_message(call.backend, exc), "server_error", out.error_code))
             sink.delivered = True
         except UpstreamError:
             out.error_code = "upstream_disconnected"
             if not out.started:
                 raise _broken(call.backend) from None
+            sink.hold()
             await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
             sink.delivered = True
         finally:

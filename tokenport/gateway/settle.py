@@ -41,6 +41,21 @@ class Settler:
         self.clock = clock
 
     def settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
+        """Never raises: a settlement that fails (a bug) is logged and counted, and the request's
+        holds are released rather than left to expire."""
+        try:
+            return self._settle(ctx, out)
+        except Exception:
+            log.exception("settling %s failed; its holds are released", ctx.request_id)
+            self.metrics.settle_failed.inc()
+            if ctx.key is not None and ctx.price is not None and ctx.plan is None:
+                try:
+                    self.charging.release(ctx.request_id, ctx.key, ctx.started_at)
+                except Exception:
+                    log.exception("releasing the holds of %s failed", ctx.request_id)
+            return None
+
+    def _settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
         now = self.clock.monotonic()
         counts = out.counts
         ttft = out.first_token_at - ctx.t0 if out.first_token_at is not None else None

@@ -78,6 +78,16 @@ class StreamWatcher:
         self.error: dict | None = None
         self.done = False
 
+    def ending(self, choices: int) -> bool:
+        """The answer's end has come (its last choice finished, its usage, `[DONE]` or an error):
+        what is sent from here is held until the request is settled (`ClientSink.hold`)."""
+        return (
+            self.done
+            or self.final is not None
+            or self.error is not None
+            or (choices <= 1 and self.finish_reason is not None)
+        )
+
     def observe(self, event: bytes) -> bytes | None:
         """Inspect one SSE event (ending in a blank line); returns what to forward, if anything."""
         forward = self._observe(event)

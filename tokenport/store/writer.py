@@ -1,9 +1,11 @@
 """Batched durable writer: the hot path hands records over; a thread writes them in batches
 (in the gateway, by handing each batch to the writer process: `store/writer_process.py`).
 
-What a `kill -9` can lose: records handed over but not yet committed, i.e. those of requests
-that finished within the last flush interval (default 200 ms), plus requests still in flight.
-A graceful stop (SIGTERM / SIGINT) drains the queue before exiting and loses nothing.
+With a journal (`store/journal.py`, the gateway's case) each record is appended to it as it is
+handed over, and marked settled once committed: a `kill -9` loses nothing handed over, and the
+same thread writes, every `recover_interval`, what a dead gateway's journal holds. The batches
+then hold the items as the journal pickled them (the writer process unpickles them). A graceful
+stop (SIGTERM / SIGINT) drains the queue before exiting.
 
 A failed batch is retried. If the failure is not transient (the database rejected a row rather
 than being unreachable), rows are written one by one and a row the database will never accept
@@ -18,27 +20,35 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from tokenport.store.journal import Journal, orphans
+
 log = logging.getLogger("tokenport.writer")
 
 
 class BatchWriter:
     def __init__(
         self,
-        write_batch: Callable[[list[dict]], int | None],
+        write_batch: Callable[[list], int | None],
         flush_interval: float = 0.2,
         batch_size: int = 500,
         name: str = "usage-writer",
         is_transient: Callable[[Exception], bool] = lambda exc: True,
         dead_letter: Callable[[dict, Exception], None] | None = None,
         retry_delay: float = 1.0,
+        journal: Journal | None = None,
+        recover_interval: float = 2.0,
     ) -> None:
         self._write = write_batch
+        self.journal = journal
+        self._recover_interval = recover_interval
+        self._next_recovery = 0.0
+        self.recovered = 0  # records written from dead gateways' journals
         self._is_transient = is_transient
         self._dead_letter = dead_letter
         self._retry_delay = retry_delay
         self._interval = flush_interval
         self._batch_size = batch_size
-        self._queue: deque[dict] = deque()
+        self._queue: deque[tuple[dict | bytes, int]] = deque()  # (record, its journal segment)
         self._wake = threading.Event()
         self._stopping = False
         self._written = 0
@@ -48,8 +58,13 @@ class BatchWriter:
         self._thread.start()
 
     def submit(self, row: dict) -> None:
-        """Non-blocking; safe from any thread or the event loop."""
-        self._queue.append(row)
+        """Safe from any thread or the event loop; with a journal, the record is in it (one
+        `write(2)` to the page cache) when this returns."""
+        if self.journal is None:
+            self._queue.append((row, 0))
+        else:  # the writer then sends the pickled item: pickled once, here
+            segment, pickled = self.journal.append(row)
+            self._queue.append((pickled, segment))
         if len(self._queue) >= self._batch_size:
             self._wake.set()
 
@@ -74,6 +89,8 @@ class BatchWriter:
             self._wake.wait(self._interval)
             self._wake.clear()
             self._flush()
+            if self.journal is not None and time.monotonic() >= self._next_recovery:
+                self._recover()
             if self._stopping and not self._queue:
                 return
 
@@ -88,10 +105,39 @@ class BatchWriter:
             self._write_next()
 
     def _write_next(self) -> None:
-        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
+        taken = [self._queue.popleft() for _ in range(min(len(self._queue), self._batch_size))]
         self._written += write_reliably(
-            self._write, batch, self._is_transient, self._dead_letter, self._retry_delay
+            self._write, [row for row, _ in taken], self._is_transient, self._dead_letter, self._retry_delay
         )
+        if self.journal is not None:  # committed (or dead-lettered): no longer needed there
+            self.journal.settled([segment for _, segment in taken])
+
+    def _recover(self) -> None:
+        """Write what the journals of gateways that died hold (idempotent: a record their writer
+        committed is skipped), then delete them. A dead gateway's writer still finishing its last
+        batch holds the journal's lock: its journal waits for the next round."""
+        assert self.journal is not None
+        self._next_recovery = time.monotonic() + self._recover_interval
+        try:
+            found = list(orphans(self.journal.root, own=self.journal.dir))
+        except OSError as exc:
+            log.error("journal recovery could not look for journals: %s", exc)
+            return
+        for orphan in found:
+            try:
+                items = orphan.items()
+            except Exception as exc:  # unreadable: kept for an operator
+                log.error("journal %s unreadable (%s); kept", orphan.dir, type(exc).__name__)
+                orphan.release()
+                continue
+            for at in range(0, len(items), self._batch_size):
+                batch = items[at : at + self._batch_size]
+                write_reliably(self._write, batch, self._is_transient, self._dead_letter, self._retry_delay)
+            orphan.discard()
+            self.recovered += len(items)
+            log.warning(
+                "journal %s: %d records of a gateway that stopped recovered", orphan.dir.name, len(items)
+            )
 
 
 def write_reliably(

@@ -62,6 +62,7 @@ class WriterProcess:
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one exchange at a time
         self.restarts = 0
+        self.hold_fds: tuple[int, ...] = ()  # kept open in the child (the journal's lock)
 
     @property
     def pid(self) -> int | None:
@@ -76,7 +77,7 @@ class WriterProcess:
         path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "tokenport.store.writer_process", str(child.fileno())],
-            pass_fds=[child.fileno()],
+            pass_fds=[child.fileno(), *self.hold_fds],
             stdin=subprocess.DEVNULL,
             stderr=logs.real_stderr(),  # not the engine console's pipe (tokenport/logs.py)
             env={**os.environ, "PYTHONPATH": path},
@@ -85,10 +86,11 @@ class WriterProcess:
         self._conn = Connection(parent.detach())
         self._conn.send_bytes(spec.encode())
 
-    def write(self, batch: list[dict]) -> int:
+    def write(self, batch: list) -> int:
         """Items with a `usage` key (see `UsageStore.write_settlements`) or an `energy` key (an
-        allocated window), committed by the child; how many usage records it wrote (the rest
-        were dead-lettered). Raises WriterDied if the child is gone: the caller sends it again."""
+        allocated window), or such items pickled (by the journal), committed by the child; how
+        many usage records it wrote (the rest were dead-lettered). Raises WriterDied if the
+        child is gone: the caller sends it again."""
         with self._lock:
             if self._proc is not None and self._proc.poll() is not None:
                 log.error("writer process exited (code %s); starting another", self._proc.returncode)
@@ -144,6 +146,7 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
     os.nice(NICENESS)
     from tokenport.store.db import connect
     from tokenport.store.energy import EnergyStore
+    from tokenport.store.journal import unpickled
     from tokenport.store.usage import DeadLetterFile, UsageStore
     from tokenport.store.usage import is_transient as db_transient
     from tokenport.store.writer import write_reliably
@@ -177,7 +180,7 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
                 break  # the gateway is gone: nothing more will come
             if msg == CLOSE:
                 break
-            written = write(pickle.loads(msg))
+            written = write(unpickled(pickle.loads(msg)))
             try:
                 conn.send_bytes(b"%d" % written)
             except OSError:

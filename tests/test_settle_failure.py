@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
+import pytest
 from prometheus_client import generate_latest
+from support.admission import HOLD, Harness
 
 from tokenport.billing.accountant import Accountant
 from tokenport.billing.budgets import KeyBudgets
@@ -61,3 +64,33 @@ def test_a_failed_settlement_releases_the_holds():
     assert charging.held("t", at) == 0
     state.budgets.reserve("k", "req_2", 10**9, "day", 10**9, at)  # the key's whole budget is free again
     assert b"tokenport_settle_failures_total 1.0" in generate_latest(metrics.registry)
+
+
+@pytest.fixture(params=["database", pytest.param("redis", marks=pytest.mark.redis)])
+def h(request, engine, clock) -> Harness:
+    if request.param == "database":
+        return Harness(engine, clock)
+    return Harness(engine, clock, request.getfixturevalue("redis_url"))
+
+
+def test_a_failed_settlement_releases_a_shared_hold(h: Harness) -> None:
+    """Shared mode: the hold lives in the database (or Redis); it is released, not left to expire."""
+    h.billing.grant("acme", "1")
+    key, charging = h.key(), h.process()
+    now = h.clock.now()
+
+    async def admit_then_fail() -> None:
+        assert await h.admit_async("req_s", key, charging) == "ok"
+        assert h.held() == HOLD
+        settler = Settler(Writer(), Metrics(), h.clock, charging, RateLimiter(h.clock, local=False))
+        price = h.state.accountant.quote("m", now)
+        ctx = RequestContext("req_s", "chat", now, h.clock.monotonic(), key=key, price=price, model="m")
+        out = Outcome(status=200, counts=Counts(prompt=-10, completion=5), usage_source="engine")
+        assert settler.settle(ctx, out) is None
+        for _ in range(100):  # released in the background, on this loop
+            if not charging._releasing:
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(admit_then_fail())
+    assert h.held() == 0

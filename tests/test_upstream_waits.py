@@ -124,3 +124,49 @@ def test_the_other_protocols_say_so_in_their_own_shape(server, key) -> None:
     )
     assert took < 3 and data[-1]["type"] == "response.failed"
     assert data[-1]["response"]["error"]["code"] == "upstream_timeout"
+
+
+def test_a_registered_backend_has_its_own_bounds(tmp_path, mock_engine) -> None:
+    """`tokenport backends add --total-timeout 2 --first-token-timeout 1`: that backend's bounds,
+    while [upstream] keeps its own (long) defaults for the others."""
+    prices = {**DEFAULT_PRICES, "mock-hang": PAID_MODEL_PRICE}
+    live = start_server(tmp_path / "home", mock_config(mock_engine.url), prices=prices)
+    _, secret = live.new_key(TENANT)
+    live.cli("credits", "grant", TENANT, "1")
+    flags = ["--first-token-timeout", "1", "--total-timeout", "2", "--kind", "llamacpp"]
+    live.cli("backends", "add", "late-hang", "--url", mock_engine.url, "--models", "mock-hang", *flags)
+    bad = live.cli(
+        "backends",
+        "add",
+        "bad",
+        "--url",
+        mock_engine.url,
+        "--models",
+        "x",
+        "--idle-timeout",
+        "0",
+        check=False,
+    )
+    assert bad.returncode != 0 and "--idle-timeout must be a positive number of seconds" in bad.stderr
+    listed = {b["name"]: b for b in live.cli_json("backends", "list", "--no-probe")}
+    assert listed["late-hang"]["timeouts_s"] == {
+        "connect": 5.0,
+        "headers": 60.0,
+        "first_token": 1.0,
+        "idle": 120.0,
+        "total": 2.0,
+    }
+    assert listed["mock"]["timeouts_s"]["headers"] == 60.0  # [upstream]'s default
+    body = {"model": "mock-hang", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    headers = {"authorization": f"Bearer {secret}"}
+    url = live.base_url + "/v1/chat/completions"
+    wait_until(lambda: httpx.post(url, json=body, headers=headers, timeout=30).status_code == 504, 10, 0.2)
+    t0 = time.monotonic()
+    r = httpx.post(url, json=body, headers=headers, timeout=30)
+    waited = time.monotonic() - t0
+    assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout"
+    assert "late-hang" in r.json()["error"]["message"] and 1.5 < waited < 4
+    took, data, _ = streamed(live, secret, "/v1/chat/completions", {**body, "stream": True})
+    assert data[-1]["error"]["code"] == "upstream_timeout" and took < 3  # its first-token bound, 1 s
+    live.stop()
+    live.verify_ledger()

@@ -122,7 +122,8 @@ class Runtime:
         self.charging = Charging(self.billing, self.shared, settings.default_rpm, self.redis)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
         configured = {b.name for b in settings.backends} | {"embedded"}
-        self.feed.subscribers.append(BackendRegistry(BackendStore(self.db), self.pool, configured))
+        registered = BackendStore(self.db, settings.waits)
+        self.feed.subscribers.append(BackendRegistry(registered, self.pool, configured))
         self.engine: EmbeddedEngine | None = None
         if settings.engine.enabled:
             self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)

@@ -8,41 +8,14 @@ import random
 import signal
 import subprocess
 import sys
-import threading
 import time
 
-import httpx
 from support.live import mock_config, start_server, wait_until
+from support.load import Load
 
 ROUNDS = 3
 WORKERS = 12
 GRANT_NANO = 1_000 * 10**9
-
-
-def _worker(url: str, key: str, stream: bool, stop: threading.Event, done: set, lock: threading.Lock) -> None:
-    body = {
-        "model": "paid-model",
-        "messages": [{"role": "user", "content": "hi"}],
-        "stream": stream,
-        "max_tokens": 5,
-        "mock_chunk_delay_ms": 5,
-    }
-    headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(timeout=30) as client:
-        while not stop.is_set():
-            try:
-                if stream:
-                    with client.stream("POST", url, json=body, headers=headers) as r:
-                        text = b"".join(r.iter_bytes())
-                    whole = r.status_code == 200 and text.rstrip().endswith(b"data: [DONE]")
-                else:
-                    r = client.post(url, json=body, headers=headers)
-                    whole = r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
-            except (httpx.HTTPError, ValueError):
-                return  # the server is gone (a cut answer is not a whole one)
-            if whole:
-                with lock:
-                    done.add(r.headers["x-request-id"])
 
 
 def test_kill_9_under_competing_load_loses_no_delivered_answer(tmp_path, mock_engine):
@@ -53,26 +26,17 @@ def test_kill_9_under_competing_load_loses_no_delivered_answer(tmp_path, mock_en
     server.cli("credits", "grant", "crash", str(GRANT_NANO // 10**9))
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     delivered: set[str] = set()
-    lock = threading.Lock()
     rng = random.Random(17)
     try:
         for round_ in range(ROUNDS):
             if round_:
                 server = start_server(home, config, prices={})  # recovers the last one's journal
             server.wait_key_accepted(key, timeout=10)
-            stop = threading.Event()
             url = server.base_url + "/v1/chat/completions"
-            threads = [
-                threading.Thread(target=_worker, args=(url, key, i % 2 == 0, stop, delivered, lock))
-                for i in range(WORKERS)
-            ]
-            for t in threads:
-                t.start()
-            time.sleep(2.0 + rng.random() * 2)
-            server.stop(signal.SIGKILL)
-            stop.set()
-            for t in threads:
-                t.join(30)
+            with Load(url, key, WORKERS, chunk_delay_ms=5) as load:
+                time.sleep(2.0 + rng.random() * 2)
+                server.stop(signal.SIGKILL)
+            delivered |= load.whole()
             print(f"round {round_ + 1}: {len(delivered)} whole answers delivered so far")
         server = start_server(home, config, prices={})
         ids: set[str] = set()

@@ -105,6 +105,36 @@ class PgServer:
         self._created.append(name)
         return make_url(self.admin_url).set(database=name).render_as_string(hide_password=False)
 
+    def crash(self) -> None:
+        """Stop at once, as a crash would (`-m immediate`); `restart` brings it back on its port."""
+        assert not self.external and self.data_dir is not None
+        subprocess.run(
+            [*self._pg_ctl, "stop", "-D", str(self.data_dir), "-m", "immediate", "-w"],
+            cwd=self._cwd,
+            capture_output=True,
+            check=True,
+        )
+
+    def restart(self) -> None:
+        assert not self.external and self.data_dir is not None
+        wait = ["-w", "-t", str(int(READY_TIMEOUT_S))]
+        subprocess.run(
+            [
+                *self._pg_ctl,
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                *wait,
+                "-o",
+                f"-p {self.port}",
+            ],
+            cwd=self._cwd,
+            capture_output=True,
+            check=True,
+        )
+
     def stop(self) -> None:
         """Stop the throwaway server (``pg_ctl stop -m immediate``).  For a server
         given by TOKENPORT_TEST_PG_URL, drop the databases created on it instead."""

@@ -34,6 +34,17 @@ class RedisServer:
     url: str  # redis://127.0.0.1:PORT (database 0)
     proc: subprocess.Popen | None = None
     _numbers: itertools.count = field(default_factory=lambda: itertools.count(1))
+    argv: list[str] = field(default_factory=list)
+
+    def crash(self) -> None:
+        """Killed, as a crash would (nothing saved: its state is gone); `restart` starts it again."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait_until_ready(self.url, self.proc)
 
     def fresh_url(self) -> str:
         """A URL on a database number nobody used yet, emptied first."""
@@ -67,21 +78,18 @@ def start_redis(base_dir: Path) -> RedisServer:
     for _ in range(3):  # another process may take the free port before the server binds it
         port = _free_port()
         log = base_dir / f"redis-{port}.log"
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--databases", str(DATABASES),
-                "--dir", str(base_dir),
-                "--logfile", str(log),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        server = RedisServer(f"redis://127.0.0.1:{port}", proc)
+        argv = [
+            binary,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--databases", str(DATABASES),
+            "--dir", str(base_dir),
+            "--logfile", str(log),
+        ]  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        server = RedisServer(f"redis://127.0.0.1:{port}", proc, argv=argv)
         atexit.register(server.stop)
         try:
             _wait_until_ready(server.url, proc)

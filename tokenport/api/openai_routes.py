@@ -145,7 +145,7 @@ class CompletionEndpoint:
         except Exception as exc:
             log_unhandled(exc, scope.get("path"))
             if not sink.started:
-                return await sink.error(INTERNAL_ERROR)
+                await sink.error(INTERNAL_ERROR)
         if sink.started and not sink.disconnected:
             await sink.finish()
 

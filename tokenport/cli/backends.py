@@ -7,6 +7,7 @@ import sys
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 
 from tokenport.cli.common import (
     _print,
@@ -51,6 +52,7 @@ def cmd_backends_add(args) -> int:
         "--models must name at least one model" if not models else "",
         "--embeddings must name some of --models" if any(e not in models for e in embeddings) else "",
         f"--kind must be one of {', '.join(BACKEND_KINDS)}" if args.kind not in BACKEND_KINDS else "",
+        *(f"--{flag} must be a positive number of seconds" for flag, v in _timeouts(args) if not v > 0),
     ]
     if any(problems):
         raise InvalidInput("; ".join(p for p in problems if p))
@@ -67,7 +69,8 @@ def cmd_backends_add(args) -> int:
         args.max_inflight,
     )
     try:
-        BackendStore(engine).add(cfg, args.api_key_env, SystemClock().now())
+        waits = {TIMEOUT_FLAGS[flag]: v for flag, v in _timeouts(args)}
+        BackendStore(engine).add(cfg, args.api_key_env, SystemClock().now(), waits)
     except BackendExists as exc:
         raise Conflict(str(exc)) from None
     view = {"name": cfg.name, "url": cfg.url, "zone": zone, "models": list(models), "kind": cfg.kind}
@@ -75,11 +78,26 @@ def cmd_backends_add(args) -> int:
     return 0
 
 
+TIMEOUT_FLAGS = {  # as the [[backends]] keys (config.WAIT_KEYS); unset: [upstream]'s
+    "connect-timeout": "connect",
+    "headers-timeout": "headers",
+    "first-token-timeout": "first_token",
+    "idle-timeout": "idle",
+    "total-timeout": "total",
+}
+
+
+def _timeouts(args) -> list[tuple[str, float]]:
+    given = ((flag, getattr(args, flag.replace("-", "_"))) for flag in TIMEOUT_FLAGS)
+    return [(flag, v) for flag, v in given if v is not None]
+
+
 def cmd_backends_list(args) -> int:
     from tokenport.store.backends import BackendStore
 
     settings = _settings(args)
     _, engine = _service(args)
+    registered = BackendStore(engine, settings.waits).load()
     items = [
         {
             "name": b.name,
@@ -88,8 +106,9 @@ def cmd_backends_list(args) -> int:
             "models": list(b.models),
             "kind": b.kind,
             "source": source,
+            "timeouts_s": asdict(b.waits or settings.waits),
         }
-        for source, group in (("config", settings.backends), ("registered", BackendStore(engine).load()))
+        for source, group in (("config", settings.backends), ("registered", registered))
         for b in group
     ]
     if not args.no_probe:
@@ -163,6 +182,8 @@ def register(sub, command) -> None:
     c.add_argument("--context", type=int, default=131072)
     c.add_argument("--embeddings", help="comma-separated models (among --models) it embeds with")
     c.add_argument("--api-key-env", help="the environment variable holding its API key")
+    for flag in TIMEOUT_FLAGS:
+        c.add_argument(f"--{flag}", type=float, metavar="S", help="seconds (default: [upstream]'s)")
     c.add_argument("--json", action="store_true")
     c = command(
         backends, "list", cmd_backends_list, "configured and registered backends, and their GET /health"

@@ -18,6 +18,8 @@ Two modes, one set of rules:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -34,6 +36,8 @@ from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
 from tokenport.store.shared import Ask, Charge, Grant, SharedStore, Unavailable, View
 from tokenport.tenancy.keys import KeyRecord, new_id
+
+log = logging.getLogger("tokenport.charging")
 
 HOLD_TTL = timedelta(minutes=30)
 ADMISSION_THREADS = 8  # shared mode; the database pool allows for them (store/db.py)
@@ -117,6 +121,7 @@ class Charging:
         self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
         store = fast or (ThreadedStore(shared, ADMISSION_THREADS) if shared is not None else None)
         self._queue = AdmissionQueue(store) if store is not None else None
+        self._releasing: set[asyncio.Task] = set()
 
     async def admit(
         self,
@@ -258,11 +263,21 @@ class Charging:
         return cost, tx
 
     def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
-        """Drop the request's holds without charging (its settlement failed). Shared mode: the
-        hold expires (`HOLD_TTL`)."""
+        """Drop the request's holds without charging (its settlement failed). Shared mode: in the
+        background, on the event loop (what fails there expires after `HOLD_TTL`)."""
         if self.shared is None:
             self.state.accountant.release(request_id)
             self.state.budgets.settle(key.id, request_id, key.budget_period, 0, started_at)
+        elif self._queue is not None:
+            task = asyncio.get_running_loop().create_task(self._release(key.tenant_id, request_id))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, tenant_id: str, request_id: str) -> None:
+        try:
+            await self._queue.store.release(tenant_id, [request_id])
+        except Exception as exc:
+            log.warning("could not release the hold of %s (%s); it expires", request_id, type(exc).__name__)
 
     def charge(
         self,

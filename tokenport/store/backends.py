@@ -3,13 +3,15 @@ zone and a change-feed row, so running gateways pick them up within a second."""
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import fields, replace
 from datetime import datetime
 
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.config import BackendConfig, without_v1
+from tokenport.config import BackendConfig, Waits, without_v1
 from tokenport.store.audit import audit_action
 from tokenport.store.schema import backends, changes
 
@@ -18,8 +20,9 @@ class BackendExists(Exception):
     pass
 
 
-def _config(r) -> BackendConfig:
+def _config(r, base: Waits) -> BackendConfig:
     key = os.environ.get(r.api_key_env) if r.api_key_env else None
+    own = json.loads(r.waits) if r.waits else None
     return BackendConfig(
         name=r.name,
         url=without_v1(r.url) or r.url,  # registered before `backends add` took the /v1 off
@@ -31,14 +34,24 @@ def _config(r) -> BackendConfig:
         embeddings=tuple(e for e in r.embeddings.split(",") if e),
         weight=int(r.weight),
         max_inflight=r.max_inflight,
+        waits=replace(base, **own) if own else None,
     )
 
 
-class BackendStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+def own_waits(waits: dict[str, float]) -> str | None:
+    """The bounds a backend sets itself, as stored (Waits field -> seconds)."""
+    known = {f.name for f in fields(Waits)}
+    return json.dumps({k: float(v) for k, v in waits.items() if k in known}) if waits else None
 
-    def add(self, cfg: BackendConfig, api_key_env: str | None, at: datetime) -> None:
+
+class BackendStore:
+    def __init__(self, engine: Engine, base_waits: Waits | None = None) -> None:
+        self.engine = engine
+        self.base_waits = base_waits or Waits()  # [upstream]: what a backend does not set itself
+
+    def add(
+        self, cfg: BackendConfig, api_key_env: str | None, at: datetime, waits: dict[str, float] | None = None
+    ) -> None:
         row = {
             "name": cfg.name,
             "url": cfg.url,
@@ -51,6 +64,7 @@ class BackendStore:
             "embeddings": ",".join(cfg.embeddings),
             "api_key_env": api_key_env,
             "created_at": at,
+            "waits": own_waits(waits or {}),
         }
         refs = {k: row[k] for k in ("url", "zone", "models", "kind", "weight", "max_inflight")}
         try:
@@ -74,6 +88,6 @@ class BackendStore:
     def load(self, conn=None) -> list[BackendConfig]:
         q = select(backends).order_by(backends.c.name)
         if conn is not None:
-            return [_config(r) for r in conn.execute(q)]
+            return [_config(r, self.base_waits) for r in conn.execute(q)]
         with self.engine.connect() as c:
-            return [_config(r) for r in c.execute(q)]
+            return [_config(r, self.base_waits) for r in c.execute(q)]

@@ -497,4 +497,5 @@ backends = Table(
     Column("embeddings", Text, nullable=False),  # comma-separated
     Column("api_key_env", String(128), nullable=True),  # the variable holding its key, not the key
     Column("created_at", UTCDateTime(), nullable=False),
+    Column("waits", Text, nullable=True),  # JSON: the Waits fields it sets (the rest: [upstream]'s)
 )

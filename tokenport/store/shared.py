@@ -17,6 +17,8 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.billing.ledger import Ledger, Lot, charge_tx
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
@@ -81,6 +83,9 @@ class Unavailable(Exception):
     """The shared admission state could not be read or written (a refusal it is not)."""
 
 
+DB_DOWN = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
+
+
 def _sum(column, *where):
     return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
 
@@ -99,6 +104,12 @@ class SharedStore:
         decided (`decide` grants or raises to refuse) and written in turn, so each sees the holds
         of those before it. A refusal writes nothing; the others stand. Round trips on
         PostgreSQL: the lock and the lots once, then a read and a write per request, one commit."""
+        try:
+            return self._admit_many(items)
+        except DB_DOWN as exc:  # the database unreachable: 503 for now, not a refusal
+            raise Unavailable(type(exc).__name__) from exc
+
+    def _admit_many(self, items: list[tuple[Ask, Callable[[View], Grant]]]) -> list[Grant | Exception]:
         tenant_id = items[0][0].tenant_id
         assert all(ask.tenant_id == tenant_id for ask, _ in items)
         out: list[Grant | Exception] = []

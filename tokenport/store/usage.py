@@ -11,8 +11,6 @@ import redis
 from sqlalchemy import Date, Engine, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as SATimeoutError
 
 from tokenport.audit.entries import canonical, request_entry
 from tokenport.gateway.usage import ALLOWED_FIELDS, check_row
@@ -22,7 +20,7 @@ from tokenport.store.counters import count_usage
 from tokenport.store.db import padded_chunks, write_lock
 from tokenport.store.retention import insert_retained
 from tokenport.store.schema import tenants, usage
-from tokenport.store.shared import SharedStore
+from tokenport.store.shared import DB_DOWN, SharedStore
 
 _TOTAL_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens")
 
@@ -167,9 +165,7 @@ def _filter(q, tenant_name: str | None, since: datetime | None):
 def is_transient(exc: Exception) -> bool:
     """The database (or Redis, which mirrors settlements) was unreachable or busy (retry), as
     opposed to the database refusing the row."""
-    return isinstance(
-        exc, OperationalError | InterfaceError | DisconnectionError | SATimeoutError | redis.RedisError
-    )
+    return isinstance(exc, (*DB_DOWN, redis.RedisError))
 
 
 class DeadLetterFile:

@@ -10,8 +10,9 @@ writes with the same idempotent, retrying code the thread used (`write_reliably`
 `energy` key, written by `EnergyStore.write`). It runs at a lower priority (nice 10): background
 work yields the core to the request path.
 
-What can be lost is what the in-process writer could lose: records not yet handed to the child
-when the gateway is killed (the child still writes what it received, then exits). A child that
+Nothing is lost when the gateway is killed: each record was journaled before its answer's last
+bytes (`store/journal.py`); the child still writes what it received, then exits, holding the
+journal's lock until then, and whoever recovers the journal skips what it wrote. A child that
 dies is started again and the unacknowledged batch sent again: request ids and window ids make
 that harmless.
 """

@@ -21,7 +21,7 @@ from tokenport.billing.accountant import Accountant, max_cost
 from tokenport.billing.ledger import Ledger, grant_tx
 from tokenport.billing.prices import BillableTokens, Price, PriceBook
 from tokenport.billing.service import BillingService
-from tokenport.store.billing import BillingStore
+from tokenport.store.billing import BillingStore, billing_repositories
 from tokenport.store.db import open_database
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
@@ -39,7 +39,7 @@ def main() -> None:
     engine = open_database(url)
     tenancy = TenancyService(TenantStore(engine), "overseas")
     tenant = tenancy.create_tenant(f"bench{int(time.time() * 1000) % 10**9}")
-    billing = BillingService(BillingStore(engine), tenancy)
+    billing = BillingService(billing_repositories(engine), tenancy)
     lot = billing.grant(tenant.name, "1000000")
 
     now = datetime.now(UTC)

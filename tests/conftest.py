@@ -64,14 +64,16 @@ def engine(database_url: str, request: pytest.FixtureRequest):
     """A migrated database (SQLite, then PostgreSQL), disposed of afterwards. Whatever a test did
     to it, its ledger must still verify (unless the test is marked `tampers`)."""
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import BillingStore
+    from tokenport.store.billing import billing_repositories
     from tokenport.store.db import open_database
 
     eng = open_database(database_url)
     yield eng
     try:
         if request.node.get_closest_marker("tampers") is None:
-            assert BillingService(BillingStore(eng), None).verify() == [], "the ledger no longer verifies"
+            assert BillingService(billing_repositories(eng), None).verify() == [], (
+                "the ledger no longer verifies"
+            )
     finally:
         eng.dispose()
 

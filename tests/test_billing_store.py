@@ -27,7 +27,7 @@ from tokenport.billing.ledger import (
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
-from tokenport.store.billing import BillingStore
+from tokenport.store.billing import BillingStore, billing_repositories
 from tokenport.store.schema import credit_lots, ledger_entries, ledger_transactions
 from tokenport.store.tenants import Tenant, TenantStore
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
@@ -49,7 +49,7 @@ def store(engine: Engine) -> BillingStore:
 
 @pytest.fixture
 def billing(store: BillingStore, tenancy: TenancyService, clock: FakeClock) -> BillingService:
-    return BillingService(store, tenancy, clock)
+    return BillingService(billing_repositories(store.engine), tenancy, clock)
 
 
 @pytest.fixture
@@ -380,7 +380,7 @@ def test_a_lot_can_expire_again_after_its_expiry_was_reversed(
     exp_<lot>_2, ...), or look the existing expiry up and only skip when it is unreversed."""
     lot = billing.grant("acme", "5", expires_at=clock.now() + timedelta(hours=1))
     ahead = FakeClock(clock.now() + timedelta(hours=2))  # a host whose clock runs two hours ahead
-    (mistake,) = BillingService(BillingStore(engine), tenancy, ahead).expire_due()
+    (mistake,) = BillingService(billing_repositories(engine), tenancy, ahead).expire_due()
     wrong, _ = store.load_transaction(mistake)
     store.post(reversal_tx("tx_undo", wrong, clock.now()))  # corrected by reversal
     assert billing.balance("acme").available == 5 * USD
@@ -456,7 +456,7 @@ def test_concurrent_expire_due_expires_each_lot_once(
 ) -> None:
     """Two `tokenport credits expire` runs at once (an overlapping cron, two hosts): both read the
     balances before either writes. Each lot must still be expired once, never driven below zero."""
-    services = [BillingService(BillingStore(engine), tenancy, clock) for _ in range(2)]
+    services = [BillingService(billing_repositories(engine), tenancy, clock) for _ in range(2)]
     lot = services[0].grant("acme", "10", expires_at=clock.now() + DAY)
     clock.advance(DAY.total_seconds())
     barrier = threading.Barrier(2, timeout=20)
@@ -482,4 +482,4 @@ def test_concurrent_expire_due_expires_each_lot_once(
     store = BillingStore(engine)
     assert store.account_balances([lot.account]) == {lot.account: 0}
     assert len(posted) == 1, results
-    assert BillingService(store, tenancy, clock).verify() == []
+    assert BillingService(billing_repositories(engine), tenancy, clock).verify() == []

@@ -24,7 +24,7 @@ from tokenport.energy.green import MJ_PER_KWH
 from tokenport.energy.meter import Allocated, RequestMeta, Window
 from tokenport.energy.reports import economics_csv, economics_html, economics_text, green_csv, green_html
 from tokenport.energy.service import EnergyInputError, EnergyService
-from tokenport.store.billing import BillingStore
+from tokenport.store.billing import billing_repositories
 from tokenport.store.energy import DuplicateCertificate, EnergyStore
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
@@ -40,7 +40,7 @@ def world(engine: Engine):
     clock = FakeClock(T0)
     tenancy = TenancyService(TenantStore(engine), "overseas", clock)
     jakarta, toys = tenancy.create_tenant("jakarta"), tenancy.create_tenant("toys")
-    billing = BillingService(BillingStore(engine), tenancy, clock)
+    billing = BillingService(billing_repositories(engine), tenancy, clock)
     lots = {t.id: billing.grant(t.name, "100") for t in (jakarta, toys)}
     store = EnergyStore(engine)
     usage = UsageStore(engine)
@@ -196,7 +196,7 @@ def test_rejected_requests_never_break_a_report(world, engine: Engine) -> None:
     assert "(rejected requests)" in economics_text(doc)
     report = energy.green_report(toys.id, "toys", "overseas", "2026-10")
     assert report["tokens"] == 1_000_000 and "toys" in green_html(report) and green_csv(report)
-    billing = BillingService(BillingStore(engine), tenancy, clock)
+    billing = BillingService(billing_repositories(engine), tenancy, clock)
     billing.set_price("m-small", "0.30", "1.20", effective_from=T0 - timedelta(days=1))
     preview = billing.preview_invoice("toys", "2026-10")
     assert preview["total_nano_usd"] == 500_000_000 and preview["rejected_requests"] == 1

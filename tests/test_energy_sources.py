@@ -110,6 +110,7 @@ def test_a_node_that_cannot_read_its_source_is_a_configuration_error() -> None:
     from tokenport.config import BackendConfig
     from tokenport.energy.config import EnergyConfigError, energy_config
     from tokenport.energy.nodes import build_nodes
+    from tokenport.engines.scrape import text_fetcher
 
     backends = {"gpu": BackendConfig("gpu", "http://127.0.0.1:1", "overseas", ("m",), "vllm")}
     unreadable = [
@@ -120,13 +121,15 @@ def test_a_node_that_cannot_read_its_source_is_a_configuration_error() -> None:
     for source in unreadable:  # no NVIDIA driver, no RAPL in these VMs
         cfg = energy_config({"nodes": [{"name": "n", "source": source, "backends": ["gpu"]}]})
         with pytest.raises(EnergyConfigError, match="energy node n"):
-            build_nodes(cfg, backends)
+            build_nodes(cfg, backends, text_fetcher)
     two_zones = {**backends, "dom": BackendConfig("dom", "http://127.0.0.1:1", "domestic", ("m",))}
     cfg = energy_config({"nodes": [{"name": "n", "source": "model", "backends": ["gpu", "dom"]}]})
     with pytest.raises(EnergyConfigError, match="several zones"):
-        build_nodes(cfg, two_zones)
+        build_nodes(cfg, two_zones, text_fetcher)
     (node,) = build_nodes(
-        energy_config({"nodes": [{"name": "n", "source": "model", "backends": ["gpu"]}]}), backends
+        energy_config({"nodes": [{"name": "n", "source": "model", "backends": ["gpu"]}]}),
+        backends,
+        text_fetcher,
     )
     assert node.zone == "overseas" and len(node.engines) == 1  # vLLM's token counters are read
     with pytest.raises(EnergyConfigError):

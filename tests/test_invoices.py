@@ -11,12 +11,11 @@ from sqlalchemy import Engine
 from support.rows import usage_row as shared_usage_row
 
 from tokenport.billing.accountant import Accountant, max_cost
-from tokenport.billing.invoices import render_csv, render_html
+from tokenport.billing.invoices import canonical, render_csv, render_html
 from tokenport.billing.ledger import Ledger
 from tokenport.billing.prices import BillableTokens
 from tokenport.billing.service import BillingService
-from tokenport.store.billing import BillingStore, write_transactions
-from tokenport.store.invoices import canonical
+from tokenport.store.billing import billing_repositories, write_transactions
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.service import InvalidInput, TenancyService
@@ -43,7 +42,7 @@ def billed(engine: Engine, clock):
     """A tenant with a promo and a paid lot, and November traffic across a price change."""
     clock._now = NOV - timedelta(days=5)
     tenancy = TenancyService(TenantStore(engine), "overseas", clock)
-    billing = BillingService(BillingStore(engine), tenancy, clock)
+    billing = BillingService(billing_repositories(engine), tenancy, clock)
     tenant = tenancy.create_tenant("acme")
     billing.set_price("m1", "0.30", "1.20", "0.03", effective_from=NOV - timedelta(days=1))
     billing.set_price("m1", "0.20", "1.00", effective_from=NOV + timedelta(days=10))  # mid-month change

@@ -22,6 +22,7 @@ from tokenport.energy.nodes import build_nodes
 from tokenport.energy.service import EnergyService
 from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
+from tokenport.engines.scrape import text_fetcher
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.auth_throttle import AuthThrottle
 from tokenport.gateway.backends import Backend, BackendPool
@@ -40,7 +41,7 @@ from tokenport.gateway.window import ContextWindow
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
-from tokenport.store.billing import BillingStore
+from tokenport.store.billing import BillingStore, billing_repositories
 from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
@@ -86,7 +87,7 @@ class Runtime:
         )
         self.keys = KeyCache(self.tenant_store, throttle)
         self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)
-        self.billing_service = BillingService(BillingStore(self.db), self.tenancy, self.clock)
+        self.billing_service = BillingService(billing_repositories(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
         # The settlement side's database work (usage, ledger, audit entries, energy windows) runs
         # in a child process (store/writer_process.py); this process only batches and pickles.
@@ -130,7 +131,7 @@ class Runtime:
             self.embedded = Backend(self.engine.backend_config, ready=self.engine.ready)
             self.pool.add(self.embedded)
         try:
-            nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends})
+            nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends}, text_fetcher)
         except EnergyConfigError as exc:
             raise ConfigError(str(exc)) from None
         self.energy_store = EnergyStore(self.db)

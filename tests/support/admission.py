@@ -15,7 +15,7 @@ from tokenport.gateway.billing import BillingState
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import Counts
-from tokenport.store.billing import BillingStore
+from tokenport.store.billing import BillingStore, billing_repositories
 from tokenport.store.feed import snapshot
 from tokenport.store.redis_state import RedisState
 from tokenport.store.shared import SharedStore
@@ -33,7 +33,7 @@ class Harness:
     def __init__(self, engine: Engine, clock: FakeClock, redis_url: str | None = None) -> None:
         self.engine, self.clock, self.redis_url = engine, clock, redis_url
         self.tenancy = TenancyService(TenantStore(engine), "overseas", clock)
-        self.billing = BillingService(BillingStore(engine), self.tenancy, clock)
+        self.billing = BillingService(billing_repositories(engine), self.tenancy, clock)
         self.usage = UsageStore(engine)
         self.tenant = self.tenancy.create_tenant("acme")
         self.billing.set_price("m", "0.30", "1.20", effective_from=clock.now() - timedelta(days=1))

@@ -18,7 +18,7 @@ from tokenport.api.openai_routes import AsgiSink, CompletionEndpoint
 from tokenport.clock import Clock
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.token_count import count_prompt_tokens
-from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
+from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
 
 
 class MessagesEndpoint(CompletionEndpoint):

@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+NODE_LEVEL = 6  # subtrees of 64 leaves and more are stored; smaller ones are hashed from leaves
 
 
 def leaf_hash(entry: bytes) -> bytes:

@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from tokenport.audit.heads import Signer, TreeHead, public_hex
-from tokenport.audit.merkle import inclusion_path
+from tokenport.audit.merkle import NODE_LEVEL, inclusion_path
+from tokenport.audit.ports import AuditRepository
 from tokenport.audit.receipts import processing_receipt
 from tokenport.audit.verify import verify_zone
 from tokenport.clock import Clock, SystemClock, utc_iso
-from tokenport.store.audit import NODE_LEVEL, AuditStore
-from tokenport.store.keyfiles import load_or_create
+from tokenport.keyfiles import load_or_create
 
 
 def _new_pem() -> bytes:
@@ -35,7 +35,7 @@ def _new_pem() -> bytes:
 
 
 class AuditService:
-    def __init__(self, store: AuditStore, keys_dir: Path, clock: Clock | None = None) -> None:
+    def __init__(self, store: AuditRepository, keys_dir: Path, clock: Clock | None = None) -> None:
         self.store = store
         self.keys_dir = keys_dir
         self.clock = clock or SystemClock()

@@ -6,12 +6,22 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 from collections import defaultdict
 from datetime import UTC, datetime
 
 from tokenport.billing.ledger import Lot, Transaction
 from tokenport.billing.money import nano_to_usd, pico_to_nano, price_to_usd_per_m
 from tokenport.billing.prices import BillableTokens, PriceBook, cost_of
+
+
+class InvoiceConflict(Exception):
+    """An invoice of that tenant, period and generation was issued concurrently."""
+
+
+def canonical(doc: dict) -> str:
+    """An invoice document as stored (and hashed): JSON, keys sorted, no spaces."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 class InvoiceError(ValueError):

@@ -17,6 +17,10 @@ UNITS = ("tokens", "requests")
 OVERAGE = ("block", "charge")
 
 
+class PlanConflict(Exception):
+    """A plan of that name exists."""
+
+
 @dataclass(frozen=True)
 class Plan:
     name: str

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokenport.billing.invoices import InvoiceError, build_invoice, period_bounds
+from tokenport.billing.invoices import InvoiceConflict, InvoiceError, build_invoice, canonical, period_bounds
 from tokenport.billing.ledger import (
     Ledger,
     LedgerError,
@@ -27,13 +27,10 @@ from tokenport.billing.money import (
     usd_per_m_to_price,
     usd_to_nano,
 )
-from tokenport.billing.plans import OVERAGE, UNITS, Plan, parse_multipliers
+from tokenport.billing.plans import OVERAGE, UNITS, Plan, PlanConflict, parse_multipliers
+from tokenport.billing.ports import BillingRepositories
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import Clock, SystemClock
-from tokenport.store.billing import BillingStore
-from tokenport.store.invoices import InvoiceConflict, InvoiceStore, canonical
-from tokenport.store.plans import PlanConflict, PlanStore
-from tokenport.store.usage import UsageStore
 from tokenport.tenancy.keys import NAME_RE, new_id
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 
@@ -54,13 +51,15 @@ class Balance:
 
 
 class BillingService:
-    def __init__(self, store: BillingStore, tenancy: TenancyService, clock: Clock | None = None) -> None:
-        self.store = store
+    def __init__(
+        self, repos: BillingRepositories, tenancy: TenancyService, clock: Clock | None = None
+    ) -> None:
+        self.store = repos.ledger
+        self.invoices = repos.invoices
+        self.plan_store = repos.plans
+        self.usage = repos.usage
         self.tenancy = tenancy
         self.clock = clock or SystemClock()
-        self.invoices = InvoiceStore(store.engine)
-        self.plan_store = PlanStore(store.engine)
-        self.usage = UsageStore(store.engine)
 
     # --- prices ---
 

@@ -116,10 +116,10 @@ def parse_duration(text: str) -> int:
 
 def _billing(args):
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import BillingStore
+    from tokenport.store.billing import billing_repositories
 
     svc, engine = _service(args)
-    return BillingService(BillingStore(engine), svc)
+    return BillingService(billing_repositories(engine), svc)
 
 
 def _audit(args):

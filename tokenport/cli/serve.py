@@ -112,11 +112,11 @@ def _first_run_demo(runtime, settings: Settings) -> None:
     if runtime.tenant_store.count_tenants():
         return
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import BillingStore
+    from tokenport.store.billing import billing_repositories
 
     runtime.tenancy.create_tenant("demo")
     info, secret = runtime.tenancy.create_key("demo", "created on first run")
-    billing = BillingService(BillingStore(runtime.db), runtime.tenancy, runtime.clock)
+    billing = BillingService(billing_repositories(runtime.db), runtime.tenancy, runtime.clock)
     model = (
         settings.engine.model_id
         if settings.engine.enabled

@@ -34,7 +34,6 @@ METHOD_LABELS = {
 
 def value_chain(svc, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
     from tokenport.energy.service import period_bounds
-    from tokenport.store.schema import usage
 
     start, end = period_bounds(period)
     supply = svc.consumed_mj(period)
@@ -47,8 +46,8 @@ def value_chain(svc, period: str, fx_micro: int | None, tenant_names: dict[str, 
         by_model[key] = by_model.get(key, 0) + nano
     usd_nano = sum(by_tenant.values())
     cny_micro = usd_nano * fx_micro // 1_000_000_000 if fx_micro else None
-    tokens_t = svc.store.tokens(start, end, usage.c.tenant_id)
-    tokens_m = _named(svc.store.tokens(start, end, usage.c.model))
+    tokens_t = svc.store.tokens(start, end, "tenant")
+    tokens_m = _named(svc.store.tokens(start, end, "model"))
     tokens = sum(tokens_t.values())
     own_t = svc.store.tenant_energy(start, end)
     own_m = _named(svc.store.model_energy(start, end))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import urllib.request
+from collections.abc import Callable
 
 from tokenport.config import BackendConfig
 from tokenport.energy.config import EnergyConfig, EnergyConfigError, NodeConfig
@@ -21,15 +21,10 @@ from tokenport.energy.sources import (
 log = logging.getLogger("tokenport.energy")
 
 
-def _fetcher(url: str):
-    def fetch() -> str:  # runs in the meter's thread
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.read().decode()
-
-    return fetch
+Fetcher = Callable[[str], Callable[[], str]]  # a URL -> what reads its text (engines/scrape.py)
 
 
-def make_source(cfg: NodeConfig) -> EnergySource:
+def make_source(cfg: NodeConfig, fetcher: Fetcher) -> EnergySource:
     if cfg.source == "nvml":
         try:
             return NvmlSource(list(cfg.gpus) or None)
@@ -44,7 +39,7 @@ def make_source(cfg: NodeConfig) -> EnergySource:
             raise EnergyConfigError(f"energy node {cfg.name}: no readable RAPL counters ({exc})") from None
     if cfg.source == "prometheus":
         assert cfg.url is not None
-        return PrometheusCounterSource(_fetcher(cfg.url), cfg.metric, cfg.scale_mj)
+        return PrometheusCounterSource(fetcher(cfg.url), cfg.metric, cfg.scale_mj)
     if cfg.source == "auto":
         try:
             source = RaplSource()
@@ -55,10 +50,11 @@ def make_source(cfg: NodeConfig) -> EnergySource:
     return PowerModelSource(cfg.idle_w, cfg.dynamic_w)
 
 
-def build_nodes(cfg: EnergyConfig, backends: dict[str, BackendConfig]) -> list[Node]:
-    """`backends`: every backend by name. Without configured nodes, the embedded engine (if
-    any) is one node with the default source; other backends are not metered. The engines' token
-    counters are read where their kind has them (llama.cpp, vLLM, SGLang)."""
+def build_nodes(cfg: EnergyConfig, backends: dict[str, BackendConfig], fetcher: Fetcher) -> list[Node]:
+    """`backends`: every backend by name; `fetcher` reads a URL's text. Without configured nodes,
+    the embedded engine (if any) is one node with the default source; other backends are not
+    metered. The engines' token counters are read where their kind has them (llama.cpp, vLLM,
+    SGLang)."""
     backend_zones = {name: b.zone for name, b in backends.items()}
     if not cfg.enabled:
         return []
@@ -80,9 +76,11 @@ def build_nodes(cfg: EnergyConfig, backends: dict[str, BackendConfig]) -> list[N
                 f"energy node {nc.name}: its backends are in several zones {sorted(zones)}"
             )
         engines = tuple(
-            EngineTokens(_fetcher(backends[b].url.rstrip("/") + "/metrics"), backends[b].kind)
+            EngineTokens(fetcher(backends[b].url.rstrip("/") + "/metrics"), backends[b].kind)
             for b in names
             if backends[b].kind in TOKEN_COUNTERS
         )
-        nodes.append(Node(nc.name, zones.pop(), make_source(nc), nc.idle_w, frozenset(names), engines))
+        nodes.append(
+            Node(nc.name, zones.pop(), make_source(nc, fetcher), nc.idle_w, frozenset(names), engines)
+        )
     return nodes

@@ -22,8 +22,7 @@ from tokenport.energy.green import (
     figures,
     green_share_ppm,
 )
-from tokenport.store.energy import EnergyStore
-from tokenport.store.schema import usage
+from tokenport.energy.ports import EnergyRepository
 
 PERIOD_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
@@ -56,7 +55,7 @@ def kwh(mj: int) -> str:
 
 
 class EnergyService:
-    def __init__(self, store: EnergyStore, config: EnergyConfig, clock: Clock | None = None) -> None:
+    def __init__(self, store: EnergyRepository, config: EnergyConfig, clock: Clock | None = None) -> None:
         self.store = store
         self.config = config
         self.clock = clock or SystemClock()
@@ -248,7 +247,7 @@ class EnergyService:
         green = min(total, sum(g.wh for g in mine) * MJ_PER_WH)
         grid, residual = self.config.factors(zone)
         location, market = carbon_ug(total, grid), carbon_ug(total - green, residual)
-        tokens = self.store.tokens(start, end, usage.c.tenant_id).get(tenant_id, 0)
+        tokens = self.store.tokens(start, end, "tenant").get(tenant_id, 0)
         doc = {
             "tenant": tenant_name,
             "zone": zone,

@@ -25,15 +25,20 @@ from tokenport.energy.meter import (
     engine_units,
     own_ppm,
 )
+from tokenport.energy.ports import MeterRepository
 from tokenport.energy.sources import PowerModelSource
-from tokenport.store.energy import EnergyStore
 
 SETTLE_DELAY_S = 30.0  # usage records reach the database within the writer's flush interval
 
 
 class SharedEnergyMeter:
     def __init__(
-        self, nodes: list[Node], store: EnergyStore, window_s: float, alpha_milli: int, settle_delay_s: float
+        self,
+        nodes: list[Node],
+        store: MeterRepository,
+        window_s: float,
+        alpha_milli: int,
+        settle_delay_s: float,
     ) -> None:
         self.nodes = nodes
         self.store = store

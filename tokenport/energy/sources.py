@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from tokenport.engines.metrics_text import parse_counter
+from tokenport.prometheus_text import parse_counter
 
 MEASURED = "measured"
 ESTIMATED = "estimated"

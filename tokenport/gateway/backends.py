@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from tokenport.config import BackendConfig
-from tokenport.engines.metrics_text import parse_counter
 from tokenport.gateway.errors import bad_request, forbidden, model_not_found, unavailable
+from tokenport.prometheus_text import parse_counter
 
 log = logging.getLogger("tokenport.backends")
 

@@ -30,7 +30,7 @@ from tokenport.gateway.settle import Settler
 from tokenport.gateway.usage import SOURCE_BOUNDED, opaque
 from tokenport.gateway.usage_guard import UsageLimits
 from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
-from tokenport.zones.resolve import ZONE_HEADER, resolve_zone
+from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
 from tokenport.zones.retention import retention_mode
 
 # Every protocol reaches the engines as OpenAI: Anthropic messages and Responses requests are

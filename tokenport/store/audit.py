@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.entries import admin_entry, canonical
 from tokenport.audit.heads import TreeHead
-from tokenport.audit.merkle import Frontier, leaf_hash, root
+from tokenport.audit.merkle import NODE_LEVEL, Frontier, leaf_hash, root
 from tokenport.audit.verify import StoredEntry, StoredHead
 from tokenport.store.db import advisory_lock, write_lock
 from tokenport.store.schema import (
@@ -23,8 +23,6 @@ from tokenport.store.schema import (
     tenants,
     zones,
 )
-
-NODE_LEVEL = 6  # subtrees of 64 leaves and more are stored; smaller ones are hashed from leaves
 
 
 def lock_zone(conn: Connection, zone: str) -> None:

@@ -4,6 +4,7 @@ the same transaction), the periods' PUE, electricity bought, green certificates.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import Engine, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -233,8 +234,9 @@ class EnergyStore:
         with self.engine.connect() as conn:
             return {m: int(v) for m, v in conn.execute(q)}
 
-    def tokens(self, start: datetime, end: datetime, by) -> dict[str, int]:
-        """Tokens served (prompt + completion) in [start, end), by `usage.c.tenant_id` or `.model`."""
+    def tokens(self, start: datetime, end: datetime, by: Literal["tenant", "model"]) -> dict[str, int]:
+        """Tokens served (prompt + completion) in [start, end), by tenant id or by model."""
+        by = usage.c.tenant_id if by == "tenant" else usage.c.model
         q = (
             select(by, func.sum(usage.c.prompt_tokens + usage.c.completion_tokens))
             .where(usage.c.started_at >= start, usage.c.started_at < end)

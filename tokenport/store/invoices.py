@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
+from tokenport.billing.invoices import InvoiceConflict, canonical
 from tokenport.billing.ledger import Transaction
 from tokenport.store.audit import audit_action
 from tokenport.store.billing import write_transactions
 from tokenport.store.db import write_lock
 from tokenport.store.schema import invoice_voids, invoices, ledger_transactions
-
-
-class InvoiceConflict(Exception):
-    pass
 
 
 class InvoiceStore:
@@ -121,7 +117,3 @@ class InvoiceStore:
         except IntegrityError:
             return False
         return True
-
-
-def canonical(doc: dict) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))

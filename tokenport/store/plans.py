@@ -8,13 +8,9 @@ from datetime import datetime
 from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from tokenport.billing.plans import Plan
+from tokenport.billing.plans import Plan, PlanConflict
 from tokenport.store.audit import audit_action
 from tokenport.store.schema import changes, plan_assignment_log, plan_assignments, plans, usage
-
-
-class PlanConflict(Exception):
-    pass
 
 
 class PlanStore:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, func, insert, select, update
@@ -12,39 +11,14 @@ from tokenport.audit.entries import admin_entry, canonical
 from tokenport.store.audit import append as audit_append
 from tokenport.store.schema import api_keys, changes, tenants, zones
 from tokenport.tenancy.keys import KeyRecord
+from tokenport.tenancy.records import Conflict, KeyInfo, Tenant
+
+__all__ = ["Conflict", "KeyInfo", "Tenant", "TenantStore"]
 
 
 def _audit(conn, zone: str, entry: dict, at: datetime) -> None:
     """The action's audit entry, in its zone's log, in the same database transaction."""
     audit_append(conn, zone, [canonical(entry)], at)
-
-
-class Conflict(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class Tenant:
-    id: str
-    name: str
-    zone: str
-    created_at: datetime
-    retention_ttl_s: int | None = None  # None: zero retention (the default)
-
-
-@dataclass(frozen=True)
-class KeyInfo:
-    id: str
-    tenant: str
-    zone: str
-    label: str | None
-    prefix: str
-    rpm_limit: int | None
-    created_at: datetime
-    revoked_at: datetime | None
-    tpm_limit: int | None = None
-    budget_nano_usd: int | None = None
-    budget_period: str | None = None
 
 
 def _tenant(row) -> Tenant:

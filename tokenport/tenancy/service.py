@@ -6,8 +6,9 @@ from datetime import datetime
 
 from tokenport.billing.money import MoneyError, usd_to_nano
 from tokenport.clock import Clock, SystemClock
-from tokenport.store.tenants import Conflict, KeyInfo, Tenant, TenantStore
 from tokenport.tenancy.keys import NAME_RE, ZONE_RE, generate_key, new_id
+from tokenport.tenancy.ports import TenantRepository
+from tokenport.tenancy.records import Conflict, KeyInfo, Tenant
 
 
 class InvalidInput(ValueError):
@@ -27,7 +28,7 @@ def _check_zone(name) -> None:
 
 
 class TenancyService:
-    def __init__(self, store: TenantStore, default_zone: str, clock: Clock | None = None) -> None:
+    def __init__(self, store: TenantRepository, default_zone: str, clock: Clock | None = None) -> None:
         self.store = store
         self.default_zone = default_zone
         self.clock = clock or SystemClock()

@@ -12,15 +12,15 @@ from pathlib import Path
 from tokenport.audit.receipts import deletion_receipt
 from tokenport.audit.service import AuditService
 from tokenport.clock import Clock, SystemClock, utc_iso
-from tokenport.store.keyfiles import load_or_create
-from tokenport.store.retention import RetentionStore
-from tokenport.store.tenants import Tenant
+from tokenport.keyfiles import load_or_create
+from tokenport.tenancy.records import Tenant
+from tokenport.zones.ports import RetainedRepository
 from tokenport.zones.retention import SealError, new_zone_key, seal, unseal
 
 
 class Vault:
     def __init__(
-        self, store: RetentionStore, keys_dir: Path, audit: AuditService, clock: Clock | None = None
+        self, store: RetainedRepository, keys_dir: Path, audit: AuditService, clock: Clock | None = None
     ):
         self.store = store
         self.keys_dir = keys_dir

@@ -14,7 +14,7 @@ down_revision = "0013"
 branch_labels = None
 depends_on = None
 
-NODE_LEVEL = 6  # as tokenport.store.audit.NODE_LEVEL when this was written
+NODE_LEVEL = 6  # as tokenport.audit.merkle.NODE_LEVEL when this was written
 
 
 def upgrade() -> None:

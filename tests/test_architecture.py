@@ -1,0 +1,67 @@
+"""The floors hold: the domain (billing, energy, zones, audit, tenancy) is plain Python that reaches
+its repositories through the `typing.Protocol` ports it defines (`*/ports.py`), never an adapter:
+no database, HTTP or Redis client, no `store/`, `gateway/`, `api/`, `cli/` or `runtime`."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tokenport
+
+ROOT = Path(tokenport.__file__).parent
+DOMAIN = ("billing", "energy", "zones", "audit", "tenancy")
+ADAPTERS = (
+    "tokenport.store",
+    "tokenport.gateway",
+    "tokenport.api",
+    "tokenport.cli",
+    "tokenport.runtime",
+    "tokenport.engines",
+    "tokenport.testing",
+)
+CLIENTS = (
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "redis",
+    "urllib",
+    "http",
+    "aiohttp",
+    "httpx",
+    "starlette",
+    "uvicorn",
+)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every module a file imports, at the top or inside a function."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def _forbidden(module: str) -> bool:
+    return any(module == a or module.startswith(a + ".") for a in ADAPTERS + CLIENTS)
+
+
+def test_no_domain_module_imports_an_adapter():
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{line} imports {module}"
+        for package in DOMAIN
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line, module in _imports(path)
+        if _forbidden(module)
+    ]
+    assert offences == []
+
+
+def test_the_check_sees_an_offence(tmp_path):
+    """The rule can fail: a domain-shaped file importing the store (and SQLAlchemy, lazily) is caught."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("from tokenport.store.usage import UsageStore\n\ndef f():\n    import sqlalchemy\n")
+    assert [m for _, m in _imports(bad) if _forbidden(m)] == ["tokenport.store.usage", "sqlalchemy"]

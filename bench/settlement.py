@@ -91,7 +91,7 @@ def shared(args, engine, billing, tenant, price, now) -> None:
     worker thread, as the gateway does it), then settlement through the writer's path."""
     from tokenport.billing.prices import BillableTokens, cost_of
     from tokenport.gateway.billing import BillingState
-    from tokenport.gateway.charging import Charging
+    from tokenport.gateway.charging import charging_for
     from tokenport.gateway.sse import Counts
     from tokenport.store.feed import snapshot
     from tokenport.store.shared import SharedStore
@@ -101,7 +101,7 @@ def shared(args, engine, billing, tenant, price, now) -> None:
     state = BillingState(BillingStore(engine), UsageStore(engine), billing.clock)
     with snapshot(engine) as conn:
         state.load(conn)
-    charging = Charging(state, SharedStore(engine))
+    charging = charging_for(state, SharedStore(engine))
     key = KeyRecord("key_bench", tenant.id, tenant.name, "overseas", "h", None, False)
     body = {"max_tokens": 100}
     admit_ms: list[float] = []

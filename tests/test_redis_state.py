@@ -18,7 +18,7 @@ from support.admission import HOLD, Harness
 from tokenport.clock import FakeClock
 from tokenport.gateway.billing import MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
-from tokenport.gateway.charging import Charging
+from tokenport.gateway.charging import charging_for
 from tokenport.store.billing import BillingStore
 from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.feed import FeedStore
@@ -134,7 +134,7 @@ def test_an_unreachable_redis_is_a_503_and_settlements_wait_for_it(h: Harness) -
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = RedisState(f"redis://127.0.0.1:{port}", h.engine)
-    charging = Charging(h.state, SharedStore(h.engine), fast=down)
+    charging = charging_for(h.state, SharedStore(h.engine), fast=down)
     h.billing.grant("acme", "1")
     assert h.admit("req_1", h.key(), charging) == "admission_unavailable"
     assert is_transient(redis.ConnectionError("down")), "the usage writer retries; nothing is dead-lettered"

@@ -16,7 +16,7 @@ from tokenport.billing.budgets import KeyBudgets
 from tokenport.billing.ledger import Ledger, Lot, grant_tx
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import FakeClock
-from tokenport.gateway.charging import Charging
+from tokenport.gateway.charging import charging_for
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
@@ -43,7 +43,7 @@ def test_a_failed_settlement_releases_the_holds():
     ledger.add_lot(lot)
     ledger.post(grant_tx("g", lot))
     state = SimpleNamespace(accountant=Accountant(ledger, PriceBook([PRICE])), budgets=KeyBudgets())
-    charging = Charging(state)
+    charging = charging_for(state)
     key = KeyRecord(
         "k", "t", "tenant", "overseas", "h", None, False, budget_nano_usd=10**9, budget_period="day"
     )

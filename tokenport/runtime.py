@@ -28,7 +28,7 @@ from tokenport.gateway.auth_throttle import AuthThrottle
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.billing import BillingState, MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
-from tokenport.gateway.charging import Charging
+from tokenport.gateway.charging import charging_for
 from tokenport.gateway.lifecycle import Gateway
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
@@ -120,7 +120,7 @@ class Runtime:
         if self.redis is not None:
             self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
             self._unannounce = announce_changes(self.db, settings.redis_url)
-        self.charging = Charging(self.billing, self.shared, settings.default_rpm, self.redis)
+        self.charging = charging_for(self.billing, self.shared, settings.default_rpm, self.redis)
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
         configured = {b.name for b in settings.backends} | {"embedded"}
         registered = BackendStore(self.db, settings.waits)

@@ -12,7 +12,7 @@ from support.rows import usage_row
 from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
 from tokenport.gateway.billing import BillingState
-from tokenport.gateway.charging import Charging
+from tokenport.gateway.charging import Charging, charging_for
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import Counts
 from tokenport.store.billing import BillingStore, billing_repositories
@@ -43,7 +43,7 @@ class Harness:
         self.shared = SharedStore(engine)
         self.redis = RedisState(redis_url, engine) if redis_url else None
         self.usage.mirror = self.redis  # Redis: settlements are mirrored there
-        self.charging = Charging(self.state, self.shared, fast=self.redis)  # for settlement
+        self.charging = charging_for(self.state, self.shared, fast=self.redis)  # for settlement
 
     def key(self, key_id: str = "key_a", **limits) -> KeyRecord:
         limits.setdefault("rpm_limit", None)
@@ -53,7 +53,7 @@ class Harness:
         """Another gateway process's admission (its own queue, threads and Redis connections) on
         the same database (and Redis)."""
         fast = RedisState(self.redis_url, self.engine) if self.redis_url else None
-        return Charging(self.state, SharedStore(self.engine), fast=fast)
+        return charging_for(self.state, SharedStore(self.engine), fast=fast)
 
     def held(self) -> int:
         return self.charging.held(self.tenant.id, self.clock.now())

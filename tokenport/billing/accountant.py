@@ -48,6 +48,13 @@ def max_cost(price: Price, max_input_tokens: int, max_output_tokens: int) -> int
     return math.ceil(pico / PICO_PER_NANO)
 
 
+def check_credit(tenant_id: str, amount: int, available: int) -> None:
+    """The rule, in every admission mode: the request's most within the tenant's spendable credit
+    (its balance less what its requests in flight hold)."""
+    if amount > available:
+        raise InsufficientQuota(tenant_id, amount, max(available, 0))
+
+
 class Accountant:
     def __init__(self, ledger: Ledger, book: PriceBook, hold_ttl: timedelta = timedelta(minutes=30)) -> None:
         self.ledger = ledger
@@ -69,9 +76,7 @@ class Accountant:
         """Hold `amount` for the request, or refuse it. Free requests hold nothing."""
         if amount <= 0:
             return None
-        available = self.available(tenant_id, at)
-        if amount > available:
-            raise InsufficientQuota(tenant_id, amount, max(available, 0))
+        check_credit(tenant_id, amount, self.available(tenant_id, at))
         hold = Hold(request_id, tenant_id, amount, at + self.hold_ttl)
         self._holds[request_id] = hold
         self._held[tenant_id] = self._held.get(tenant_id, 0) + amount

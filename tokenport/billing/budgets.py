@@ -27,6 +27,13 @@ class BudgetExceeded(Exception):
         self.budget, self.spent, self.needed, self.resets_at = budget, spent, needed, resets_at
 
 
+def check_budget(budget: int, used: int, amount: int, period: str, at: datetime) -> None:
+    """The rule, in every admission mode: what the key spent and holds in the period, plus this
+    request's most, within its budget."""
+    if used + amount > budget:
+        raise BudgetExceeded(budget, used, amount, period_end(period, at))
+
+
 @dataclass
 class KeyBudgets:
     # (key id, period, period start) -> nano-USD settled
@@ -45,9 +52,7 @@ class KeyBudgets:
         if not budget or not period or amount <= 0:
             return
         held = self._held.setdefault(key_id, {})
-        used = self.spent(key_id, period, at) + sum(held.values())
-        if used + amount > budget:
-            raise BudgetExceeded(budget, used, amount, period_end(period, at))
+        check_budget(budget, self.spent(key_id, period, at) + sum(held.values()), amount, period, at)
         held[request_id] = amount
 
     def settle(

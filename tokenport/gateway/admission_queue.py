@@ -28,6 +28,8 @@ class AdmissionStore(Protocol):
 
     async def release(self, tenant_id: str, request_ids: list[str]) -> None: ...
 
+    def held(self, tenant_id: str, at) -> int: ...
+
 
 class ThreadedStore:
     """The database's admissions, in threads of their own: waits on the database never starve
@@ -42,6 +44,9 @@ class ThreadedStore:
 
     async def release(self, tenant_id: str, request_ids: list[str]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.store.release, request_ids)
+
+    def held(self, tenant_id: str, at) -> int:
+        return self.store.held(tenant_id, at)
 
     def close(self) -> None:
         if close := getattr(self.store, "close", None):

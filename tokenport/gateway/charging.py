@@ -6,11 +6,13 @@ It answers 403 `model_not_priced`, 429 `plan_quota_exceeded`, `budget_exceeded` 
 `insufficient_quota` (with `x-should-retry: false`) before any upstream call. Settlement prices
 the engine's own counts and posts the charge.
 
-Two modes, one set of rules:
-- local (one process, the default): everything in memory, no database round trip;
-- shared (several processes on one database): one transaction per admission (or per batch of
-  one tenant's concurrent admissions, `gateway/admission_queue.py`) on the tenant's shared state,
-  which also applies the key's rate limits: in the database under the tenant's lock
+Two strategies behind one interface (`Charging`), chosen by `charging_for` in `runtime.py`, with
+one set of rules (the plan's windows here; the key's budget `billing.budgets.check_budget`; the
+tenant's credit `billing.accountant.check_credit`):
+- `LocalCharging` (one process, the default): everything in memory, no database round trip;
+- `SharedCharging` (several processes on one database): one transaction per admission (or per
+  batch of one tenant's concurrent admissions, `gateway/admission_queue.py`) on the tenant's
+  shared state, which also applies the key's rate limits: in the database under the tenant's lock
   (`store/shared.py`), or in Redis when one is configured (`store/redis_state.py`, no database
   round trip); settlement posts the charge against the lots as they are then, in the usage
   writer's transaction.
@@ -23,8 +25,8 @@ import logging
 import math
 from datetime import UTC, datetime, timedelta
 
-from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, max_cost
-from tokenport.billing.budgets import BudgetExceeded, period_end, period_start
+from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, check_credit, max_cost
+from tokenport.billing.budgets import BudgetExceeded, check_budget, period_start
 from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.money import nano_to_usd
 from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
@@ -107,21 +109,12 @@ def unavailable() -> ApiError:
 
 
 class Charging:
-    def __init__(
-        self,
-        state: BillingState,
-        shared: SharedStore | None = None,
-        default_rpm: int = 0,
-        fast: AdmissionStore | None = None,
-    ) -> None:
-        """`shared`: several processes on one database; `fast` (with it): admission in Redis."""
+    """What the lifecycle asks of admission and settlement, whatever the mode: the price and the
+    most a request can cost are worked out here; holding it, and settling, are each mode's
+    (`LocalCharging`, `SharedCharging`; `charging_for` picks one)."""
+
+    def __init__(self, state: BillingState) -> None:
         self.state = state
-        self.shared = shared
-        self.fast = fast
-        self.default_rpm = default_rpm  # applied here in shared mode (the limiter does it locally)
-        store = fast or (ThreadedStore(shared, ADMISSION_THREADS) if shared is not None else None)
-        self._queue = AdmissionQueue(store) if store is not None else None
-        self._releasing: set[asyncio.Task] = set()
 
     async def admit(
         self,
@@ -144,15 +137,69 @@ class Charging:
         # counted; output at most what the request allows (`max_output`; None: the context).
         max_out = context if max_output is None else max_output
         amount = max_cost(price, min(prompt_bound, context), min(max_out, context))
-        if self.shared is None:
-            covered = self._admit_local(request_id, key, plan, amount, at)
-        else:
-            covered = await self._admit_shared(request_id, key, plan, amount, at)
+        covered = await self.hold(request_id, key, plan, amount, at)
         return price, plan if covered else None
 
-    # --- one process: in memory ---
+    @staticmethod
+    def usage_fields(price: Price, counts: Counts) -> dict:
+        """What the client's `usage` object gains: the cost, exact, in two spellings."""
+        cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
+        return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
 
-    def _admit_local(
+    # --- each mode ---
+
+    async def hold(
+        self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
+    ) -> bool:
+        """Hold `amount` against the key's budget and the tenant's credit, or raise the refusal;
+        True (nothing held) when the plan covers the request."""
+        raise NotImplementedError
+
+    def settle_plan(self, key: KeyRecord, plan: Plan, model: str, counts: Counts | None, at: datetime) -> int:
+        """Count a plan-covered request against the plan's windows; nothing is charged. Its units."""
+        return 0 if counts is None else plan.units(model, counts.prompt + counts.completion)
+
+    def settle(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        price: Price,
+        counts: Counts | None,
+        started_at: datetime,
+        at: datetime,
+    ) -> tuple[Cost | None, Transaction | None]:
+        """Price what was used; where this mode posts it here, the charge and the holds released."""
+        raise NotImplementedError
+
+    def charge(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        price: Price | None,
+        cost: Cost | None,
+        counts: Counts | None,
+        started_at: datetime,
+        at: datetime,
+    ) -> Charge | None:
+        """What the usage writer does with the shared state for this request, if anything."""
+        return None
+
+    def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
+        """Drop the request's holds without charging (its settlement failed)."""
+        raise NotImplementedError
+
+    def held(self, tenant_id: str, at: datetime) -> int:
+        """Money held by the tenant's requests in flight."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalCharging(Charging):
+    """One process: holds, budgets and plan windows in memory, no round trip."""
+
+    async def hold(
         self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
     ) -> bool:
         if plan is not None and plan_covers(plan, self.state.plan_usage.windows(plan, key.tenant_id, at), at):
@@ -168,12 +215,58 @@ class Charging:
             raise no_credit(exc) from None
         return False
 
-    # --- several processes: one database transaction under the tenant's lock ---
+    def settle_plan(self, key: KeyRecord, plan: Plan, model: str, counts: Counts | None, at: datetime) -> int:
+        units = super().settle_plan(key, plan, model, counts, at)
+        if units:
+            self.state.plan_usage.add(key.tenant_id, units, at)
+        return units
 
-    async def _admit_shared(
+    def settle(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        price: Price,
+        counts: Counts | None,
+        started_at: datetime,
+        at: datetime,
+    ) -> tuple[Cost | None, Transaction | None]:
+        """Charge what was used (the ledger transaction goes to the writer) and release the holds
+        (credit and key budget)."""
+        cost = tx = None
+        if counts is None:
+            self.state.accountant.release(request_id)
+        else:
+            tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
+            cost, tx = self.state.accountant.settle(
+                new_id("tx"), request_id, key.tenant_id, price, tokens, started_at, at
+            )
+        self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
+        return cost, tx
+
+    def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
+        self.state.accountant.release(request_id)
+        self.state.budgets.settle(key.id, request_id, key.budget_period, 0, started_at)
+
+    def held(self, tenant_id: str, at: datetime) -> int:
+        return self.state.accountant.held(tenant_id)
+
+
+class SharedCharging(Charging):
+    """Several processes on one database: one transaction per admission (or per batch of one
+    tenant's concurrent admissions) on the tenant's shared state, which also applies the key's
+    rate limits; settlement posts the charge in the usage writer's transaction (`charge`)."""
+
+    def __init__(self, state: BillingState, store: AdmissionStore, default_rpm: int = 0) -> None:
+        super().__init__(state)
+        self.store = store
+        self.fast = store if not isinstance(store, ThreadedStore) else None  # Redis
+        self.default_rpm = default_rpm  # applied here (the limiter does it in one process)
+        self._queue = AdmissionQueue(store)
+        self._releasing: set[asyncio.Task] = set()
+
+    async def hold(
         self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
     ) -> bool:
-        assert self.shared is not None
         rpm = key.rpm_limit or self.default_rpm
         budget = bool(key.budget_nano_usd and key.budget_period and amount > 0)
         ask = Ask(
@@ -191,6 +284,7 @@ class Charging:
             return False  # nothing to hold or count: no round trip
 
         def decide(view: View) -> Grant:
+            """The same rules as one process's, on the shared state as the transaction read it."""
             bucket = take_request(view.bucket, _us(at), rpm) if rpm > 0 else None
             if key.tpm_limit:
                 check_tokens(view.tokens, int(at.timestamp()), key.tpm_limit)
@@ -202,15 +296,16 @@ class Charging:
                     return Grant(bucket=bucket, covered=True)
             if amount <= 0:
                 return Grant(bucket=bucket)
-            if budget and view.key_used + amount > key.budget_nano_usd:
-                exc = BudgetExceeded(
-                    key.budget_nano_usd, view.key_used, amount, period_end(key.budget_period, at)
-                )
-                raise over_budget(key, exc, at)
+            if budget:
+                try:
+                    check_budget(key.budget_nano_usd, view.key_used, amount, key.budget_period, at)
+                except BudgetExceeded as exc:
+                    raise over_budget(key, exc, at) from None
             lots = Ledger.restore([lot for lot, _ in view.lots], {lot.account: n for lot, n in view.lots})
-            available = lots.tenant_balance(key.tenant_id, at) - view.held
-            if amount > available:
-                raise no_credit(InsufficientQuota(key.tenant_id, amount, max(available, 0)))
+            try:
+                check_credit(key.tenant_id, amount, lots.tenant_balance(key.tenant_id, at) - view.held)
+            except InsufficientQuota as exc:
+                raise no_credit(exc) from None
             return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
 
         try:
@@ -218,23 +313,6 @@ class Charging:
         except Unavailable:
             raise unavailable() from None
         return grant.covered
-
-    # --- settlement ---
-
-    @staticmethod
-    def usage_fields(price: Price, counts: Counts) -> dict:
-        """What the client's `usage` object gains: the cost, exact, in two spellings."""
-        cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
-        return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
-
-    def settle_plan(self, key: KeyRecord, plan: Plan, model: str, counts: Counts | None, at: datetime) -> int:
-        """Count a plan-covered request against the plan's windows; nothing is charged."""
-        if counts is None:
-            return 0
-        units = plan.units(model, counts.prompt + counts.completion)
-        if self.shared is None:
-            self.state.plan_usage.add(key.tenant_id, units, at)
-        return units  # shared mode: counted in the database with the usage record
 
     def settle(
         self,
@@ -245,39 +323,12 @@ class Charging:
         started_at: datetime,
         at: datetime,
     ) -> tuple[Cost | None, Transaction | None]:
-        """Charge what was used and release the holds (credit and key budget). In shared mode the
-        charge is posted by `charge()`'s item, with the usage record."""
-        tokens = (
-            BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion) if counts else None
-        )
-        if self.shared is not None:
-            return (cost_of(tokens, price) if tokens else None), None
-        cost = tx = None
-        if tokens is None:
-            self.state.accountant.release(request_id)
-        else:
-            cost, tx = self.state.accountant.settle(
-                new_id("tx"), request_id, key.tenant_id, price, tokens, started_at, at
-            )
-        self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
-        return cost, tx
-
-    def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
-        """Drop the request's holds without charging (its settlement failed). Shared mode: in the
-        background, on the event loop (what fails there expires after `HOLD_TTL`)."""
-        if self.shared is None:
-            self.state.accountant.release(request_id)
-            self.state.budgets.settle(key.id, request_id, key.budget_period, 0, started_at)
-        elif self._queue is not None:
-            task = asyncio.get_running_loop().create_task(self._release(key.tenant_id, request_id))
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
-
-    async def _release(self, tenant_id: str, request_id: str) -> None:
-        try:
-            await self._queue.store.release(tenant_id, [request_id])
-        except Exception as exc:
-            log.warning("could not release the hold of %s (%s); it expires", request_id, type(exc).__name__)
+        """The cost only: the charge is posted by `charge()`'s item, with the usage record."""
+        if counts is None:
+            return None, None
+        return cost_of(
+            BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price
+        ), None
 
     def charge(
         self,
@@ -289,10 +340,7 @@ class Charging:
         started_at: datetime,
         at: datetime,
     ) -> Charge | None:
-        """Shared mode: what the usage writer does with the shared state for this request (post
-        the charge, release the hold, count the tokens), if anything."""
-        if self.shared is None:
-            return None
+        """Post the charge, release the hold, count the tokens: in the usage writer's transaction."""
         held = price is not None and not price.free  # admitted on money: a hold may exist
         tokens = counts.prompt + counts.completion if counts is not None and key.tpm_limit else 0
         if not held and not tokens:
@@ -308,15 +356,36 @@ class Charging:
             tokens=tokens,
         )
 
-    def close(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
+    def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
+        """In the background, on the event loop (what fails there expires after `HOLD_TTL`)."""
+        task = asyncio.get_running_loop().create_task(self._release(key.tenant_id, request_id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def _release(self, tenant_id: str, request_id: str) -> None:
+        try:
+            await self.store.release(tenant_id, [request_id])
+        except Exception as exc:
+            log.warning("could not release the hold of %s (%s); it expires", request_id, type(exc).__name__)
 
     def held(self, tenant_id: str, at: datetime) -> int:
-        """Money held by the tenant's requests in flight."""
-        if self.shared is None:
-            return self.state.accountant.held(tenant_id)
-        return (self.fast or self.shared).held(tenant_id, at)
+        return self.store.held(tenant_id, at)
+
+    def close(self) -> None:
+        self._queue.close()
+
+
+def charging_for(
+    state: BillingState,
+    shared: SharedStore | None = None,
+    default_rpm: int = 0,
+    fast: AdmissionStore | None = None,
+) -> Charging:
+    """One process (`shared` None), or shared mode: admission in the database (`shared`), or in
+    Redis (`fast`, with the database as the ledger)."""
+    if shared is None:
+        return LocalCharging(state)
+    return SharedCharging(state, fast or ThreadedStore(shared, ADMISSION_THREADS), default_rpm)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,6 +1,7 @@
-"""The floors hold: the domain (billing, energy, zones, audit, tenancy) is plain Python that reaches
-its repositories through the `typing.Protocol` ports it defines (`*/ports.py`), never an adapter:
-no database, HTTP or Redis client, no `store/`, `gateway/`, `api/`, `cli/` or `runtime`."""
+"""The floors hold (docs/architecture.md, "Floors"): the domain (billing, energy, zones, audit,
+tenancy) is plain Python that reaches its repositories through the `typing.Protocol` ports it
+defines (`*/ports.py`), never an adapter: no database, HTTP or Redis client, no `store/`,
+`gateway/`, `api/`, `cli/` or `runtime`; and the adapters never import what sits above them."""
 
 from __future__ import annotations
 
@@ -56,6 +57,20 @@ def test_no_domain_module_imports_an_adapter():
         for path in sorted((ROOT / package).rglob("*.py"))
         for line, module in _imports(path)
         if _forbidden(module)
+    ]
+    assert offences == []
+
+
+def test_no_adapter_imports_the_gateway_or_a_protocol():
+    """`store/` and `engines/` sit below the gateway: what both need (the usage record's schema)
+    lives on the ground floor."""
+    above = ("tokenport.gateway", "tokenport.api", "tokenport.cli", "tokenport.runtime")
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{line} imports {module}"
+        for package in ("store", "engines")
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for line, module in _imports(path)
+        if any(module == a or module.startswith(a + ".") for a in above)
     ]
     assert offences == []
 

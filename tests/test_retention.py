@@ -213,8 +213,8 @@ def test_canaries_persist_nowhere_and_retained_ones_only_sealed(debug_server) ->
 
 
 def test_usage_rows_outside_the_content_free_schema_are_refused(engine: Engine, tmp_path: Path) -> None:
-    from tokenport.gateway.usage import DisallowedField
     from tokenport.store.usage import DeadLetterFile
+    from tokenport.usage_record import DisallowedField
 
     row = {**usage_row("req_leaky", "ten_a", T0), "prompt": "CANARY-secret"}
     with pytest.raises(DisallowedField):

@@ -16,11 +16,11 @@ from sqlalchemy import Engine, insert, select, text
 from support.admission import HOLD, Harness
 from support.rows import usage_row
 
+from tokenport.billing.admission import Ask, Grant, View
 from tokenport.clock import FakeClock
 from tokenport.gateway.admission_queue import AdmissionQueue, ThreadedStore
 from tokenport.store.db import MIGRATIONS, connect
 from tokenport.store.schema import credit_lots, key_spend, ledger_entries, ledger_transactions, tenants, usage
-from tokenport.store.shared import Ask, Grant, View
 from tokenport.store.tenants import Tenant, TenantStore
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from tokenport.store.shared import Ask, Grant, SharedStore, View
+from tokenport.billing.admission import Ask, Grant, View
+from tokenport.store.shared import SharedStore
 
 log = logging.getLogger("tokenport.admission")
 

@@ -26,6 +26,7 @@ import math
 from datetime import UTC, datetime, timedelta
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, check_credit, max_cost
+from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
 from tokenport.billing.budgets import BudgetExceeded, check_budget, period_start
 from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.money import nano_to_usd
@@ -36,7 +37,7 @@ from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
-from tokenport.store.shared import Ask, Charge, Grant, SharedStore, Unavailable, View
+from tokenport.store.shared import SharedStore
 from tokenport.tenancy.keys import KeyRecord, new_id
 
 log = logging.getLogger("tokenport.charging")

@@ -27,10 +27,10 @@ from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.settle import Settler
-from tokenport.gateway.usage import SOURCE_BOUNDED, opaque
 from tokenport.gateway.usage_guard import UsageLimits
 from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
 from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
+from tokenport.usage_record import SOURCE_BOUNDED, opaque
 from tokenport.zones.retention import retention_mode
 
 # Every protocol reaches the engines as OpenAI: Anthropic messages and Responses requests are

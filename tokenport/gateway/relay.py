@@ -18,15 +18,15 @@ from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
 from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool, UpstreamTimeout
-from tokenport.gateway.usage import (
+from tokenport.gateway.usage_guard import UsageLimits, tell_client
+from tokenport.gateway.window import engine_context_error
+from tokenport.usage_record import (
     SOURCE_BOUNDED,
     SOURCE_CHUNKS,
     SOURCE_ENGINE,
     SOURCE_NONE,
     SOURCE_PROGRESS,
 )
-from tokenport.gateway.usage_guard import UsageLimits, tell_client
-from tokenport.gateway.window import engine_context_error
 
 _ERROR_BODY_LIMIT = 64 * 1024
 

@@ -14,8 +14,8 @@ from tokenport.gateway.context import RequestContext
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
-from tokenport.gateway.usage import SOURCE_BOUNDED, SOURCE_NONE, UsageRecord
 from tokenport.store.writer import BatchWriter
+from tokenport.usage_record import SOURCE_BOUNDED, SOURCE_NONE, UsageRecord
 from tokenport.zones.vault import Vault
 
 log = logging.getLogger("tokenport.settle")

@@ -34,12 +34,12 @@ import redis
 import redis.asyncio
 from sqlalchemy import Connection, Engine, select, tuple_
 
+from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
 from tokenport.billing.budgets import period_start
 from tokenport.billing.ledger import Lot
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import LOT_COLUMNS, lock_tenants
 from tokenport.store.schema import api_keys, credit_lots, key_spend, plan_minutes, token_seconds
-from tokenport.store.shared import Ask, Charge, Grant, Unavailable, View
 
 log = logging.getLogger("tokenport.redis")
 

@@ -10,8 +10,9 @@ deletes the hold, in the same database transaction as the usage records.
 
 from __future__ import annotations
 
+__all__ = ["DB_DOWN", "Ask", "Charge", "Grant", "SharedStore", "Unavailable", "View"]
+
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, select
@@ -20,68 +21,13 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 
+from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
 from tokenport.billing.ledger import Ledger, Lot, charge_tx
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import LOT_COLUMNS, lock_tenants, write_transactions
 from tokenport.store.counters import count_tokens
 from tokenport.store.db import padded_chunks
 from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, rate_buckets, token_seconds
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What one admission needs to read."""
-
-    request_id: str
-    tenant_id: str
-    key_id: str
-    at: datetime
-    money: bool = False  # the tenant's lots and holds
-    budget: tuple[str, datetime] | None = None  # (period, start): the key's spend and holds in it
-    rpm: bool = False
-    tpm: bool = False
-    plan: bool = False
-
-
-@dataclass
-class View:
-    """The shared state one admission decides on, read under the tenant's lock."""
-
-    lots: list[tuple[Lot, int]] = field(default_factory=list)  # (lot, balance)
-    held: int = 0  # the tenant's active holds
-    key_used: int = 0  # the key's spend in the budget period plus its active holds there
-    bucket: tuple[int, int] | None = None  # (micro-requests left, as of this microsecond)
-    tokens: list[tuple[int, int]] = field(default_factory=list)  # (second, tokens), last minute
-    plan_minutes: list[tuple[int, int]] = field(default_factory=list)  # (minute, units), last 7 days
-
-
-@dataclass(frozen=True)
-class Grant:
-    """What an admission decided: the hold to write, the key's new rate bucket, plan coverage."""
-
-    hold: int = 0
-    expires_at: datetime | None = None
-    bucket: tuple[int, int] | None = None
-    covered: bool = False  # the tenant's plan covers the request
-
-
-@dataclass(frozen=True)
-class Charge:
-    """What settlement does with the shared state for one request (with its usage record)."""
-
-    request_id: str
-    tenant_id: str
-    key_id: str
-    finished_at: datetime
-    tx_id: str | None = None  # post a usage charge of `cost`, from the lots usable at `started_at`
-    cost: int = 0
-    started_at: datetime | None = None
-    tokens: int = 0  # for the key's tokens-per-minute window
-
-
-class Unavailable(Exception):
-    """The shared admission state could not be read or written (a refusal it is not)."""
-
 
 DB_DOWN = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
 

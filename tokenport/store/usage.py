@@ -13,7 +13,6 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokenport.audit.entries import canonical, request_entry
-from tokenport.gateway.usage import ALLOWED_FIELDS, check_row
 from tokenport.store.audit import append as audit_append
 from tokenport.store.billing import lock_tenants, write_transactions
 from tokenport.store.counters import count_usage
@@ -21,6 +20,7 @@ from tokenport.store.db import padded_chunks, write_lock
 from tokenport.store.retention import insert_retained
 from tokenport.store.schema import tenants, usage
 from tokenport.store.shared import DB_DOWN, SharedStore
+from tokenport.usage_record import ALLOWED_FIELDS, check_row
 
 _TOTAL_COLUMNS = ("prompt_tokens", "cached_tokens", "completion_tokens")
 

@@ -16,7 +16,7 @@ import statistics
 import time
 from functools import partial
 
-from tokenport.api.openai_protocol import parse_chat
+from tokenport.api.openai.protocol import parse_chat
 from tokenport.config import BackendConfig
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.lifecycle import affinity_key

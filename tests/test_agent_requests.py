@@ -14,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from tokenport.api.responses_protocol import translate
-from tokenport.api.responses_sink import call_item
-from tokenport.api.responses_tools import tool_map
+from tokenport.api.responses.protocol import translate
+from tokenport.api.responses.serving import call_item
+from tokenport.api.responses.tools import tool_map
 
 FIXTURES = Path(__file__).parent / "fixtures" / "clients"
 HOSTED = {"web_search", "file_search", "code_interpreter", "image_generation", "local_shell"}

@@ -9,7 +9,7 @@ import anthropic
 import httpx
 import pytest
 
-from tokenport.api.anthropic_protocol import resolve_model, translate
+from tokenport.api.anthropic.protocol import resolve_model, translate
 from tokenport.gateway.errors import ApiError
 
 MESSAGES = [{"role": "user", "content": "hi"}]

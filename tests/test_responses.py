@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tokenport.api.responses_protocol import translate
+from tokenport.api.responses.protocol import translate
 from tokenport.gateway.errors import ApiError
 
 TOOLS = [

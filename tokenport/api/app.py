@@ -9,12 +9,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tokenport.api import account, admin, anthropic_routes, audit, ops
-from tokenport.api.anthropic_sink import anthropic_error
+from tokenport.api import account, admin, audit, ops
+from tokenport.api.anthropic import routes as anthropic_routes
+from tokenport.api.anthropic.serving import anthropic_error
+from tokenport.api.endpoint import Endpoint
 from tokenport.api.errors import openai_error_body
 from tokenport.api.middleware import REQUEST_ID_KEY, RequestIdMiddleware
-from tokenport.api.openai_routes import completion_endpoints
+from tokenport.api.openai.routes import CHAT, COMPLETIONS, EMBEDDINGS
 from tokenport.api.openapi import openapi
+from tokenport.api.responses.routes import RESPONSES
 from tokenport.gateway.errors import ApiError
 from tokenport.runtime import Runtime
 
@@ -54,9 +57,15 @@ class TokenportApp:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         s = runtime.settings
-        self.hot = completion_endpoints(
-            lambda: runtime.gateway, runtime.clock, s.max_body_bytes, s.model_aliases
-        )
+        wire = {  # the hot path: each protocol's endpoint called directly, no framework between
+            "/v1/chat/completions": CHAT,
+            "/v1/completions": COMPLETIONS,
+            "/v1/messages": anthropic_routes.messages(s.model_aliases),
+            "/v1/responses": RESPONSES,
+            "/v1/embeddings": EMBEDDINGS,
+        }
+        gateway = lambda: runtime.gateway  # noqa: E731 (built at startup)
+        self.hot = {path: Endpoint(w, gateway, runtime.clock, s.max_body_bytes) for path, w in wire.items()}
 
         @asynccontextmanager
         async def lifespan(app):

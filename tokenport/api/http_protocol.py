@@ -21,7 +21,7 @@ import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from tokenport.api.anthropic_sink import anthropic_error
+from tokenport.api.anthropic.serving import anthropic_error
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.api.middleware import new_request_id
 from tokenport.config import ClientBounds

@@ -1,29 +1,26 @@
 """The base of the sinks that answer in another protocol (Anthropic, Responses): they wrap the
-HTTP sink, pass the lifecycle's flags through to it, and split the engine's SSE into events."""
+HTTP sink, pass the lifecycle's flags through to it, and translate the engine's SSE events (framed
+once, by the relay) chunk by chunk."""
 
 from __future__ import annotations
 
 import orjson
 
-from tokenport.api.openai_routes import AsgiSink
+from tokenport.api.asgi_sink import AsgiSink
 
 
 def _through(name: str) -> property:
-    """An attribute the lifecycle and the disconnect watcher read and set on their sink."""
+    """An attribute the lifecycle sets on its sink."""
     return property(lambda s: getattr(s.inner, name), lambda s, v: setattr(s.inner, name, v))
 
 
 class TranslatingSink:
-    disconnected = _through("disconnected")
-    cancellable = _through("cancellable")
-    delivered = _through("delivered")
     receipted = _through("receipted")
     started = property(lambda s: s.inner.started)
     finished = property(lambda s: s.inner.finished)
 
     def __init__(self, inner: AsgiSink) -> None:
         self.inner = inner
-        self._buf = b""
 
     def response_sha256(self) -> str:
         return self.inner.response_sha256()
@@ -43,21 +40,30 @@ class TranslatingSink:
     async def release(self) -> None:
         await self.inner.release()
 
-    def chunks(self, data: bytes) -> list[dict]:
-        """The engine's JSON chunks in the whole SSE events received so far (not `[DONE]`)."""
-        self._buf += data
-        out = []
-        while (cut := self._buf.find(b"\n\n")) >= 0:
-            event, self._buf = self._buf[:cut], self._buf[cut + 2 :]
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
-                    try:
-                        obj = orjson.loads(line[5:])
-                    except orjson.JSONDecodeError:
-                        continue
-                    if isinstance(obj, dict):
-                        out.append(obj)
-        return out
+    async def send_events(self, events: list[bytes]) -> None:
+        """Whole SSE events, as the relay framed them (once): each engine chunk translated."""
+        out = [event for chunk in _chunks(events) for event in self._data(chunk)]
+        if out:
+            await self.inner.send(b"".join(out))
+
+    def _data(self, obj: dict) -> list[bytes]:
+        """One engine chunk in, the client's events out (each protocol's)."""
+        raise NotImplementedError
+
+
+def _chunks(events: list[bytes]) -> list[dict]:
+    """The engine's JSON chunks in these events (not `[DONE]`)."""
+    out = []
+    for event in events:
+        for line in event.split(b"\n"):
+            if line.startswith(b"data:") and line[5:].strip() != b"[DONE]":
+                try:
+                    obj = orjson.loads(line[5:])
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(obj, dict):
+                    out.append(obj)
+    return out
 
 
 def reasoning_text(part: dict) -> str | None:

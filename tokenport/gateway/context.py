@@ -28,6 +28,8 @@ class RequestContext:
     model: str | None = None
     backend: str | None = None
     stream: bool = False
-    client_disconnected: bool = False
+    client_disconnected: bool = False  # set by the HTTP layer's watcher: gone before the answer
+    cancellable: bool = False  # the relay is waiting on the engine: a disconnect may cancel it now
+    delivered: bool = False  # the whole answer has been handed to the client
     price: Price | None = None  # set once the request is admitted and money is held
     plan: Plan | None = None  # set when the tenant's plan covers the request instead

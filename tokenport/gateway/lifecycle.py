@@ -12,24 +12,24 @@ never has an answer that a crash could leave unbilled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from functools import partial
 
-from tokenport.api.openai_protocol import ParsedRequest
 from tokenport.config import Waits
 from tokenport.energy.meter import EnergyMeter
 from tokenport.engines.dialects import llamacpp_cleaner
 from tokenport.gateway.auth import KeyCache
-from tokenport.gateway.backends import BackendPool
+from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
+from tokenport.gateway.request import ParsedRequest
 from tokenport.gateway.settle import Settler
 from tokenport.gateway.usage_guard import UsageLimits
 from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
 from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
+from tokenport.tenancy.keys import KeyRecord
 from tokenport.usage_record import SOURCE_BOUNDED, opaque
 from tokenport.zones.retention import retention_mode
 
@@ -113,6 +113,18 @@ class Gateway:
         self.settler = settler
         self.in_flight = 0  # read by /metrics
 
+    # --- the first steps, also for what is not a completion (count_tokens) ---
+
+    def authenticate(self, headers: dict[bytes, bytes], client: str | None) -> KeyRecord:
+        return self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"), client)
+
+    @staticmethod
+    def zone(key: KeyRecord, headers: dict[bytes, bytes]) -> str:
+        return resolve_zone(key.zone, headers.get(ZONE_HEADER))
+
+    def route(self, model: str, zone: str) -> Backend:
+        return self.pool.route(model, zone)
+
     async def _relay(
         self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, fit: Fit, sink, out: Outcome
     ) -> None:
@@ -142,9 +154,9 @@ class Gateway:
             self.energy.opened(ctx.request_id, backend.name, ctx.t0)
         try:
             if req.stream:
-                await self.relay.stream(call, sink, req.include_usage, out)
+                await self.relay.stream(call, sink, req.include_usage, out, ctx)
             else:
-                await self.relay.unary(call, sink, out)
+                await self.relay.unary(call, sink, out, ctx)
         finally:
             backend.in_flight -= 1
 
@@ -153,22 +165,24 @@ class Gateway:
         ctx: RequestContext,
         headers: dict[bytes, bytes],
         raw_body: bytes,
-        parse: Callable[[bytes], ParsedRequest],
+        parsed: ParsedRequest | ApiError,
         sink: ClientSink,
     ) -> None:
+        """`parsed`: the request as its protocol read it, or the error its parse raised (answered
+        once the caller is authenticated and in its zone, so that it is recorded)."""
         out = Outcome()
         self.in_flight += 1
         try:
-            key = ctx.key = self.keys.authenticate(
-                headers.get(b"authorization"), headers.get(b"x-api-key"), ctx.client
-            )
+            key = ctx.key = self.authenticate(headers, ctx.client)
             sink.receipted = True  # authenticated: settled, audited, and so receipted
             if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
                 ctx.retention = retention_mode(key.retention_ttl_s)
                 ctx.kept_request = raw_body
                 sink.keep()
-            ctx.zone = resolve_zone(key.zone, headers.get(ZONE_HEADER))
-            req = parse(raw_body)
+            ctx.zone = self.zone(key, headers)
+            if isinstance(parsed, ApiError):
+                raise parsed
+            req = parsed
             ctx.model, ctx.stream = req.model, req.stream
             self.limiter.admit(key.id, key.rpm_limit)
             self.limiter.admit_tokens(key.id, key.tpm_limit)
@@ -221,13 +235,11 @@ class Gateway:
             out.status, out.error_code = 500, "internal_error"
             raise
         except asyncio.CancelledError:
-            if not sink.disconnected:
+            if not ctx.client_disconnected:
                 raise  # shutting down: settle (below) and let the cancellation through
-            ctx.client_disconnected = True
-            asyncio.current_task().uncancel()
+            asyncio.current_task().uncancel()  # the client went away: settle what it had
         finally:
             self.in_flight -= 1
-            ctx.client_disconnected = ctx.client_disconnected or sink.disconnected
             ctx.response_sha256 = sink.response_sha256()
             if ctx.kept_request is not None:
                 ctx.kept_response = sink.kept_body()

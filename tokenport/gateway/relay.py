@@ -15,6 +15,7 @@ import orjson
 from tokenport.config import Waits
 from tokenport.engines.dialects import Reasoning, with_reasoning
 from tokenport.gateway.backends import Backend
+from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.gateway.sse import Counts, StreamWatcher, sse_error, usage_counts
 from tokenport.gateway.upstream_http import Response, UpstreamError, UpstreamPool, UpstreamTimeout
@@ -32,16 +33,16 @@ _ERROR_BODY_LIMIT = 64 * 1024
 
 
 class ClientSink(Protocol):
-    """Where the answer goes: the HTTP layer implements it for its protocol."""
+    """Where the answer goes: the HTTP layer implements it for its protocol. (Where the request
+    stands, delivered or cancellable, is the request's: `RequestContext`.)"""
 
-    disconnected: bool  # set when the client went away before the answer was delivered
-    cancellable: bool  # the relay is waiting on the engine: a disconnect may cancel it now
-    delivered: bool  # the whole answer has been handed to the client
     receipted: bool  # the request will be recorded: announce its receipt id
 
     async def start(self, status: int, content_type: bytes, length: int | None = None) -> None: ...
 
-    async def send(self, data: bytes) -> None: ...
+    async def send(self, data: bytes) -> None: ...  # a whole answer's body
+
+    async def send_events(self, events: list[bytes]) -> None: ...  # whole SSE events
 
     async def error(self, err: ApiError) -> None: ...
 
@@ -124,7 +125,7 @@ class Relay:
             backend.healthy = False  # passive health: the next check decides when it is back
             raise unavailable(backend) from exc
 
-    async def unary(self, call: UpstreamCall, sink: ClientSink, out: Outcome) -> None:
+    async def unary(self, call: UpstreamCall, sink: ClientSink, out: Outcome, ctx: RequestContext) -> None:
         resp = await self._post(call)
         async with resp:
             if resp.status != 200:
@@ -158,13 +159,15 @@ class Relay:
         await sink.start(200, b"application/json", len(body))
         out.started = True
         await sink.send(body)
-        sink.delivered = True
+        ctx.delivered = True
 
-    async def stream(self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome) -> None:
+    async def stream(
+        self, call: UpstreamCall, sink: ClientSink, include_usage: bool, out: Outcome, ctx: RequestContext
+    ) -> None:
         """Fills `out` as it goes, so a cancelled stream (client gone) still has its counts."""
         watcher = StreamWatcher(include_usage, call.usage_fields, call.clean, call.limits)
         resp: Response | None = None
-        sink.cancellable = True
+        ctx.cancellable = True
         try:
             resp = await self._post(call)
             if resp.status != 200:
@@ -184,7 +187,7 @@ class Relay:
                 if watcher.ending(call.choices):
                     sink.hold()  # the answer's last bytes wait for its settlement (journaled)
                 if ready:
-                    await sink.send(ready[0] if len(ready) == 1 else b"".join(ready))
+                    await sink.send_events(ready)
                     if out.first_token_at is None and watcher.content_chunks:
                         out.first_token_at = self.mono()
             sink.hold()
@@ -194,26 +197,27 @@ class Relay:
                 )
             elif not watcher.done:
                 out.error_code = "upstream_disconnected"
-                await sink.send(
-                    sse_error("The backend stream ended unexpectedly", "server_error", out.error_code)
-                )
-            sink.delivered = True
+                ended = "The backend stream ended unexpectedly"
+                await sink.send_events([sse_error(ended, "server_error", out.error_code)])
+            ctx.delivered = True
         except UpstreamTimeout as exc:
             out.error_code = "upstream_timeout"
             if not out.started:
                 raise timed_out(call.backend, exc) from None
             sink.hold()
-            await sink.send(sse_error(_timeout_message(call.backend, exc), "server_error", out.error_code))
-            sink.delivered = True
+            await sink.send_events(
+                [sse_error(_timeout_message(call.backend, exc), "server_error", out.error_code)]
+            )
+            ctx.delivered = True
         except UpstreamError:
             out.error_code = "upstream_disconnected"
             if not out.started:
                 raise _broken(call.backend) from None
             sink.hold()
-            await sink.send(sse_error("The backend stream failed", "server_error", out.error_code))
-            sink.delivered = True
+            await sink.send_events([sse_error("The backend stream failed", "server_error", out.error_code)])
+            ctx.delivered = True
         finally:
-            sink.cancellable = False
+            ctx.cancellable = False
             if resp is not None:
                 resp.close()  # on a client disconnect this is what stops the engine generating
             _settle_counts(out, watcher, call.prompt_estimate)

@@ -16,9 +16,9 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tokenport.api.openai_protocol import ParsedRequest
 from tokenport.gateway.backends import Backend
 from tokenport.gateway.errors import ApiError
+from tokenport.gateway.request import ParsedRequest
 
 TEMPLATE_SLACK = 256  # tokens a chat template may add (role markers, a default system prompt)
 BYTES_PER_TOKEN = 4  # a request body's bytes per prompt token, for an estimate (English and JSON)

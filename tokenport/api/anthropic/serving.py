@@ -20,8 +20,9 @@ import hashlib
 
 import orjson
 
+from tokenport.api.anthropic.protocol import MessagesView
+from tokenport.api.asgi_sink import AsgiSink
 from tokenport.api.errors import error_headers
-from tokenport.api.openai_routes import AsgiSink
 from tokenport.api.translating_sink import TranslatingSink, reasoning_text, stream_error
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.window import ContextExceeded
@@ -94,11 +95,12 @@ def _has_output(obj: dict) -> bool:
 class AnthropicSink(TranslatingSink):
     """A ClientSink: the relay writes OpenAI bytes, the client receives Anthropic ones."""
 
-    def __init__(self, inner: AsgiSink, request_id: str) -> None:
+    def __init__(self, inner: AsgiSink, request_id: str, view: MessagesView | None = None) -> None:
         super().__init__(inner)
-        self.model = ""  # the model the client asked for (aliases resolved only upstream)
-        self.thinking = False  # the client turned thinking on: the engine's reasoning goes back
-        self.thinking_shown = True  # False (`display: omitted`): the blocks go back without their text
+        view = view or MessagesView()
+        self.model = view.model  # the model the client asked for (aliases resolved only upstream)
+        self.thinking = view.thinking  # the client turned thinking on: the engine's reasoning goes back
+        self.thinking_shown = view.shown  # False (`display: omitted`): the blocks go back without their text
         self._thought = None  # the open thinking block's text, digested (hashlib.sha256)
         self.message_id = "msg_" + request_id.removeprefix("req_")
         self._rid = request_id.encode()
@@ -125,9 +127,7 @@ class AnthropicSink(TranslatingSink):
             await self.inner.start(200, b"application/json", len(body), extra=self._ids())
             await self.inner.send(body)
             return
-        out = [event for chunk in self.chunks(data) for event in self._data(chunk)]
-        if out:
-            await self.inner.send(b"".join(out))
+        await self.send_events([data])
 
     async def error(self, err: ApiError) -> None:
         body = anthropic_error(err)

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tokenport.engines.dialects import Reasoning, effort_reasoning
+from tokenport.engines.dialects import effort_reasoning
 from tokenport.gateway.errors import bad_request
+from tokenport.gateway.request import ParsedRequest
 
 MAX_TOKENS_CAP = 1_000_000
 _MAX_INT = 2**63 - 1
-
-
-@dataclass(slots=True)
-class ParsedRequest:
-    endpoint: str  # "chat" | "completions"
-    model: str
-    stream: bool
-    include_usage: bool  # the client asked for the usage chunk
-    body: dict[str, Any]
-    reasoning: Reasoning | None = None  # what the client asked of the model's thinking
-
-    @property
-    def max_output(self) -> int | None:
-        """The most output tokens the request allows (None: up to the context); held for."""
-        if self.endpoint == "embeddings":
-            return 0
-        return self.body.get("max_tokens") or self.body.get("max_completion_tokens")
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:

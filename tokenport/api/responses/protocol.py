@@ -16,12 +16,13 @@ parameters), `text.format` json_schema (as `response_format`). Ignored: `store`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
-from tokenport.api.responses_tools import ToolMap, tool_map
+from tokenport.api.openai.protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.api.responses.tools import ToolMap, tool_map
 from tokenport.engines.dialects import Reasoning, effort_reasoning
 from tokenport.gateway.errors import bad_request
 
@@ -189,9 +190,18 @@ def translate(body: dict) -> tuple[dict, ToolMap]:
     return out, tools
 
 
-def parse_responses(raw: bytes) -> tuple[dict, ParsedRequest, ToolMap]:
-    """(the request as the client sent it, the one the lifecycle routes on, its tools)."""
+@dataclass(frozen=True)
+class ResponsesView:
+    """What the answer needs to know of the request (`serving.ResponsesSink`)."""
+
+    request: dict = field(default_factory=dict)  # as the client sent it: the echoed fields
+    tools: ToolMap = field(default_factory=ToolMap)  # the client's tools behind the engine's names
+    stream: bool = False
+
+
+def parse_responses(raw: bytes) -> tuple[ParsedRequest, ResponsesView]:
+    """The request the lifecycle routes on, and what its answer needs."""
     body = parse_body(raw)
     chat, tools = translate(body)
     parsed = ParsedRequest("responses", chat["model"], chat["stream"], chat["stream"], chat, reasoning(body))
-    return body, parsed, tools
+    return parsed, ResponsesView(body, tools, chat["stream"])

@@ -18,11 +18,12 @@ marks, `anthropic-beta` flags and any other field. Images and documents a user s
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from tokenport.api.openai_protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.api.openai.protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
 from tokenport.engines.dialects import EFFORTS, Reasoning
 from tokenport.gateway.errors import bad_request
 
@@ -268,10 +269,21 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
     return model, out
 
 
-def parse_messages(raw: bytes, aliases: dict[str, str]) -> tuple[str, ParsedRequest]:
-    """(the model the client asked for, the request the lifecycle routes on: the engine's model
-    and the translated body). The usage chunk is always asked for: the answer needs it."""
+@dataclass(frozen=True)
+class MessagesView:
+    """What the answer needs to know of the request (`serving.AnthropicSink`)."""
+
+    model: str = ""  # the model the client asked for (aliases resolved only upstream)
+    thinking: bool = False  # thinking on: the engine's reasoning goes back as thinking blocks
+    shown: bool = True  # False (`display: omitted`): the blocks go back without their text
+
+
+def parse_messages(raw: bytes, aliases: dict[str, str]) -> tuple[ParsedRequest, MessagesView]:
+    """The request the lifecycle routes on (the engine's model and the translated body), and what
+    its answer needs. The usage chunk is always asked for: the answer needs it."""
     body = parse_body(raw)
     asked, chat = translate(body, aliases)
     stream = chat["stream"]
-    return asked, ParsedRequest("messages", chat["model"], stream, stream, chat, reasoning(body))
+    parsed = ParsedRequest("messages", chat["model"], stream, stream, chat, reasoning(body))
+    on = parsed.reasoning is not None and parsed.reasoning.on
+    return parsed, MessagesView(asked, on, parsed.reasoning.shown if on else True)

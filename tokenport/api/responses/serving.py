@@ -21,9 +21,10 @@ import time
 
 import orjson
 
+from tokenport.api.asgi_sink import AsgiSink
 from tokenport.api.errors import error_headers, openai_error_body
-from tokenport.api.openai_routes import AsgiSink
-from tokenport.api.responses_tools import ToolMap
+from tokenport.api.responses.protocol import ResponsesView
+from tokenport.api.responses.tools import ToolMap
 from tokenport.api.translating_sink import TranslatingSink, reasoning_text, stream_error
 from tokenport.gateway.errors import ApiError
 
@@ -75,11 +76,12 @@ def custom_input(arguments: str) -> str:
 
 
 class ResponsesSink(TranslatingSink):
-    def __init__(self, inner: AsgiSink, request_id: str) -> None:
+    def __init__(self, inner: AsgiSink, request_id: str, view: ResponsesView | None = None) -> None:
         super().__init__(inner)
-        self.request: dict = {}  # the client's request, for the echoed fields
-        self.tools = ToolMap()  # the client's tools behind the engine's function names
-        self.streaming = False  # the client asked to stream (known once parsed)
+        view = view or ResponsesView()
+        self.request: dict = view.request  # the client's request, for the echoed fields
+        self.tools = view.tools  # the client's tools behind the engine's function names
+        self.streaming = view.stream  # the client asked to stream (False before a parse)
         self.id = "resp_" + request_id.removeprefix("req_")
         self.created_at = int(time.time())
         self._seq = 0
@@ -139,9 +141,7 @@ class ResponsesSink(TranslatingSink):
             await self.inner.start(200, b"application/json", len(body))
             await self.inner.send(body)
             return
-        out = [event for chunk in self.chunks(data) for event in self._data(chunk)]
-        if out:
-            await self.inner.send(b"".join(out))
+        await self.send_events([data])
 
     async def error(self, err: ApiError) -> None:
         if not self.streaming or self._ended:

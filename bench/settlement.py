@@ -21,8 +21,9 @@ from tokenport.billing.accountant import Accountant, max_cost
 from tokenport.billing.ledger import Ledger, grant_tx
 from tokenport.billing.prices import BillableTokens, Price, PriceBook
 from tokenport.billing.service import BillingService
-from tokenport.store.billing import BillingStore, billing_repositories
+from tokenport.store.billing import BillingStore
 from tokenport.store.db import open_database
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.service import TenancyService

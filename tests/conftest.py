@@ -64,8 +64,8 @@ def engine(database_url: str, request: pytest.FixtureRequest):
     """A migrated database (SQLite, then PostgreSQL), disposed of afterwards. Whatever a test did
     to it, its ledger must still verify (unless the test is marked `tampers`)."""
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import billing_repositories
     from tokenport.store.db import open_database
+    from tokenport.store.repositories import billing_repositories
 
     eng = open_database(database_url)
     yield eng

@@ -27,7 +27,8 @@ from tokenport.billing.ledger import (
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.billing.service import BillingService
 from tokenport.clock import FakeClock
-from tokenport.store.billing import BillingStore, billing_repositories
+from tokenport.store.billing import BillingStore
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.schema import credit_lots, ledger_entries, ledger_transactions
 from tokenport.store.tenants import Tenant, TenantStore
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService

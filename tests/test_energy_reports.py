@@ -24,8 +24,8 @@ from tokenport.energy.green import MJ_PER_KWH
 from tokenport.energy.meter import Allocated, RequestMeta, Window
 from tokenport.energy.reports import economics_csv, economics_html, economics_text, green_csv, green_html
 from tokenport.energy.service import EnergyInputError, EnergyService
-from tokenport.store.billing import billing_repositories
 from tokenport.store.energy import DuplicateCertificate, EnergyStore
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.service import TenancyService

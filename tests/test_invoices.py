@@ -15,7 +15,8 @@ from tokenport.billing.invoices import canonical, render_csv, render_html
 from tokenport.billing.ledger import Ledger
 from tokenport.billing.prices import BillableTokens
 from tokenport.billing.service import BillingService
-from tokenport.store.billing import billing_repositories, write_transactions
+from tokenport.store.billing import write_transactions
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
 from tokenport.tenancy.service import InvalidInput, TenancyService

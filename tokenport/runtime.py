@@ -41,13 +41,14 @@ from tokenport.gateway.window import ContextWindow
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
-from tokenport.store.billing import BillingStore, billing_repositories
+from tokenport.store.billing import BillingStore
 from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
 from tokenport.store.journal import Journal
 from tokenport.store.redis_state import RedisState
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.retention import RetentionStore
 from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore

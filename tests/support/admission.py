@@ -15,9 +15,10 @@ from tokenport.gateway.billing import BillingState
 from tokenport.gateway.charging import Charging, charging_for
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import Counts
-from tokenport.store.billing import BillingStore, billing_repositories
+from tokenport.store.billing import BillingStore
 from tokenport.store.feed import snapshot
 from tokenport.store.redis_state import RedisState
+from tokenport.store.repositories import billing_repositories
 from tokenport.store.shared import SharedStore
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore

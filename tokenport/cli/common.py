@@ -116,7 +116,7 @@ def parse_duration(text: str) -> int:
 
 def _billing(args):
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import billing_repositories
+    from tokenport.store.repositories import billing_repositories
 
     svc, engine = _service(args)
     return BillingService(billing_repositories(engine), svc)

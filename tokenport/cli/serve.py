@@ -112,7 +112,7 @@ def _first_run_demo(runtime, settings: Settings) -> None:
     if runtime.tenant_store.count_tenants():
         return
     from tokenport.billing.service import BillingService
-    from tokenport.store.billing import billing_repositories
+    from tokenport.store.repositories import billing_repositories
 
     runtime.tenancy.create_tenant("demo")
     info, secret = runtime.tenancy.create_key("demo", "created on first run")

@@ -10,7 +10,6 @@ from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction, expiry_tx
-from tokenport.billing.ports import BillingRepositories
 from tokenport.billing.prices import Price
 from tokenport.store.audit import audit_action
 from tokenport.store.db import advisory_lock, write_lock
@@ -269,14 +268,3 @@ def _conn(engine: Engine, conn: Connection | None) -> Iterator[Connection]:
     else:
         with engine.connect() as fresh:
             yield fresh
-
-
-def billing_repositories(engine: Engine) -> BillingRepositories:
-    """What the billing service works on, over one database."""
-    from tokenport.store.invoices import InvoiceStore
-    from tokenport.store.plans import PlanStore
-    from tokenport.store.usage import UsageStore
-
-    return BillingRepositories(
-        BillingStore(engine), InvoiceStore(engine), PlanStore(engine), UsageStore(engine)
-    )

@@ -307,7 +307,7 @@ def test_an_unhealthy_backend_is_logged_with_why_then_periodically(caplog) -> No
         async with aiohttp.ClientSession() as session:
             for t in times:
                 now[0] = t
-                await pool._check(session, backend)
+                await pool.check(session, backend)
 
     def logged() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "tokenport.backends"]

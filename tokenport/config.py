@@ -205,7 +205,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
     )
 
 
-def _flag(env: str | None, default) -> bool:
+def _flag(env: str | None, default: bool) -> bool:
     if env is None or env == "":
         return bool(default)
     if env.lower() in ("1", "true", "yes", "on"):
@@ -298,7 +298,7 @@ def without_v1(url: str) -> str | None:
     return trimmed[: -len("/v1")] if trimmed.endswith("/v1") else None
 
 
-def _embeddings(backend: str, names, models: tuple[str, ...]) -> tuple[str, ...]:
+def _embeddings(backend: str, names: object, models: tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(names)
     if any(n not in models for n in names):
         raise ConfigError(f"backend {backend}: embeddings must name some of its models")
@@ -312,7 +312,7 @@ def _log_level(value: str) -> str:
     return level
 
 
-def _aliases(configured, engine: EngineConfig) -> dict[str, str]:
+def _aliases(configured: object, engine: EngineConfig) -> dict[str, str]:
     """Configured aliases; by default any `claude-*` name means the embedded model, if it runs."""
     if configured is None:
         return {"claude-*": engine.model_id} if engine.enabled else {}

@@ -7,6 +7,7 @@ import contextlib
 import gc
 import logging
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from functools import partial
 
@@ -68,7 +69,9 @@ SWITCH_INTERVAL_S = 0.0005
 
 
 class Runtime:
-    def __init__(self, settings: Settings, clock: Clock | None = None, say=print) -> None:
+    def __init__(
+        self, settings: Settings, clock: Clock | None = None, say: Callable[[str], None] = print
+    ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
         self.say = say
@@ -224,7 +227,9 @@ class Runtime:
             else:
                 self.billing.accountant.expire_holds(self.clock.now())
 
-    async def _every(self, seconds: float, job, what: str, first_now: bool = False) -> None:
+    async def _every(
+        self, seconds: float, job: Callable[[], object], what: str, first_now: bool = False
+    ) -> None:
         """Run a blocking `job` in a thread every `seconds` (0: never); a failure is logged (its
         type only) and retried next round."""
         if seconds <= 0:
@@ -255,7 +260,7 @@ class Runtime:
         assert self.engine is not None and self.session is not None
         await self.engine.start()
         if self.engine.ready.is_set():  # check now rather than at the next health round
-            await self.pool._check(self.session, self.embedded)
+            await self.pool.check(self.session, self.embedded)
 
     async def stop(self) -> None:
         for task in self._tasks:

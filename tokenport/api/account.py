@@ -3,6 +3,13 @@ A key sees its own tenant only. Reads run in a thread (they touch the database).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from tokenport.tenancy.keys import KeyRecord
+
+if TYPE_CHECKING:
+    from tokenport.runtime import Runtime
+
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -27,7 +34,7 @@ ENERGY_FIELDS = ("energy_mj", "it_energy_mj", "green_mj", "co2_location_ug", "co
 
 
 @keyed
-async def balance(request: Request, rt, key) -> Response:
+async def balance(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     view = await run_in_threadpool(lambda: balance_view(rt.billing_service.balance(key.tenant_name)))
     held = await run_in_threadpool(rt.charging.held, key.tenant_id, rt.clock.now())  # requests in flight
     view["held_usd"] = nano_to_usd(held)
@@ -35,7 +42,7 @@ async def balance(request: Request, rt, key) -> Response:
 
 
 @keyed
-async def usage(request: Request, rt, key) -> Response:
+async def usage(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     q = request.query_params
     group_by = q.get("group_by", "day")
     if group_by not in GROUPS:
@@ -88,7 +95,7 @@ def _format(request: Request) -> str:
 
 
 @keyed
-async def upcoming(request: Request, rt, key) -> Response:
+async def upcoming(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     """The running month's invoice to date (`?period=YYYY-MM` for another), from the ledger;
     nothing is issued or stored."""
     fmt = _format(request)
@@ -101,13 +108,13 @@ async def upcoming(request: Request, rt, key) -> Response:
 
 
 @keyed
-async def invoices(request: Request, rt, key) -> Response:
+async def invoices(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     items = await run_in_threadpool(rt.billing_service.list_invoices, key.tenant_name)
     return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
 @keyed
-async def invoice(request: Request, rt, key) -> Response:
+async def invoice(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     invoice_id = request.path_params["invoice_id"]
     fmt = _format(request)
     try:
@@ -118,7 +125,7 @@ async def invoice(request: Request, rt, key) -> Response:
 
 
 @keyed
-async def retained(request: Request, rt, key) -> Response:
+async def retained(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     """What the tenant opted to retain of one request, decrypted for that tenant only."""
     request_id = request.path_params["request_id"]
     doc = await when_recorded(rt.vault.read, request_id, key.tenant_id)
@@ -134,7 +141,7 @@ async def retained(request: Request, rt, key) -> Response:
 
 
 @keyed
-async def green(request: Request, rt, key) -> Response:
+async def green(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     """The tenant's green report for a month (`?period=YYYY-MM`, `&format=json|csv|html`)."""
     period = request.query_params.get("period") or period_of(rt.clock.now())
     fmt = request.query_params.get("format", "json")

@@ -6,6 +6,12 @@ with `tokenport admins create` only on its zones. Reaching for another zone's ob
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenport.runtime import Runtime
+
 import hmac
 from datetime import UTC, datetime
 
@@ -21,7 +27,7 @@ from tokenport.tenancy.keys import hash_key
 from tokenport.tenancy.service import Conflict, InvalidInput, NotFound
 
 
-def _json(obj, status: int = 200) -> Response:
+def _json(obj: object, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status, media_type="application/json")
 
 
@@ -29,7 +35,7 @@ def _error(status: int, message: str, type_: str, code: str) -> Response:
     return _json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
 
 
-def _admin(rt, given: str) -> Admin | None:
+def _admin(rt: Runtime, given: str) -> Admin | None:
     token = rt.settings.admin_token
     if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return ROOT
@@ -39,7 +45,7 @@ def _admin(rt, given: str) -> Admin | None:
     return None
 
 
-def guarded(handler):
+def guarded(handler: Callable[..., Any]):
     """Check the admin token and its zones, map domain errors to HTTP, run blocking work off
     the loop. `handler(rt, request, body, admin)`."""
 
@@ -82,7 +88,7 @@ def guarded(handler):
     return endpoint
 
 
-def _tenant(rt, name, admin: Admin, action: str):
+def _tenant(rt: Runtime, name: str, admin: Admin, action: str):
     """The named tenant, if the admin may act on its zone."""
     if not isinstance(name, str):
         raise InvalidInput("'tenant' is required")
@@ -91,30 +97,30 @@ def _tenant(rt, name, admin: Admin, action: str):
     return tenant
 
 
-def list_tenants(rt, request, body, admin: Admin):
+def list_tenants(rt: Runtime, request: Request, body: dict, admin: Admin):
     tenants = [t for t in rt.tenancy.list_tenants() if admin.may(t.zone)]
     return 200, {"object": "list", "data": [tenant_view(t) for t in tenants]}
 
 
-def create_tenant(rt, request, body, admin: Admin):
+def create_tenant(rt: Runtime, request: Request, body: dict, admin: Admin):
     zone = body.get("zone") or rt.settings.default_zone
     if isinstance(zone, str):
         require(admin, zone, "tenant.create")
     return 201, tenant_view(rt.tenancy.create_tenant(body.get("name"), zone))
 
 
-def set_retention(rt, request, body, admin: Admin):
+def set_retention(rt: Runtime, request: Request, body: dict, admin: Admin):
     tenant = _tenant(rt, request.path_params["name"], admin, "tenant.retention")
     return 200, tenant_view(rt.tenancy.set_retention(tenant.name, body.get("ttl_s")))
 
 
-def purge_tenant(rt, request, body, admin: Admin):
+def purge_tenant(rt: Runtime, request: Request, body: dict, admin: Admin):
     """Delete everything retained for the tenant; the signed deletion receipt."""
     tenant = _tenant(rt, request.path_params["name"], admin, "retention.purge")
     return 200, rt.vault.purge_tenant(tenant)
 
 
-def list_keys(rt, request, body, admin: Admin):
+def list_keys(rt: Runtime, request: Request, body: dict, admin: Admin):
     name = request.query_params.get("tenant")
     if name is not None:
         _tenant(rt, name, admin, "key.list")
@@ -122,7 +128,7 @@ def list_keys(rt, request, body, admin: Admin):
     return 200, {"object": "list", "data": [key_view(k) for k in keys]}
 
 
-def create_key(rt, request, body, admin: Admin):
+def create_key(rt: Runtime, request: Request, body: dict, admin: Admin):
     tenant = _tenant(rt, body.get("tenant"), admin, "key.create").name
     info, secret = rt.tenancy.create_key(
         tenant,
@@ -135,7 +141,7 @@ def create_key(rt, request, body, admin: Admin):
     return 201, key_view(info, secret)
 
 
-def revoke_key(rt, request, body, admin: Admin):
+def revoke_key(rt: Runtime, request: Request, body: dict, admin: Admin):
     key_id = request.path_params["key_id"]
     zone = rt.tenancy.store.key_zone(key_id)
     if zone is not None:
@@ -144,7 +150,7 @@ def revoke_key(rt, request, body, admin: Admin):
     return 200, {"id": key_id, "revoked": True}
 
 
-def usage(rt, request, body, admin: Admin):
+def usage(rt: Runtime, request: Request, body: dict, admin: Admin):
     q = request.query_params
     tenant = q.get("tenant")
     if tenant is not None:

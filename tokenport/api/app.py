@@ -8,6 +8,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenport.api import account, admin, audit, ops
 from tokenport.api.anthropic import routes as anthropic_routes
@@ -24,7 +25,7 @@ from tokenport.runtime import Runtime
 ANTHROPIC_PREFIX = "/v1/messages"  # the Anthropic Messages API's paths
 
 
-async def _not_found(request: Request, exc) -> Response:
+async def _not_found(request: Request, exc: Exception) -> Response:
     """404 / 405 in the shape of the API the path belongs to (Anthropic's under /v1/messages)."""
     status = getattr(exc, "status_code", 404)
     err = ApiError(
@@ -68,7 +69,7 @@ class TokenportApp:
         self.hot = {path: Endpoint(w, gateway, runtime.clock, s.max_body_bytes) for path, w in wire.items()}
 
         @asynccontextmanager
-        async def lifespan(app):
+        async def lifespan(app: ASGIApp):
             await runtime.start()
             try:
                 yield
@@ -99,7 +100,7 @@ class TokenportApp:
         self.starlette.state.runtime = runtime
         self._http = RequestIdMiddleware(self.starlette)
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self.hot.get(scope["path"])
             if endpoint is not None:  # the hot path: straight to the endpoint

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 
+from starlette.types import Send
+
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.sse import sse_error
@@ -30,7 +32,7 @@ class AsgiSink:
         "streaming",
     )
 
-    def __init__(self, send, request_id_header: tuple[bytes, bytes]) -> None:
+    def __init__(self, send: Send, request_id_header: tuple[bytes, bytes]) -> None:
         self._send = send
         self._rid = request_id_header
         self.finished = False

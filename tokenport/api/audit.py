@@ -6,6 +6,14 @@ Proofs read O(log n) stored subtree hashes and at most about 128 leaf hashes (in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tokenport.tenancy.keys import KeyRecord
+
+if TYPE_CHECKING:
+    from tokenport.runtime import Runtime
+
 import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,7 +26,7 @@ from tokenport.clock import utc_iso
 from tokenport.gateway.errors import ApiError, bad_request
 
 
-def _json(obj) -> Response:
+def _json(obj: object) -> Response:
     return Response(orjson.dumps(obj), media_type="application/json")
 
 
@@ -39,7 +47,7 @@ async def public_keys(request: Request) -> Response:
 
 
 @keyed
-async def head(request: Request, rt, key) -> Response:
+async def head(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     heads = await run_in_threadpool(rt.audit.store.heads, key.zone)
     if not heads:
         raise ApiError(
@@ -57,13 +65,13 @@ def _int(request: Request, name: str) -> int:
 
 
 @keyed
-async def inclusion(request: Request, rt, key) -> Response:
+async def inclusion(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     index, size = _int(request, "index"), _int(request, "size")
     await run_in_threadpool(_check_size, rt, key.zone, size)
     if not index < size:
         raise bad_request(f"index {index} is not in a tree of {size}", param="index")
 
-    def build(subtree):
+    def build(subtree: Callable[[int, int], bytes]):
         return subtree(0, index), range_root(0, size, subtree), inclusion_path(index, size, subtree)
 
     leaf, root_hash, proof = await run_in_threadpool(rt.audit.store.proof_source, key.zone, size, build)
@@ -72,13 +80,13 @@ async def inclusion(request: Request, rt, key) -> Response:
 
 
 @keyed
-async def consistency(request: Request, rt, key) -> Response:
+async def consistency(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     first, second = _int(request, "first"), _int(request, "second")
     await run_in_threadpool(_check_size, rt, key.zone, second)
     if first > second:
         raise bad_request("'first' cannot be larger than 'second'", param="first")
 
-    def build(subtree):
+    def build(subtree: Callable[[int, int], bytes]):
         first_root = range_root(0, first, subtree) if first else EMPTY_ROOT
         second_root = range_root(0, second, subtree) if second else EMPTY_ROOT
         return first_root, second_root, consistency_path(first, second, subtree)
@@ -88,14 +96,14 @@ async def consistency(request: Request, rt, key) -> Response:
     return _json({**body, "second_root": b.hex(), "proof": [p.hex() for p in proof]})
 
 
-def _check_size(rt, zone: str, size: int) -> None:
+def _check_size(rt: Runtime, zone: str, size: int) -> None:
     have = rt.audit.store.size(zone)
     if size > have:
         raise bad_request(f"zone '{zone}' has {have} entries, not {size}", param="size")
 
 
 @keyed
-async def receipt(request: Request, rt, key) -> Response:
+async def receipt(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     """The signed processing receipt of one of the key's tenant's requests."""
     request_id = request.path_params["request_id"]
     doc = await when_recorded(rt.audit.receipt, request_id, key.tenant_id)

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.types import Receive, Scope, Send
+
 from tokenport.api.asgi_sink import AsgiSink
 from tokenport.api.middleware import INTERNAL_ERROR, log_unhandled, new_request_id
 from tokenport.clock import Clock
@@ -52,7 +54,7 @@ class Endpoint:
         self.clock = clock
         self.max_body = max_body
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = new_request_id()
         inner = AsgiSink(send, (b"x-request-id", request_id.encode()))
         sink = self.wire.sink(inner, request_id, None)  # until parsed: errors in the protocol's shape
@@ -67,7 +69,7 @@ class Endpoint:
             await inner.finish()
 
     async def _serve(
-        self, scope, receive, request_id: str, inner: AsgiSink, sink: ClientSink
+        self, scope: Scope, receive: Receive, request_id: str, inner: AsgiSink, sink: ClientSink
     ) -> tuple[ClientSink, RequestContext | None]:
         if scope["method"] != "POST":
             await sink.error(ApiError(405, "Use POST", "invalid_request_error", "method_not_allowed"))
@@ -108,7 +110,9 @@ class Endpoint:
         return sink, ctx
 
 
-async def _watch_disconnect(receive, inner: AsgiSink, ctx: RequestContext, task: asyncio.Task) -> None:
+async def _watch_disconnect(
+    receive: Receive, inner: AsgiSink, ctx: RequestContext, task: asyncio.Task
+) -> None:
     """The request body is read; the next message can only be the client going away."""
     while True:
         message = await receive()
@@ -127,7 +131,7 @@ def _too_big(limit: int) -> ApiError:
     )
 
 
-async def read_body(headers: dict[bytes, bytes], receive, limit: int) -> bytes | None:
+async def read_body(headers: dict[bytes, bytes], receive: Receive, limit: int) -> bytes | None:
     declared = headers.get(b"content-length")
     if declared is not None:
         if not declared.isdigit():

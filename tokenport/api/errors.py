@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import orjson
+from starlette.types import Send
 
 from tokenport.gateway.errors import ApiError
 
@@ -23,7 +24,7 @@ def error_headers(err: ApiError, body: bytes, extra: tuple = ()) -> list[tuple[b
     return headers
 
 
-async def send_error(send, err: ApiError, extra_headers: tuple = ()) -> None:
+async def send_error(send: Send, err: ApiError, extra_headers: tuple = ()) -> None:
     body = openai_error_body(err)
     headers = error_headers(err, body, extra_headers)
     await send({"type": "http.response.start", "status": err.status, "headers": headers})

@@ -18,6 +18,7 @@ the client as gone. Malformed HTTP gets the same JSON shape (400) instead of uvi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -30,7 +31,9 @@ from tokenport.gateway.errors import ApiError
 _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 429: b"Too Many Requests"}
 
 
-def guarded_protocol(bounds: ClientBounds, on_refused=None) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    bounds: ClientBounds, on_refused: Callable[[str], None] | None = None
+) -> type[HttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`; `on_refused(reason)` counts what a
     bound ended ("header_timeout", "body_timeout", "too_many_connections", "malformed")."""
     per_address: dict[str | None, int] = {}
@@ -47,7 +50,7 @@ def guarded_protocol(bounds: ClientBounds, on_refused=None) -> type[HttpToolsPro
 
         # --- connections per address ---
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._address = self.client[0] if self.client else None
             n = per_address[self._address] = per_address.get(self._address, 0) + 1
@@ -55,7 +58,7 @@ def guarded_protocol(bounds: ClientBounds, on_refused=None) -> type[HttpToolsPro
             self._over_cap = bool(cap) and n > cap
             self._arm(bounds.header_timeout_s)  # the first request, from the connection
 
-        def connection_lost(self, exc) -> None:
+        def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()
             n = per_address.get(self._address, 1) - 1
             if n > 0:

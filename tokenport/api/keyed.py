@@ -4,6 +4,8 @@ answer any ApiError in the OpenAI shape."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,7 +15,7 @@ from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.gateway.errors import ApiError
 
 
-def keyed(handler):
+def keyed(handler: Callable[..., Any]):
     """`handler(request, runtime, key)`; the key comes from `Authorization: Bearer` or `x-api-key`."""
 
     async def endpoint(request: Request) -> Response:
@@ -37,7 +39,7 @@ def keyed(handler):
 RECORD_TRIES = 40  # of 50 ms each: a request is recorded within the usage writer's flush interval
 
 
-async def when_recorded(read, *args):
+async def when_recorded(read: Callable[[], Any], *args):
     """`read(*args)` in a thread, retried until it finds what the usage writer is about to
     write (a just-finished request's receipt or retained record); None if it never appears."""
     for _ in range(RECORD_TRIES):

@@ -7,6 +7,7 @@ import logging
 import traceback
 
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenport.api.errors import send_error
 from tokenport.gateway.errors import ApiError
@@ -28,10 +29,10 @@ INTERNAL_ERROR = ApiError(
 
 
 class RequestIdMiddleware:
-    def __init__(self, app) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         rid = new_request_id()
@@ -39,7 +40,7 @@ class RequestIdMiddleware:
         header = (b"x-request-id", rid.encode())
         started = False
 
-        async def send_with_id(message) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from tokenport.tenancy.keys import KeyRecord
+
+if TYPE_CHECKING:
+    from tokenport.runtime import Runtime
+
 import time
 
 import orjson
@@ -13,7 +20,7 @@ from tokenport import __version__
 from tokenport.api.keyed import keyed
 
 
-def _json(obj, status: int = 200) -> Response:
+def _json(obj: object, status: int = 200) -> Response:
     return Response(orjson.dumps(obj), status, media_type="application/json")
 
 
@@ -49,7 +56,7 @@ async def metrics(request: Request) -> Response:
 
 
 @keyed
-async def models(request: Request, rt, key) -> Response:
+async def models(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     created = int(time.time())
     data = [
         {"id": m, "object": "model", "created": created, "owned_by": "tokenport"}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from tokenport.billing.prices import Price
+from tokenport.billing.service import Balance, LotBalance
 from tokenport.clock import utc_iso
 from tokenport.store.tenants import KeyInfo, Tenant
 
@@ -52,7 +54,7 @@ def usage_view(row: dict) -> dict:
     return {k: (_iso(v) if isinstance(v, datetime) else v) for k, v in row.items() if k != "tenant_id"}
 
 
-def price_view(p) -> dict:
+def price_view(p: Price) -> dict:
     from tokenport.billing.money import price_to_usd_per_m
 
     return {
@@ -68,7 +70,7 @@ def price_view(p) -> dict:
     }
 
 
-def lot_view(lot, remaining: int | None = None, expired: bool | None = None) -> dict:
+def lot_view(lot: LotBalance, remaining: int | None = None, expired: bool | None = None) -> dict:
     from tokenport.billing.money import nano_to_usd
 
     view = {
@@ -84,7 +86,7 @@ def lot_view(lot, remaining: int | None = None, expired: bool | None = None) -> 
     return view
 
 
-def balance_view(b) -> dict:
+def balance_view(b: Balance) -> dict:
     from tokenport.billing.money import nano_to_usd
 
     return {

@@ -53,7 +53,7 @@ def admin_entry(action: str, at: datetime, **refs) -> dict:
     return {"type": "admin", "action": action, "at": _iso(at), **values}
 
 
-def _iso(value) -> str:
+def _iso(value: object) -> str:
     return utc_iso(value) if isinstance(value, datetime) else str(value)
 
 

@@ -32,6 +32,7 @@ from tokenport.billing.ports import BillingRepositories
 from tokenport.billing.prices import Price, PriceBook
 from tokenport.clock import Clock, SystemClock
 from tokenport.tenancy.keys import NAME_RE, new_id
+from tokenport.tenancy.records import Tenant
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 
 
@@ -260,7 +261,7 @@ class BillingService:
         doc = self._compose(tenant, period, generation, now)
         return {**doc, "id": None, "status": "preview", "period_ended": end <= now}
 
-    def _compose(self, tenant, period: str, generation: int, now: datetime) -> dict:
+    def _compose(self, tenant: Tenant, period: str, generation: int, now: datetime) -> dict:
         """The document for a tenant's month as the ledger has it at `now`."""
         start, end = _bounds(period)
         rows = self.usage.query(tenant.name, start, until=end)

@@ -46,7 +46,7 @@ class EnergyConfig:
         return self.zone_factors.get(zone, (self.grid_mg_per_kwh, self.residual_mg_per_kwh))
 
 
-def milli(value, what: str, low: int, high: int) -> int:
+def milli(value: object, what: str, low: int, high: int) -> int:
     """A decimal figure as an integer count of thousandths, within [low, high]."""
     try:
         n = int((Decimal(str(value)) * 1000).to_integral_value())

@@ -12,6 +12,11 @@ customers alike, and each row's energy = its own + its idle part.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenport.energy.service import EnergyService
+
 from decimal import Decimal
 
 from tokenport.energy.allocation import apportion
@@ -32,7 +37,7 @@ METHOD_LABELS = {
 }
 
 
-def value_chain(svc, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
+def value_chain(svc: EnergyService, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
     from tokenport.energy.service import period_bounds
 
     start, end = period_bounds(period)

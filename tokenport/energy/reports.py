@@ -11,7 +11,7 @@ from html import escape
 from tokenport.energy.service import kwh
 
 
-def na(doc: dict, field: str, value) -> object:
+def na(doc: dict, field: str, value: object) -> object:
     """A figure as shown: never None, but what is missing and the command that supplies it."""
     if value is not None:
         return value

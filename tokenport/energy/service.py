@@ -162,7 +162,9 @@ class EnergyService:
             out[r["request_id"]] = {**_figures_view(f), "method": e["method"], "windows": e["windows"]}
         return out
 
-    def group_figures(self, tenant_id: str, group_by: str, start, end) -> dict[str | None, dict]:
+    def group_figures(
+        self, tenant_id: str, group_by: str, start: datetime | None, end: datetime | None
+    ) -> dict[str | None, dict]:
         """The usage API's groups (day, model or key): energy, green energy and carbon, summed
         over the months and zones in each group."""
         out: dict[str | None, dict] = {}

@@ -20,9 +20,10 @@ millijoules; the first read only sets the baseline (None).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tokenport.prometheus_text import parse_counter
 
@@ -69,7 +70,7 @@ class _Counter:
 class NvmlSource:
     method = MEASURED
 
-    def __init__(self, indexes: list[int] | None = None, nvml=None) -> None:
+    def __init__(self, indexes: list[int] | None = None, nvml: Any = None) -> None:
         if nvml is None:
             import pynvml as nvml  # nvidia-ml-py; fails without an NVIDIA driver
         self.nvml = nvml
@@ -109,7 +110,7 @@ class PrometheusCounterSource:
 
     method = MEASURED
 
-    def __init__(self, fetch, metric: str, scale_mj: int = 1) -> None:
+    def __init__(self, fetch: Callable[[], str], metric: str, scale_mj: int = 1) -> None:
         self.fetch = fetch
         self.metric = metric
         self.scale_mj = scale_mj
@@ -147,7 +148,7 @@ class EngineTokens:
     """Tokens an engine processed since the previous read, from its /metrics (`fetch()` returns
     the text; the caller's thread does the HTTP). None when unknown (first read, engine down)."""
 
-    def __init__(self, fetch, kind: str) -> None:
+    def __init__(self, fetch: Callable[[], str], kind: str) -> None:
         self.fetch = fetch
         self.names = TOKEN_COUNTERS[kind]
         self._last: tuple[int, int] | None = None

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tokenport.config import BackendConfig, EngineConfig
@@ -29,7 +30,7 @@ def free_port() -> int:
 
 
 class EmbeddedEngine:
-    def __init__(self, cfg: EngineConfig, zone: str, say=print) -> None:
+    def __init__(self, cfg: EngineConfig, zone: str, say: Callable[[str], None] = print) -> None:
         self.cfg = cfg
         self.port = cfg.port or free_port()
         self.say = say

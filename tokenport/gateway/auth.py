@@ -6,6 +6,11 @@ another process) is seen within one poll interval (default 250 ms).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 import logging
 
 from tokenport.gateway.auth_throttle import AuthThrottle
@@ -24,10 +29,10 @@ class KeyCache:
         self.throttle = throttle  # failed authentications per client address
         self._by_hash: dict[str, KeyRecord] = {}
 
-    def load(self, conn) -> None:
+    def load(self, conn: Connection) -> None:
         self._by_hash = {r.key_hash: r for r in self.store.load_key_records(conn)}  # swapped atomically
 
-    def apply(self, rows) -> None:
+    def apply(self, rows: list[tuple]) -> None:
         key_ids = {ref for _, kind, ref in rows if kind == "key"}
         tenant_ids = {ref for _, kind, ref in rows if kind == "tenant"}  # e.g. retention changed
         if key_ids or tenant_ids:

@@ -170,10 +170,11 @@ class BackendPool:
     async def check_health(self, session: aiohttp.ClientSession, interval: float) -> None:
         """Active health checks, forever."""
         while True:
-            await asyncio.gather(*(self._check(session, b) for b in self.backends))
+            await asyncio.gather(*(self.check(session, b) for b in self.backends))
             await asyncio.sleep(interval)
 
-    async def _check(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+    async def check(self, session: aiohttp.ClientSession, backend: Backend) -> None:
+        """One backend's health check now (the periodic round calls it for each)."""
         if backend.ready is not None and not backend.ready.is_set():
             backend.healthy = False
             return

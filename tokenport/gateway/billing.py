@@ -4,6 +4,13 @@ reversals and price changes made by the CLI or the admin API)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from tokenport.store.redis_state import RedisState
+
 import logging
 from datetime import timedelta
 
@@ -36,7 +43,7 @@ class BillingState:
         name = self.assigned.get(tenant_id)
         return self.plans.get(name) if name else None
 
-    def load(self, conn) -> None:
+    def load(self, conn: Connection) -> None:
         lots, balances = self.store.lot_balances(conn)
         self.accountant = Accountant(Ledger.restore(lots, balances), PriceBook(self.store.load_prices(conn)))
         now = self.clock.now()
@@ -50,7 +57,7 @@ class BillingState:
         for tenant_id, at, units in self.plan_store.usage_since(conn, now - timedelta(days=7)):
             self.plan_usage.add(tenant_id, units, at)
 
-    def apply(self, rows):
+    def apply(self, rows: list[tuple]):
         ledger_ids = [ref for _, kind, ref in rows if kind == "ledger"]
         prices = self.store.load_prices() if any(kind == "price" for _, kind, _ in rows) else None
         plans = self.plan_store.load() if any(kind == "plan" for _, kind, _ in rows) else None
@@ -80,15 +87,15 @@ class MirrorReloads:
     """Shared mode with Redis: a ledger change made outside settlement (credit granted, expired or
     reversed, a plan fee) reloads its tenant's mirror in Redis (`store/redis_state.py`)."""
 
-    def __init__(self, mirror, store: BillingStore, clock: Clock) -> None:
+    def __init__(self, mirror: RedisState, store: BillingStore, clock: Clock) -> None:
         self.mirror = mirror
         self.store = store
         self.clock = clock
 
-    def load(self, conn) -> None:
+    def load(self, conn: Connection) -> None:
         self.mirror.forget()  # changes made while no process was following the feed: reload all
 
-    def apply(self, rows) -> None:
+    def apply(self, rows: list[tuple]) -> None:
         tx_ids = [ref for _, kind, ref in rows if kind == "ledger"]
         if tx_ids and (tenants := self.store.tenants_of(tx_ids)):
             self.mirror.load(sorted(tenants), self.clock.now())

@@ -12,8 +12,10 @@ never has an answer that a crash could leave unbilled.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 
+from tokenport.billing.prices import Price
 from tokenport.config import Waits
 from tokenport.energy.meter import EnergyMeter
 from tokenport.engines.dialects import llamacpp_cleaner
@@ -26,6 +28,7 @@ from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.request import ParsedRequest
 from tokenport.gateway.settle import Settler
+from tokenport.gateway.sse import Counts
 from tokenport.gateway.usage_guard import UsageLimits
 from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
 from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
@@ -78,7 +81,7 @@ def usage_limits(fit: Fit, context: int) -> UsageLimits:
     return UsageLimits(min(fit.prompt_bound + TEMPLATE_SLACK, context), completion)
 
 
-def _usage_fields(price, fit: Fit):
+def _usage_fields(price: Price | None, fit: Fit):
     """What the client's `usage` gains (its cost; the output limit, when it was lowered to fit),
     or None: the engine's usage goes out as it came."""
     if fit.clamped is None:
@@ -126,7 +129,14 @@ class Gateway:
         return self.pool.route(model, zone)
 
     async def _relay(
-        self, ctx: RequestContext, req: ParsedRequest, backend, usage_fields, fit: Fit, sink, out: Outcome
+        self,
+        ctx: RequestContext,
+        req: ParsedRequest,
+        backend: Backend,
+        usage_fields: Callable[[Counts], dict] | None,
+        fit: Fit,
+        sink: ClientSink,
+        out: Outcome,
     ) -> None:
         kind = backend.config.kind
         payload = upstream_payload(req.body, req.stream, kind, req.reasoning)

@@ -3,6 +3,11 @@ removed within a poll interval, in every gateway process. Configured backends ar
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
 from tokenport.config import BackendConfig
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.store.backends import BackendStore
@@ -14,10 +19,10 @@ class BackendRegistry:
         self.pool = pool
         self.configured = configured
 
-    def load(self, conn) -> None:
+    def load(self, conn: Connection) -> None:
         self._sync(self.store.load(conn))
 
-    def apply(self, rows):
+    def apply(self, rows: list[tuple]):
         if not any(kind == "backend" for _, kind, _ in rows):
             return None
         configs = self.store.load()  # in the feed's thread; the pool changes on the loop

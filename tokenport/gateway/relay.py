@@ -104,7 +104,7 @@ def upstream_payload(body: dict, stream: bool, kind: str, reasoning: Reasoning |
 
 
 class Relay:
-    def __init__(self, upstream: UpstreamPool, clock_monotonic) -> None:
+    def __init__(self, upstream: UpstreamPool, clock_monotonic: Callable[[], float]) -> None:
         self.upstream = upstream
         self.mono = clock_monotonic
 

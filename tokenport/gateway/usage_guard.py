@@ -13,6 +13,7 @@ counts it: the request itself is never failed for it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,9 @@ class UsageLimits:
         return bounded, bounded != counts
 
 
-def tell_client(usage: dict, counts: Counts, bounded: bool, usage_fields) -> bool:
+def tell_client(
+    usage: dict, counts: Counts, bounded: bool, usage_fields: Callable[[Counts], dict] | None
+) -> bool:
     """The engine's usage object as the client is to see it: the billed counts when they were
     bounded, and what `usage_fields` adds (the cost). Whether it changed."""
     if bounded:

@@ -22,7 +22,7 @@ class Admin:
     def may(self, zone: str) -> bool:
         return self.zones is None or zone in self.zones
 
-    def visible(self, zones) -> list[str] | None:
+    def visible(self, zones: object) -> list[str] | None:
         """Of `zones`, those this admin may see; None when it sees all."""
         return None if self.zones is None else [z for z in zones if z in self.zones]
 

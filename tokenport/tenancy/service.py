@@ -22,7 +22,7 @@ class NotFound(LookupError):
 __all__ = ["Conflict", "InvalidInput", "NotFound", "TenancyService"]
 
 
-def _check_zone(name) -> None:
+def _check_zone(name: object) -> None:
     if not isinstance(name, str) or not ZONE_RE.fullmatch(name):
         raise InvalidInput("zone must be 1-64 characters of lowercase letters, digits or '-'")
 

@@ -17,6 +17,7 @@ replayed to the engine.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import orjson
 
@@ -73,7 +74,7 @@ def anthropic_usage(usage: dict | None) -> dict:
     return out
 
 
-def signature(digest) -> str:
+def signature(digest: Any) -> str:
     """A thinking block's signature: a digest of its text (nothing to verify; it is not replayed)."""
     return "tokenport-" + digest.hexdigest()[:40]
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokenport.billing.accountant import Accountant, InsufficientQuota, ModelNotPriced, max_cost
-from tokenport.billing.ledger import Ledger, Lot, grant_tx, reversal_tx, verify
+from tokenport.billing.ledger import Ledger, Lot, grant_tx, reversal_tx
+from tokenport.billing.ledger_verify import verify
 from tokenport.billing.prices import BillableTokens, Price, PriceBook
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

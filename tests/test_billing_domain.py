@@ -33,8 +33,8 @@ from tokenport.billing.ledger import (
     grant_tx,
     reversal_tx,
     usage_tx,
-    verify,
 )
+from tokenport.billing.ledger_verify import verify
 from tokenport.billing.money import (
     MoneyError,
     nano_to_usd,

@@ -8,17 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tokenport.billing.invoices import InvoiceConflict, InvoiceError, build_invoice, canonical, period_bounds
-from tokenport.billing.ledger import (
-    Ledger,
-    LedgerError,
-    Lot,
-    cache_problems,
-    fee_tx,
-    fee_tx_id,
-    grant_tx,
-    lot_account,
-    verify,
-)
+from tokenport.billing.ledger import Ledger, LedgerError, Lot, fee_tx, fee_tx_id, grant_tx, lot_account
+from tokenport.billing.ledger_verify import cache_problems, verify
 from tokenport.billing.money import (
     MoneyError,
     nano_to_usd,

@@ -22,7 +22,8 @@ from tokenport.gateway.charging import charging_for
 from tokenport.store.billing import BillingStore
 from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.feed import FeedStore
-from tokenport.store.redis_state import Keys, RedisState
+from tokenport.store.redis_keys import Keys
+from tokenport.store.redis_state import RedisState
 from tokenport.store.schema import credit_lots, holds, key_spend
 from tokenport.store.shared import Ask, Grant, SharedStore
 from tokenport.store.usage import is_transient

@@ -18,8 +18,8 @@ same rules as every other mode (`gateway/charging.py`), and writes the holds and
 second script only if the version has not moved (every writer of the tenant's state bumps it);
 otherwise it reads and decides again. A tenant not in Redis yet is loaded first.
 
-Keys share the tenant's hash tag (`tp:{tenant}:…`), so one tenant's state lives on one node of a
-Redis cluster.
+The keys and their encodings: `redis_keys.py`; the mirror's reads of the database:
+`redis_mirror.py`.
 """
 
 from __future__ import annotations
@@ -27,63 +27,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import orjson
 import redis
 import redis.asyncio
-from sqlalchemy import Connection, Engine, select, tuple_
+from sqlalchemy import Connection, Engine
 
 from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
 from tokenport.billing.budgets import period_start
 from tokenport.billing.ledger import Lot
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
-from tokenport.store.billing import LOT_COLUMNS, lock_tenants
-from tokenport.store.schema import api_keys, credit_lots, key_spend, plan_minutes, token_seconds
+from tokenport.store.billing import lock_tenants
+from tokenport.store.redis_keys import PLAN_TTL_S, TOKENS_TTL_S, Keys, from_us, lot_value, spend_field, ts, us
+from tokenport.store.redis_mirror import lots_of, plan_of, read_tenant, spend_of, tokens_of, write_mirror
 
 log = logging.getLogger("tokenport.redis")
 
 Decide = Callable[[View], Grant]
 TRIES = 50  # optimistic writes before giving up; each retry means another process wrote the tenant
-PLAN_TTL_S = (SEVEN_DAYS + 1) * 60
-TOKENS_TTL_S = 61
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Busy(Unavailable):
     """A tenant's state kept changing between admission's read and its write."""
-
-
-def us(at: datetime) -> int:
-    return (at - _EPOCH) // timedelta(microseconds=1)
-
-
-def _from_us(n: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=n)
-
-
-def _ts(at: datetime) -> int:
-    return int(at.timestamp())
-
-
-class Keys:
-    """The Redis keys of one tenant."""
-
-    def __init__(self, tenant_id: str) -> None:
-        p = "tp:{" + tenant_id + "}:"
-        self.version, self.loaded, self.lots = p + "v", p + "loaded", p + "lots"
-        self.holds, self.spend, self.plan = p + "holds", p + "spend", p + "plan"
-        self.tokens, self.buckets = p + "tokens", p + "buckets"
-
-    @property
-    def mirrored(self) -> list[str]:
-        """What a load replaces (holds and buckets live in Redis only)."""
-        return [self.loaded, self.lots, self.spend, self.plan, self.tokens]
-
-    @property
-    def read(self) -> list[str]:
-        """What admission reads, in `Snapshot`'s order, after the version."""
-        return [self.version, *self.mirrored, self.holds, self.buckets]
 
 
 # Admission's read: the version and the hashes the batch needs (ARGV[1]: a 0/1 flag for each,
@@ -116,29 +82,20 @@ return 1
 # --- encodings ---
 
 
-def _lot_value(lot: Lot, remaining: int) -> bytes:
-    exp = lot.expires_at
-    return orjson.dumps([lot.amount, lot.promo, us(lot.created_at), us(exp) if exp else None, remaining])
-
-
 def _lot(tenant_id: str, lot_id: bytes, value: bytes) -> tuple[Lot, int]:
     amount, promo, created, expires, remaining = orjson.loads(value)
-    expires_at = _from_us(expires) if expires is not None else None
-    return Lot(lot_id.decode(), tenant_id, amount, promo, _from_us(created), expires_at), remaining
+    expires_at = from_us(expires) if expires is not None else None
+    return Lot(lot_id.decode(), tenant_id, amount, promo, from_us(created), expires_at), remaining
 
 
 def _hold_value(ask: Ask, grant: Grant) -> str:
     period, start = ask.budget or ("", None)
     assert grant.expires_at is not None
-    return f"{grant.hold}|{ask.key_id}|{period}|{_ts(start) if start else ''}|{us(grant.expires_at)}"
+    return f"{grant.hold}|{ask.key_id}|{period}|{ts(start) if start else ''}|{us(grant.expires_at)}"
 
 
 def _pairs(flat: list) -> list[tuple[bytes, bytes]]:
     return list(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _spend_field(key_id: str, period: str, start: datetime) -> str:
-    return f"{key_id}|{period}|{_ts(start)}"
 
 
 class Snapshot:
@@ -171,8 +128,8 @@ class Snapshot:
             view.held = sum(h[1] for h in active)
         if ask.budget is not None:
             period, start = ask.budget
-            spent = self.spend.get(_spend_field(ask.key_id, period, start), 0)
-            start_s = str(_ts(start))
+            spent = self.spend.get(spend_field(ask.key_id, period, start), 0)
+            start_s = str(ts(start))
             view.key_used = spent + sum(
                 h[1] for h in active if h[2] == ask.key_id and h[3] == period and h[4] == start_s
             )
@@ -188,7 +145,7 @@ class Snapshot:
         if grant.hold > 0:
             period, start = ask.budget or ("", None)
             assert grant.expires_at is not None
-            start_s = str(_ts(start)) if start else ""
+            start_s = str(ts(start)) if start else ""
             self.holds.append((ask.request_id, grant.hold, ask.key_id, period, start_s, us(grant.expires_at)))
         if grant.bucket is not None:
             self.buckets[ask.key_id] = grant.bucket
@@ -282,7 +239,7 @@ class RedisState:
             for tenant_id in sorted(set(tenant_ids)):
                 keys = Keys(tenant_id)
                 pipe.delete(*keys.mirrored)
-                _write_mirror(pipe, keys, *_read_tenant(conn, tenant_id, at))
+                write_mirror(pipe, keys, *read_tenant(conn, tenant_id, at))
                 pipe.set(keys.loaded, "1")
                 pipe.incr(keys.version)
                 self.loads += 1
@@ -308,17 +265,17 @@ class RedisState:
             for p in ("day", "month")
         }
         minutes = {(r["tenant_id"], minute_of(r["started_at"])) for r in rows if r.get("plan_units")}
-        seconds = {(c.key_id, _ts(c.finished_at)): c.tenant_id for c in charges if c.tokens}
+        seconds = {(c.key_id, ts(c.finished_at)): c.tenant_id for c in charges if c.tokens}
         pipe = self.sync.pipeline(transaction=True)
-        for tenant_id, lots in _lots(conn, sorted(money)).items():
-            pipe.hset(Keys(tenant_id).lots, mapping={lot.id: _lot_value(lot, n) for lot, n in lots})
+        for tenant_id, lots in lots_of(conn, sorted(money)).items():
+            pipe.hset(Keys(tenant_id).lots, mapping={lot.id: lot_value(lot, n) for lot, n in lots})
         tenant_of = {r["key_id"]: r["tenant_id"] for r in rows}
-        for (key_id, period, start), spent in _spend(conn, spend).items():
-            pipe.hset(Keys(tenant_of[key_id]).spend, _spend_field(key_id, period, start), spent)
-        for (tenant_id, minute), units in _plan(conn, minutes).items():
+        for (key_id, period, start), spent in spend_of(conn, spend).items():
+            pipe.hset(Keys(tenant_of[key_id]).spend, spend_field(key_id, period, start), spent)
+        for (tenant_id, minute), units in plan_of(conn, minutes).items():
             pipe.hset(Keys(tenant_id).plan, str(minute), units)
             pipe.expire(Keys(tenant_id).plan, PLAN_TTL_S)
-        for (key_id, second), n in _tokens(conn, set(seconds)).items():
+        for (key_id, second), n in tokens_of(conn, set(seconds)).items():
             k = Keys(seconds[(key_id, second)])
             pipe.hset(k.tokens, f"{key_id}|{second}", n)
             pipe.expire(k.tokens, TOKENS_TTL_S)
@@ -373,89 +330,3 @@ def _wanted(asks: list[Ask]) -> str:
         any(a.rpm for a in asks),
     )
     return "".join("1" if f else "0" for f in flags)
-
-
-def _write_mirror(pipe, keys: Keys, lots, spend, plan, tokens) -> None:
-    if lots:
-        pipe.hset(keys.lots, mapping={lot.id: _lot_value(lot, n) for lot, n in lots})
-    if spend:
-        pipe.hset(keys.spend, mapping={_spend_field(*k): v for k, v in spend.items()})
-    if plan:
-        pipe.hset(keys.plan, mapping={str(m): u for m, u in plan.items()})
-        pipe.expire(keys.plan, PLAN_TTL_S)
-    if tokens:
-        pipe.hset(keys.tokens, mapping={f"{k}|{s}": n for (k, s), n in tokens.items()})
-        pipe.expire(keys.tokens, TOKENS_TTL_S)
-
-
-def _read_tenant(conn: Connection, tenant_id: str, at: datetime):
-    """Everything the mirror holds for one tenant, from the database."""
-    key_ids = select(api_keys.c.id).where(api_keys.c.tenant_id == tenant_id)
-    starts = [period_start(p, at) for p in ("day", "month")]
-    ks = key_spend
-    spend = {
-        (r.key_id, r.period, r.period_start): int(r.spent)
-        for r in conn.execute(
-            select(ks.c.key_id, ks.c.period, ks.c.period_start, ks.c.spent).where(
-                ks.c.key_id.in_(key_ids), ks.c.period_start.in_(starts)
-            )
-        )
-    }
-    pm = plan_minutes
-    plan = {
-        int(m): int(u)
-        for m, u in conn.execute(
-            select(pm.c.minute, pm.c.units).where(
-                pm.c.tenant_id == tenant_id, pm.c.minute > minute_of(at) - SEVEN_DAYS
-            )
-        )
-    }
-    t = token_seconds
-    tokens = {
-        (k, int(s)): int(n)
-        for k, s, n in conn.execute(
-            select(t.c.key_id, t.c.second, t.c.tokens).where(
-                t.c.key_id.in_(key_ids), t.c.second > _ts(at) - 60
-            )
-        )
-    }
-    return _lots(conn, [tenant_id]).get(tenant_id, []), spend, plan, tokens
-
-
-def _lots(conn: Connection, tenant_ids: list[str]) -> dict[str, list[tuple[Lot, int]]]:
-    out: dict[str, list[tuple[Lot, int]]] = {}
-    if not tenant_ids:
-        return out
-    q = select(*LOT_COLUMNS, credit_lots.c.remaining).where(credit_lots.c.tenant_id.in_(tenant_ids))
-    for r in conn.execute(q):
-        m = dict(r._mapping)
-        remaining = int(m.pop("remaining"))
-        out.setdefault(m["tenant_id"], []).append((Lot(**m), remaining))
-    return out
-
-
-def _spend(conn: Connection, wanted: set[tuple[str, str, datetime]]) -> dict[tuple, int]:
-    if not wanted:
-        return {}
-    ks = key_spend
-    match = tuple_(ks.c.key_id, ks.c.period, ks.c.period_start).in_(sorted(wanted))
-    q = select(ks.c.key_id, ks.c.period, ks.c.period_start, ks.c.spent).where(match)
-    return {(r.key_id, r.period, r.period_start): int(r.spent) for r in conn.execute(q)}
-
-
-def _plan(conn: Connection, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    if not wanted:
-        return {}
-    pm = plan_minutes
-    q = select(pm.c.tenant_id, pm.c.minute, pm.c.units).where(
-        tuple_(pm.c.tenant_id, pm.c.minute).in_(sorted(wanted))
-    )
-    return {(t, int(m)): int(u) for t, m, u in conn.execute(q)}
-
-
-def _tokens(conn: Connection, wanted: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-    if not wanted:
-        return {}
-    t = token_seconds
-    q = select(t.c.key_id, t.c.second, t.c.tokens).where(tuple_(t.c.key_id, t.c.second).in_(sorted(wanted)))
-    return {(k, int(s)): int(n) for k, s, n in conn.execute(q)}

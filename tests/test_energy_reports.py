@@ -25,6 +25,7 @@ from tokenport.energy.meter import Allocated, RequestMeta, Window
 from tokenport.energy.reports import economics_csv, economics_html, economics_text, green_csv, green_html
 from tokenport.energy.service import EnergyInputError, EnergyService
 from tokenport.store.energy import DuplicateCertificate, EnergyStore
+from tokenport.store.meter_store import MeterStore
 from tokenport.store.repositories import billing_repositories
 from tokenport.store.tenants import TenantStore
 from tokenport.store.usage import UsageStore
@@ -56,7 +57,7 @@ def world(engine: Engine):
     usage.write_settlements(items)
     window = Window("box", "overseas", 0.0, 10.0, T0, T0 + timedelta(seconds=10), 5 * KWH, "measured")
     shares = (Share("req_0", KWH, 2 * KWH), Share("req_1", 0, KWH))
-    store.write(
+    MeterStore(engine).write(
         [
             Allocated(
                 window,
@@ -261,7 +262,7 @@ def test_energy_per_model_and_per_customer_reconcile_exactly(engine: Engine) -> 
     shares1 = (Share("r0", KWH + 3, 2 * KWH), Share("r1", 0, KWH + 5), Share("r2", 7, 13))
     shares2 = (Share("r0", KWH, 0), Share("r2", 1, 1))
     idle1 = 5 * KWH + 11 - sum(s.total_mj for s in shares1)
-    store.write(
+    MeterStore(engine).write(
         [
             Allocated(w1, Allocation(shares1, idle1), meta),
             Allocated(w2, Allocation(shares2, KWH + 2, KWH + 3), meta),

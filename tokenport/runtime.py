@@ -48,6 +48,7 @@ from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
 from tokenport.store.journal import Journal
+from tokenport.store.meter_store import MeterStore
 from tokenport.store.redis_state import RedisState
 from tokenport.store.repositories import billing_repositories
 from tokenport.store.retention import RetentionStore
@@ -141,7 +142,7 @@ class Runtime:
         self.energy_store = EnergyStore(self.db)
         e = settings.energy
         self.meter = (  # several processes: one meters each node, from every process's records
-            SharedEnergyMeter(nodes, self.energy_store, e.window_s, e.alpha_milli, e.settle_delay_s)
+            SharedEnergyMeter(nodes, MeterStore(self.db), e.window_s, e.alpha_milli, e.settle_delay_s)
             if settings.shared
             else EnergyMeter(nodes, e.alpha_milli)
         )

@@ -7,7 +7,7 @@ tails under load. Here the gateway's `BatchWriter` thread only pickles each batc
 a pipe and waits, with the GIL released, for the child to acknowledge the commit. The child
 writes with the same idempotent, retrying code the thread used (`write_reliably` over
 `UsageStore`); the energy meter's allocated windows travel in the same batches (items with an
-`energy` key, written by `EnergyStore.write`). It runs at a lower priority (nice 10): background
+`energy` key, written by `MeterStore.write`). It runs at a lower priority (nice 10): background
 work yields the core to the request path.
 
 Nothing is lost when the gateway is killed: each record was journaled before its answer's last
@@ -146,8 +146,8 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(NICENESS)
     from tokenport.store.db import connect
-    from tokenport.store.energy import EnergyStore
     from tokenport.store.journal import unpickled
+    from tokenport.store.meter_store import MeterStore
     from tokenport.store.usage import DeadLetterFile, UsageStore
     from tokenport.store.usage import is_transient as db_transient
     from tokenport.store.writer import write_reliably
@@ -160,7 +160,7 @@ def serve(conn: Connection, spec: WriterSpec) -> None:
 
         store.mirror = RedisState(spec.redis_url, engine)
     settle = store.write_settlements
-    energy = EnergyStore(engine)
+    energy = MeterStore(engine)
     dead_letter = DeadLetterFile(spec.dead_letter)
 
     def windows(items: list[dict]) -> None:

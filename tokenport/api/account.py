@@ -22,7 +22,7 @@ from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
 from tokenport.billing.money import nano_to_usd
 from tokenport.energy.reports import green_csv, green_html
-from tokenport.energy.service import EnergyInputError, period_of
+from tokenport.energy.units import EnergyInputError, period_of
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.tenancy.service import InvalidInput, NotFound
 

@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from tokenport.energy.allocation import apportion
 from tokenport.energy.green import MJ_PER_KWH, MJ_PER_WH, PPM
-from tokenport.energy.service import fixed, kwh, per_million, ratio, usd
+from tokenport.energy.units import fixed, kwh, per_million, period_bounds, ratio, usd
 
 REJECTED = "(rejected requests)"  # usage records with no model: refused before routing
 PLAN_FEES = "(plan fees)"
@@ -38,7 +38,6 @@ METHOD_LABELS = {
 
 
 def value_chain(svc: EnergyService, period: str, fx_micro: int | None, tenant_names: dict[str, str]) -> dict:
-    from tokenport.energy.service import period_bounds
 
     start, end = period_bounds(period)
     supply = svc.consumed_mj(period)

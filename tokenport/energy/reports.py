@@ -8,7 +8,7 @@ import io
 from decimal import Decimal
 from html import escape
 
-from tokenport.energy.service import kwh
+from tokenport.energy.units import kwh
 
 
 def na(doc: dict, field: str, value: object) -> object:

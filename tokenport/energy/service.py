@@ -3,8 +3,7 @@ green share, the certificates' allocation, the customer green report and the val
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from tokenport.clock import Clock, SystemClock
@@ -23,35 +22,17 @@ from tokenport.energy.green import (
     green_share_ppm,
 )
 from tokenport.energy.ports import EnergyRepository
+from tokenport.energy.units import (
+    EnergyInputError,
+    grams,
+    kwh,
+    per_million,
+    period_bounds,
+    period_of,
+    ratio,
+)
 
-PERIOD_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-
-
-class EnergyInputError(ValueError):
-    pass
-
-
-def period_bounds(period: str) -> tuple[datetime, datetime]:
-    if not isinstance(period, str) or not PERIOD_RE.fullmatch(period):
-        raise EnergyInputError(f"a period is YYYY-MM, not {period!r}")
-    year, month = int(period[:4]), int(period[5:])
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
-
-
-def period_of(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m")
-
-
-def fixed(value: Decimal, places: str) -> str:
-    """A decimal at a fixed number of places, never in exponent notation."""
-    return format(Decimal(value).quantize(Decimal(places)), "f")
-
-
-def kwh(mj: int) -> str:
-    """Millijoules as kWh, a decimal string (nine places: microwatt-hours)."""
-    return fixed(Decimal(mj) / Decimal(3_600_000_000), "0.000000001")
+__all__ = ["EnergyInputError", "EnergyService", "period_bounds", "period_of"]
 
 
 class EnergyService:
@@ -281,22 +262,6 @@ class EnergyService:
         from tokenport.energy.economics import value_chain
 
         return value_chain(self, period, fx_micro, tenant_names)
-
-
-def usd(nano: int) -> str:
-    return fixed(Decimal(nano) / 1_000_000_000, "0.000001")
-
-
-def ratio(part: int, whole: int) -> str | None:
-    return fixed(Decimal(part) / whole, "0.0001") if whole else None
-
-
-def grams(ug: int) -> str:
-    return fixed(Decimal(ug) / 1_000_000, "0.001")
-
-
-def per_million(value: Decimal, tokens: int) -> str | None:
-    return fixed(value * 1_000_000 / tokens, "0.001") if tokens else None
 
 
 def _figures_view(f: Figures) -> dict:

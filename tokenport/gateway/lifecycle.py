@@ -183,25 +183,24 @@ class Gateway:
         out = Outcome()
         self.in_flight += 1
         try:
-            key = ctx.key = self.authenticate(headers, ctx.client)
+            key = ctx.key = self.authenticate(headers, ctx.client)  # 1 authenticate
             sink.receipted = True  # authenticated: settled, audited, and so receipted
             if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
                 ctx.retention = retention_mode(key.retention_ttl_s)
                 ctx.kept_request = raw_body
                 sink.keep()
-            ctx.zone = self.zone(key, headers)
+            ctx.zone = self.zone(key, headers)  # 2 resolve zone
             if isinstance(parsed, ApiError):
                 raise parsed
             req = parsed
             ctx.model, ctx.stream = req.model, req.stream
-            self.limiter.admit(key.id, key.rpm_limit)
+            self.limiter.admit(key.id, key.rpm_limit)  # 3 admit: rate limits
             self.limiter.admit_tokens(key.id, key.tpm_limit)
-            embeddings = req.endpoint == "embeddings"
             affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
-            backend = self.pool.route(req.model, ctx.zone, embeddings, affinity=affinity)
-            ctx.backend = backend.name
-            fit = await self.window.fit(req, backend, len(raw_body))
-            ctx.price, ctx.plan = price, plan = await self.charging.admit(
+            backend = self.pool.route(req.model, ctx.zone, req.endpoint == "embeddings", affinity=affinity)
+            ctx.backend = backend.name  # 4 route
+            fit = await self.window.fit(req, backend, len(raw_body))  # fit the context
+            ctx.price, ctx.plan = price, plan = await self.charging.admit(  # admit: money
                 ctx.request_id,
                 key,
                 req.model,
@@ -211,29 +210,7 @@ class Gateway:
                 ctx.started_at,
             )
             usage_fields = _usage_fields(None if price.free or plan else price, fit)
-            tried: set = set()
-            while True:  # a backend that fails before any byte reached the client: the next one
-                try:
-                    await self._relay(ctx, req, backend, usage_fields, fit, sink, out)
-                    if out.usage_source == SOURCE_BOUNDED or out.error_code == TIMED_OUT:
-                        backend.failed(self.pool.mono())  # wrong counts, or too slow: its circuit notes it
-                    else:
-                        backend.succeeded()
-                    break
-                except ApiError as err:
-                    if err.code == TIMED_OUT:
-                        backend.failed(self.pool.mono())
-                    if out.started or err.code not in RETRYABLE:
-                        raise
-                    backend.failed(self.pool.mono())  # passive: enough in a row open its circuit
-                    tried.add(backend)
-                    if len(tried) > MAX_RETRIES:
-                        raise
-                    try:  # another backend of the same zone, never elsewhere
-                        backend = self.pool.route(req.model, ctx.zone, embeddings, tried, affinity)
-                    except ApiError:
-                        raise err from None
-                    ctx.backend = backend.name
+            await self._serve(ctx, req, backend, affinity, usage_fields, fit, sink, out)  # 5 stream
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
             ctx.other_zone = err.other_zone
@@ -254,6 +231,46 @@ class Gateway:
             if ctx.kept_request is not None:
                 ctx.kept_response = sink.kept_body()
             try:
-                self.settler.settle(ctx, out)  # journaled before the answer's last bytes go out
+                self.settler.settle(ctx, out)  # 6 settle: journaled before the answer's last bytes
             finally:
                 await sink.release()
+
+    async def _serve(
+        self,
+        ctx: RequestContext,
+        req: ParsedRequest,
+        backend: Backend,
+        affinity: Callable[[], bytes | None],
+        usage_fields: Callable[[Counts], dict] | None,
+        fit: Fit,
+        sink: ClientSink,
+        out: Outcome,
+    ) -> None:
+        """Relay from `backend`; one that fails before any byte reached the client: the next
+        backend of the same zone (never elsewhere), up to MAX_RETRIES. Each backend's circuit
+        learns how it went."""
+        tried: set[Backend] = set()
+        while True:
+            try:
+                await self._relay(ctx, req, backend, usage_fields, fit, sink, out)
+            except ApiError as err:
+                if err.code == TIMED_OUT:
+                    backend.failed(self.pool.mono())  # too slow: its circuit notes it
+                if out.started or err.code not in RETRYABLE:
+                    raise
+                backend.failed(self.pool.mono())  # passive: enough in a row open its circuit
+                tried.add(backend)
+                if len(tried) > MAX_RETRIES:
+                    raise
+                try:
+                    embeddings = req.endpoint == "embeddings"
+                    backend = self.pool.route(req.model, ctx.zone, embeddings, tried, affinity)
+                except ApiError:
+                    raise err from None
+                ctx.backend = backend.name
+                continue
+            if out.usage_source == SOURCE_BOUNDED or out.error_code == TIMED_OUT:
+                backend.failed(self.pool.mono())  # wrong counts, or too slow: its circuit notes it
+            else:
+                backend.succeeded()
+            return

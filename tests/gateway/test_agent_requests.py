@@ -18,7 +18,7 @@ from tokenport.api.responses.protocol import translate
 from tokenport.api.responses.serving import call_item
 from tokenport.api.responses.tools import tool_map
 
-FIXTURES = Path(__file__).parent / "fixtures" / "clients"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "clients"
 HOSTED = {"web_search", "file_search", "code_interpreter", "image_generation", "local_shell"}
 
 

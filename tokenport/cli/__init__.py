@@ -10,6 +10,8 @@ import argparse
 import os
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from tokenport.cli import audit, backends, billing, energy, serve, tenancy
 from tokenport.config import ConfigError
@@ -22,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tokenport {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(parent, name, func, help_, creates: bool = False):
+    def command(
+        parent: Any, name: str, func: Callable[[argparse.Namespace], int], help_: str, creates: bool = False
+    ):
         """`creates`: the command may create the database; the others need one already there."""
         c = parent.add_parser(name, help=help_)
         c.add_argument("--config", help="TOML config file (default: $TOKENPORT_HOME/tokenport.toml)")

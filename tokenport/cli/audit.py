@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from tokenport.cli.common import (
     _audit,
@@ -11,7 +14,7 @@ from tokenport.cli.common import (
 )
 
 
-def cmd_audit_sign(args) -> int:
+def cmd_audit_sign(args: argparse.Namespace) -> int:
     heads = _audit(args).sign_heads()
     items = [h.__dict__ for h in heads]
     _print(
@@ -22,7 +25,7 @@ def cmd_audit_sign(args) -> int:
     return 0
 
 
-def cmd_audit_verify(args) -> int:
+def cmd_audit_verify(args: argparse.Namespace) -> int:
     report = _audit(args).verify()
     ok = not any(z["problems"] for z in report)
     lines = []
@@ -38,7 +41,7 @@ def cmd_audit_verify(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_receipts_verify(args) -> int:
+def cmd_receipts_verify(args: argparse.Namespace) -> int:
     """Offline: needs only the receipt (and, to pin who signed it, the published keys)."""
     from pathlib import Path
 
@@ -60,7 +63,7 @@ def cmd_receipts_verify(args) -> int:
     return 0 if not problems else 1
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     audit = sub.add_parser("audit", help="the tamper-evident audit log").add_subparsers(
         dest="sub", required=True
     )

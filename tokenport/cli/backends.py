@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from typing import Any
 
 from tokenport.cli.common import (
     _print,
@@ -16,7 +19,7 @@ from tokenport.cli.common import (
 )
 
 
-def cmd_backends_add(args) -> int:
+def cmd_backends_add(args: argparse.Namespace) -> int:
     from tokenport.clock import SystemClock
     from tokenport.config import BACKEND_KINDS, BackendConfig, without_v1
     from tokenport.store.backends import BackendExists, BackendStore
@@ -87,12 +90,12 @@ TIMEOUT_FLAGS = {  # as the [[backends]] keys (config.WAIT_KEYS); unset: [upstre
 }
 
 
-def _timeouts(args) -> list[tuple[str, float]]:
+def _timeouts(args: argparse.Namespace) -> list[tuple[str, float]]:
     given = ((flag, getattr(args, flag.replace("-", "_"))) for flag in TIMEOUT_FLAGS)
     return [(flag, v) for flag, v in given if v is not None]
 
 
-def cmd_backends_list(args) -> int:
+def cmd_backends_list(args: argparse.Namespace) -> int:
     from tokenport.store.backends import BackendStore
 
     settings = _settings(args)
@@ -139,7 +142,7 @@ def probe(url: str) -> str:
         return f"unreachable: {_why(getattr(exc, 'reason', exc))}"
 
 
-def _why(reason) -> str:
+def _why(reason: object) -> str:
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused"
     if isinstance(reason, TimeoutError):
@@ -149,7 +152,7 @@ def _why(reason) -> str:
     return reason if isinstance(reason, str) else type(reason).__name__
 
 
-def cmd_backends_remove(args) -> int:
+def cmd_backends_remove(args: argparse.Namespace) -> int:
     from tokenport.clock import SystemClock
     from tokenport.store.backends import BackendStore
     from tokenport.tenancy.service import NotFound
@@ -161,7 +164,7 @@ def cmd_backends_remove(args) -> int:
     return 0
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     backends = sub.add_parser("backends", help="engines registered at run time").add_subparsers(
         dest="sub", required=True
     )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
+from tokenport.billing.plans import Plan
 from tokenport.cli.common import (
     _billing,
     _print,
@@ -11,7 +15,7 @@ from tokenport.cli.common import (
 )
 
 
-def cmd_prices_set(args) -> int:
+def cmd_prices_set(args: argparse.Namespace) -> int:
     from tokenport.api.views import price_view
 
     price = _billing(args).set_price(
@@ -40,7 +44,7 @@ def cmd_prices_set(args) -> int:
     return 0
 
 
-def cmd_prices_list(args) -> int:
+def cmd_prices_list(args: argparse.Namespace) -> int:
     from tokenport.api.views import price_view
 
     book = _billing(args).price_book()
@@ -61,7 +65,7 @@ def cmd_prices_list(args) -> int:
     return 0
 
 
-def cmd_credits_grant(args) -> int:
+def cmd_credits_grant(args: argparse.Namespace) -> int:
     from tokenport.api.views import lot_view
 
     lot = _billing(args).grant(
@@ -79,7 +83,7 @@ def cmd_credits_grant(args) -> int:
     return 0
 
 
-def cmd_credits_expire(args) -> int:
+def cmd_credits_expire(args: argparse.Namespace) -> int:
     import math
     from datetime import timedelta
 
@@ -93,7 +97,7 @@ def cmd_credits_expire(args) -> int:
     return 0
 
 
-def cmd_balance(args) -> int:
+def cmd_balance(args: argparse.Namespace) -> int:
     from tokenport.api.views import balance_view
 
     view = balance_view(_billing(args).balance(args.tenant))
@@ -108,7 +112,7 @@ def cmd_balance(args) -> int:
     return 0
 
 
-def cmd_ledger_verify(args) -> int:
+def cmd_ledger_verify(args: argparse.Namespace) -> int:
     problems = _billing(args).verify()
     _print(
         {"ok": not problems, "problems": problems},
@@ -143,7 +147,7 @@ def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
             print(f"  {'rejected requests':28} {doc['rejected_requests']:>8} requests  {'not billed':>16}")
 
 
-def _plan_view(plan, tenants: list[str] | None = None) -> dict:
+def _plan_view(plan: Plan, tenants: list[str] | None = None) -> dict:
     from tokenport.billing.money import nano_to_usd
 
     view = {
@@ -160,7 +164,7 @@ def _plan_view(plan, tenants: list[str] | None = None) -> dict:
     return view
 
 
-def cmd_plans_create(args) -> int:
+def cmd_plans_create(args: argparse.Namespace) -> int:
     plan = _billing(args).create_plan(
         args.name, args.fee_usd, args.five_hour, args.weekly, args.unit, args.multiplier, args.overage
     )
@@ -168,7 +172,7 @@ def cmd_plans_create(args) -> int:
     return 0
 
 
-def cmd_plans_list(args) -> int:
+def cmd_plans_list(args: argparse.Namespace) -> int:
     items = [_plan_view(p, t) for p, t in _billing(args).list_plans()]
     _print(
         items,
@@ -183,41 +187,41 @@ def cmd_plans_list(args) -> int:
     return 0
 
 
-def cmd_plans_assign(args) -> int:
+def cmd_plans_assign(args: argparse.Namespace) -> int:
     plan = None if args.plan == "none" else args.plan
     _billing(args).assign_plan(args.tenant, plan)
     print(f"{args.tenant}: plan {plan or '(none)'}")
     return 0
 
 
-def cmd_fx_set(args) -> int:
+def cmd_fx_set(args: argparse.Namespace) -> int:
     micro = _billing(args).set_fx_rate(args.period, args.cny_per_usd)
     print(f"{args.period}: {micro / 10**6:.6f} CNY per USD")
     return 0
 
 
-def cmd_fx_list(args) -> int:
+def cmd_fx_list(args: argparse.Namespace) -> int:
     rates = {p: f"{m / 10**6:.6f}" for p, m in sorted(_billing(args).fx_rates().items())}
     _print(rates, args.json, [f"{p}  {r} CNY per USD" for p, r in rates.items()])
     return 0
 
 
-def cmd_invoices_issue(args) -> int:
+def cmd_invoices_issue(args: argparse.Namespace) -> int:
     _render_invoice(_billing(args).issue_invoice(args.tenant, args.period), args.format, args.json)
     return 0
 
 
-def cmd_invoices_preview(args) -> int:
+def cmd_invoices_preview(args: argparse.Namespace) -> int:
     _render_invoice(_billing(args).preview_invoice(args.tenant, args.period), args.format, args.json)
     return 0
 
 
-def cmd_invoices_show(args) -> int:
+def cmd_invoices_show(args: argparse.Namespace) -> int:
     _render_invoice(_billing(args).invoice(args.invoice_id), args.format, args.json)
     return 0
 
 
-def cmd_invoices_list(args) -> int:
+def cmd_invoices_list(args: argparse.Namespace) -> int:
     items = _billing(args).list_invoices(args.tenant)
     _print(
         items,
@@ -230,13 +234,13 @@ def cmd_invoices_list(args) -> int:
     return 0
 
 
-def cmd_invoices_void(args) -> int:
+def cmd_invoices_void(args: argparse.Namespace) -> int:
     doc = _billing(args).void_invoice(args.invoice_id, args.reason)
     print(f"voided {doc['number']}: {args.reason}")
     return 0
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     prices = sub.add_parser("prices", help="the price book").add_subparsers(dest="sub", required=True)
     c = command(
         prices, "set", cmd_prices_set, "set a model's price from a moment on (history is kept)", creates=True

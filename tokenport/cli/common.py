@@ -10,7 +10,7 @@ from pathlib import Path
 from tokenport.config import ConfigError, Settings, load_settings
 
 
-def _settings(args) -> Settings:
+def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(getattr(args, "config", None))
 
 
@@ -18,7 +18,7 @@ class NoDatabase(ConfigError):
     pass
 
 
-def _service(args):
+def _service(args: argparse.Namespace):
     from tokenport.store.db import open_database
     from tokenport.store.tenants import TenantStore
     from tokenport.tenancy.service import TenancyService
@@ -34,7 +34,7 @@ def _service(args):
     return TenancyService(TenantStore(engine), settings.default_zone), engine
 
 
-def _require_database(settings: Settings, args) -> None:
+def _require_database(settings: Settings, args: argparse.Namespace) -> None:
     """Commands that only read or change what exists never create a database: a wrong data
     directory is an error naming where the path came from, not an empty database."""
     from sqlalchemy import inspect
@@ -66,7 +66,7 @@ def _require_database(settings: Settings, args) -> None:
         raise NoDatabase(f"the database {shown} ({origin}) holds no tokenport data; {create}")
 
 
-def _origin(settings: Settings, args) -> str:
+def _origin(settings: Settings, args: argparse.Namespace) -> str:
     """Where the database's location came from, in words."""
     if os.environ.get("TOKENPORT_DATABASE_URL"):
         return "from TOKENPORT_DATABASE_URL"
@@ -81,7 +81,7 @@ def _origin(settings: Settings, args) -> str:
     return f"the data directory: {home}" + (f"; config {config}" if config else "")
 
 
-def _print(obj, as_json: bool, lines) -> None:
+def _print(obj: object, as_json: bool, lines: list[str]) -> None:
     if as_json:
         print(json.dumps(obj, indent=2))
     else:
@@ -114,7 +114,7 @@ def parse_duration(text: str) -> int:
     return int(number) * unit
 
 
-def _billing(args):
+def _billing(args: argparse.Namespace):
     from tokenport.billing.service import BillingService
     from tokenport.store.repositories import billing_repositories
 
@@ -122,7 +122,7 @@ def _billing(args):
     return BillingService(billing_repositories(engine), svc)
 
 
-def _audit(args):
+def _audit(args: argparse.Namespace):
     from tokenport.audit.service import AuditService
     from tokenport.store.audit import AuditStore
 
@@ -131,7 +131,7 @@ def _audit(args):
     return AuditService(AuditStore(engine), settings.keys_dir)
 
 
-def _vault(args):
+def _vault(args: argparse.Namespace):
     from tokenport.store.retention import RetentionStore
     from tokenport.zones.vault import Vault
 
@@ -139,7 +139,7 @@ def _vault(args):
     return Vault(RetentionStore(audit.store.engine), audit.keys_dir, audit)
 
 
-def _energy(args):
+def _energy(args: argparse.Namespace):
     from tokenport.energy.service import EnergyService
     from tokenport.store.energy import EnergyStore
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 from tokenport.cli.common import (
     _billing,
@@ -12,7 +15,7 @@ from tokenport.cli.common import (
 )
 
 
-def cmd_energy_tariff(args) -> int:
+def cmd_energy_tariff(args: argparse.Namespace) -> int:
     energy, _ = _energy(args)
     row = energy.set_tariff(args.period, args.cny_per_kwh, args.source, args.kwh)
     amount = f"{row['kwh']} kWh" if row["kwh"] is not None else "the metered energy"
@@ -20,14 +23,14 @@ def cmd_energy_tariff(args) -> int:
     return 0
 
 
-def cmd_energy_pue(args) -> int:
+def cmd_energy_pue(args: argparse.Namespace) -> int:
     energy, _ = _energy(args)
     pue = energy.set_pue(args.period, args.value)
     print(f"{args.period}: PUE {pue / 1000}")
     return 0
 
 
-def cmd_energy_calibrate(args) -> int:
+def cmd_energy_calibrate(args: argparse.Namespace) -> int:
     from tokenport.energy.calibration import calibrate
 
     energy, _ = _energy(args)
@@ -50,7 +53,7 @@ def cmd_energy_calibrate(args) -> int:
     return 0
 
 
-def cmd_certificates_add(args) -> int:
+def cmd_certificates_add(args: argparse.Namespace) -> int:
     energy, _ = _energy(args)
     cert = energy.add_certificate(args.id, args.mwh, args.period, args.source)
     _print(
@@ -61,7 +64,7 @@ def cmd_certificates_add(args) -> int:
     return 0
 
 
-def cmd_certificates_list(args) -> int:
+def cmd_certificates_list(args: argparse.Namespace) -> int:
     energy, _ = _energy(args)
     items = [
         {
@@ -81,7 +84,7 @@ def cmd_certificates_list(args) -> int:
     return 0
 
 
-def cmd_green_report(args) -> int:
+def cmd_green_report(args: argparse.Namespace) -> int:
     from tokenport.energy.reports import green_csv, green_html
 
     energy, svc = _energy(args)
@@ -96,7 +99,7 @@ def cmd_green_report(args) -> int:
     return 0
 
 
-def cmd_economics(args) -> int:
+def cmd_economics(args: argparse.Namespace) -> int:
     from tokenport.energy.reports import economics_csv, economics_html, economics_text
 
     energy, svc = _energy(args)
@@ -113,7 +116,7 @@ def cmd_economics(args) -> int:
     return 0
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     energy = sub.add_parser("energy", help="electricity bought and the PUE, per month").add_subparsers(
         dest="sub", required=True
     )

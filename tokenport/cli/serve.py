@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+import socket
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from tokenport.runtime import Runtime
+
 import shlex
 import signal
 import sys
@@ -15,7 +26,7 @@ from tokenport.config import Settings
 DRAIN_S = 30  # a graceful stop waits this long for the requests in flight
 
 
-def _server(config, runtime, say):
+def _server(config: uvicorn.Config, runtime: Runtime, say: Callable[[str], None]):
     """uvicorn's server, saying what a stop waits for: the first Ctrl-C (or SIGTERM) drains the
     requests in flight for up to DRAIN_S; a second Ctrl-C cuts them at once. Either way every
     request is settled and its usage written before the process exits: a cut stream is billed
@@ -27,11 +38,11 @@ def _server(config, runtime, say):
     class Server(uvicorn.Server):
         loop: asyncio.AbstractEventLoop | None = None
 
-        async def serve(self, sockets=None) -> None:
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
             self.loop = asyncio.get_running_loop()
             await super().serve(sockets)
 
-        def handle_exit(self, sig: int, frame) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             n = runtime.gateway.in_flight if runtime.gateway is not None else 0
             if self.should_exit and sig == signal.SIGINT:
                 say(f"Stopping now: cutting {n} request(s) in flight (each billed for what it delivered)")
@@ -50,7 +61,7 @@ def _server(config, runtime, say):
             for task in list(self.server_state.tasks):
                 task.cancel()
 
-        async def shutdown(self, sockets=None) -> None:
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             await super().shutdown(sockets)
             if self.force_exit:  # uvicorn skips the lifespan's end then: write the usage anyway
                 await self.lifespan.shutdown()
@@ -58,7 +69,7 @@ def _server(config, runtime, say):
     return Server(config)
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tokenport.api.app import TokenportApp
@@ -107,7 +118,7 @@ def _loop() -> str:
         return "asyncio"
 
 
-def _first_run_demo(runtime, settings: Settings) -> None:
+def _first_run_demo(runtime: Runtime, settings: Settings) -> None:
     """On an empty database: a demo tenant and key, and ready-to-paste examples."""
     if runtime.tenant_store.count_tenants():
         return
@@ -156,7 +167,7 @@ PY
     )
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     s = command(sub, "serve", cmd_serve, "run the gateway (and the embedded engine)")
     s.add_argument("--host")
     s.add_argument("--port", type=int)

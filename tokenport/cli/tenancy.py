@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+from collections.abc import Callable
+from typing import Any
 
 from tokenport.cli.common import (
     _print,
@@ -13,14 +16,14 @@ from tokenport.cli.common import (
 )
 
 
-def cmd_zones_create(args) -> int:
+def cmd_zones_create(args: argparse.Namespace) -> int:
     svc, _ = _service(args)
     name = svc.create_zone(args.name)
     _print({"name": name}, args.json, [f"created zone {name}"])
     return 0
 
 
-def cmd_zones_list(args) -> int:
+def cmd_zones_list(args: argparse.Namespace) -> int:
     from tokenport.clock import utc_iso
 
     svc, _ = _service(args)
@@ -29,7 +32,7 @@ def cmd_zones_list(args) -> int:
     return 0
 
 
-def cmd_tenants_create(args) -> int:
+def cmd_tenants_create(args: argparse.Namespace) -> int:
     from tokenport.api.views import tenant_view
 
     svc, _ = _service(args)
@@ -38,7 +41,7 @@ def cmd_tenants_create(args) -> int:
     return 0
 
 
-def cmd_tenants_list(args) -> int:
+def cmd_tenants_list(args: argparse.Namespace) -> int:
     from tokenport.api.views import tenant_view
 
     svc, _ = _service(args)
@@ -47,7 +50,7 @@ def cmd_tenants_list(args) -> int:
     return 0
 
 
-def cmd_tenants_retention(args) -> int:
+def cmd_tenants_retention(args: argparse.Namespace) -> int:
     from tokenport.api.views import tenant_view
 
     svc, _ = _service(args)
@@ -57,7 +60,7 @@ def cmd_tenants_retention(args) -> int:
     return 0
 
 
-def cmd_tenants_purge(args) -> int:
+def cmd_tenants_purge(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     svc, _ = _service(args)
@@ -74,7 +77,7 @@ def cmd_tenants_purge(args) -> int:
     return 0
 
 
-def cmd_admins_create(args) -> int:
+def cmd_admins_create(args: argparse.Namespace) -> int:
     from tokenport.clock import SystemClock
     from tokenport.store.admins import AdminStore
     from tokenport.tenancy.admins import new_admin_token
@@ -102,7 +105,7 @@ def cmd_admins_create(args) -> int:
     return 0
 
 
-def cmd_admins_list(args) -> int:
+def cmd_admins_list(args: argparse.Namespace) -> int:
     from tokenport.clock import utc_iso
     from tokenport.store.admins import AdminStore
 
@@ -123,7 +126,7 @@ def cmd_admins_list(args) -> int:
     return 0
 
 
-def cmd_admins_revoke(args) -> int:
+def cmd_admins_revoke(args: argparse.Namespace) -> int:
     from tokenport.clock import SystemClock
     from tokenport.store.admins import AdminStore
     from tokenport.tenancy.service import NotFound
@@ -135,7 +138,7 @@ def cmd_admins_revoke(args) -> int:
     return 0
 
 
-def cmd_keys_create(args) -> int:
+def cmd_keys_create(args: argparse.Namespace) -> int:
     from tokenport.api.views import key_view
 
     svc, _ = _service(args)
@@ -154,14 +157,14 @@ def cmd_keys_create(args) -> int:
     return 0
 
 
-def cmd_keys_revoke(args) -> int:
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
     svc, _ = _service(args)
     svc.revoke_key(args.key_id)
     print(f"revoked {args.key_id}")
     return 0
 
 
-def cmd_keys_list(args) -> int:
+def cmd_keys_list(args: argparse.Namespace) -> int:
     from tokenport.api.views import key_view
 
     svc, _ = _service(args)
@@ -177,7 +180,7 @@ def cmd_keys_list(args) -> int:
     return 0
 
 
-def cmd_usage(args) -> int:
+def cmd_usage(args: argparse.Namespace) -> int:
     from tokenport.api.admin import parse_since
     from tokenport.api.views import usage_view
     from tokenport.energy.service import EnergyService
@@ -208,7 +211,7 @@ def cmd_usage(args) -> int:
     return 0
 
 
-def register(sub, command) -> None:
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
     c = command(
         zones,

@@ -4,7 +4,9 @@ per entry from the stored right edge), read them back, store signed heads and pu
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +25,8 @@ from tokenport.store.schema import (
     tenants,
     zones,
 )
+
+T = TypeVar("T")
 
 
 def lock_zone(conn: Connection, zone: str) -> None:
@@ -124,7 +128,7 @@ class AuditStore:
         with self.engine.connect() as conn:
             return [StoredEntry(int(r.idx), r.entry.encode(), r.leaf, r.root) for r in conn.execute(q)]
 
-    def proof_source(self, zone: str, size: int, build):
+    def proof_source(self, zone: str, size: int, build: Callable[[Callable[[int, int], bytes]], T]):
         """Run `build(subtree)` (a proof builder from audit/merkle.py) against the zone's stored
         subtrees: a dry run names the subtrees it needs; one query fetches the stored ones, one
         per 64-leaf block (one or two) the leaves of the small ones."""

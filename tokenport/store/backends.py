@@ -8,7 +8,7 @@ import os
 from dataclasses import fields, replace
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, Row, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.config import BackendConfig, Waits, without_v1
@@ -20,7 +20,7 @@ class BackendExists(Exception):
     pass
 
 
-def _config(r, base: Waits) -> BackendConfig:
+def _config(r: Row, base: Waits) -> BackendConfig:
     key = os.environ.get(r.api_key_env) if r.api_key_env else None
     own = json.loads(r.waits) if r.waits else None
     return BackendConfig(
@@ -85,7 +85,7 @@ class BackendStore:
             conn.execute(insert(changes).values(kind="backend", ref=name, at=at))
         return True
 
-    def load(self, conn=None) -> list[BackendConfig]:
+    def load(self, conn: Connection | None = None) -> list[BackendConfig]:
         q = select(backends).order_by(backends.c.name)
         if conn is not None:
             return [_config(r, self.base_waits) for r in conn.execute(q)]

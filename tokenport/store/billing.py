@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from itertools import groupby
 
-from sqlalchemy import Connection, Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.ledger import DuplicateCharge, Entry, LedgerError, Lot, Transaction, expiry_tx
@@ -32,7 +44,7 @@ class BillingStore:
 
     # --- prices ---
 
-    def insert_price(self, price: Price, at) -> None:
+    def insert_price(self, price: Price, at: datetime) -> None:
         try:
             with self.engine.begin() as conn:
                 audit_action(conn, "price.set", at, **price.__dict__)
@@ -43,7 +55,7 @@ class BillingStore:
                 f"{price.model} already has a price from {price.effective_from.isoformat()}"
             ) from exc
 
-    def load_prices(self, conn=None) -> list[Price]:
+    def load_prices(self, conn: Connection | None = None) -> list[Price]:
         cols = [c for c in prices.c if c.name not in ("id", "created_at")]
         q = select(*cols).order_by(prices.c.model, prices.c.effective_from)
         with _conn(self.engine, conn) as c:
@@ -75,7 +87,7 @@ class BillingStore:
                 raise DuplicateCharge(f"request {tx.request_id} is already charged") from exc
             raise LedgerError(f"transaction {tx.id} conflicts with the ledger") from exc
 
-    def post_expiry(self, lot: Lot, tx_id: str, at) -> bool:
+    def post_expiry(self, lot: Lot, tx_id: str, at: datetime) -> bool:
         """Expire what the lot holds now, read under its tenant's lock, so that no settlement of
         another process interleaves. False: nothing left to expire."""
         try:
@@ -115,7 +127,7 @@ class BillingStore:
             lot = Lot(**row._mapping) if row else None
         return txs[0], lot
 
-    def load_lots(self, tenant_id: str | None = None, conn=None) -> list[Lot]:
+    def load_lots(self, tenant_id: str | None = None, conn: Connection | None = None) -> list[Lot]:
         q = select(*LOT_COLUMNS).order_by(credit_lots.c.created_at, credit_lots.c.id)
         if tenant_id is not None:
             q = q.where(credit_lots.c.tenant_id == tenant_id)
@@ -133,7 +145,7 @@ class BillingStore:
         where = ledger_transactions.c.tenant_id == tenant_id if tenant_id is not None else None
         return self._transactions(where)
 
-    def _transactions(self, where) -> list[Transaction]:
+    def _transactions(self, where: ColumnElement[bool]) -> list[Transaction]:
         t, e = ledger_transactions, ledger_entries
         q = select(t, e.c.account, e.c.amount).join(e, e.c.tx_id == t.c.id).order_by(t.c.seq, e.c.id)
         if where is not None:
@@ -157,7 +169,7 @@ class BillingStore:
             )
         return out
 
-    def lot_balances(self, conn=None) -> tuple[list[Lot], dict[str, int]]:
+    def lot_balances(self, conn: Connection | None = None) -> tuple[list[Lot], dict[str, int]]:
         """Every lot and every account balance: what a gateway process starts from."""
         q = select(ledger_entries.c.account, func.sum(ledger_entries.c.amount)).group_by(
             ledger_entries.c.account
@@ -193,7 +205,7 @@ class BillingStore:
             found = {a: int(s) for a, s in conn.execute(q)}
         return {a: found.get(a, 0) for a in accounts}
 
-    def set_fx_rate(self, period: str, micro: int, at) -> None:
+    def set_fx_rate(self, period: str, micro: int, at: datetime) -> None:
         """One rate per period; setting it again replaces it (documents already issued keep theirs)."""
         with self.engine.begin() as conn:
             audit_action(conn, "fx.set", at, period=period, cny_per_usd_micro=micro)
@@ -212,7 +224,7 @@ class BillingStore:
             return conn.execute(q).first() is not None
 
 
-def lock_tenants(conn: Connection, tenant_ids) -> None:
+def lock_tenants(conn: Connection, tenant_ids: Iterable[str]) -> None:
     """Serialise writers of these tenants' lots (admission, settlement and expiry in shared mode),
     always in the same order, so no deadlock. PostgreSQL: transaction-level advisory locks.
     SQLite: a write takes the database's write lock, so the lock is that first write."""
@@ -223,7 +235,7 @@ def lock_tenants(conn: Connection, tenant_ids) -> None:
         write_lock(conn)
 
 
-def write_transactions(conn, txs: list[Transaction]) -> None:
+def write_transactions(conn: Connection, txs: list[Transaction]) -> None:
     """Insert transactions and their entries (inside the caller's database transaction)."""
     if not txs:
         return

@@ -10,10 +10,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import redis.asyncio
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.sql.dml import Insert
 
 from tokenport.store.schema import changes
@@ -29,11 +30,13 @@ def announce_changes(engine: Engine, redis_url: str) -> Callable[[], None]:
     Returns a function that stops it."""
     client = redis.Redis.from_url(redis_url, socket_timeout=1)
 
-    def after_execute(conn, clause, multiparams, params, execution_options, result) -> None:
+    def after_execute(
+        conn: Connection, clause: Any, multiparams: Any, params: Any, execution_options: Any, result: Any
+    ) -> None:
         if isinstance(clause, Insert) and clause.table is changes and result.inserted_primary_key:
             conn.info[_FLAG] = max(conn.info.get(_FLAG, 0), int(result.inserted_primary_key[0]))
 
-    def publish(conn) -> None:
+    def publish(conn: Connection) -> None:
         # SQLAlchemy's commit event comes just before the commit: subscribers wait for the id.
         if change_id := conn.info.pop(_FLAG, None):
             try:
@@ -41,7 +44,7 @@ def announce_changes(engine: Engine, redis_url: str) -> Callable[[], None]:
             except redis.RedisError as exc:  # the feed still has it; pollers find it
                 log.warning("could not announce change %s: %s", change_id, type(exc).__name__)
 
-    def forget(conn) -> None:
+    def forget(conn: Connection) -> None:
         conn.info.pop(_FLAG, None)
 
     event.listen(engine, "after_execute", after_execute)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import cache
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -31,7 +31,7 @@ def usage_counters(rows: list[dict]) -> tuple[dict[tuple, int], dict[tuple, int]
     return spend, units
 
 
-def add(conn: Connection, table, values: dict[tuple, int]) -> None:
+def add(conn: Connection, table: Table, values: dict[tuple, int]) -> None:
     """Add to counters, creating rows as needed; the last primary-key-less column is the count."""
     if not values:
         return
@@ -40,7 +40,7 @@ def add(conn: Connection, table, values: dict[tuple, int]) -> None:
 
 
 @cache
-def _upsert(dialect: str, table) -> tuple:
+def _upsert(dialect: str, table: Table) -> tuple:
     """The statement, built once: each build makes a cyclic alias (`excluded`) for the collector."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     keys = [c.name for c in table.primary_key.columns]

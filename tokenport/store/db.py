@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -32,7 +33,7 @@ def connect(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=12, max_overflow=8)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # CLI and server write concurrently
     cur.execute("PRAGMA synchronous=NORMAL")
@@ -41,14 +42,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def advisory_lock(conn, name: str) -> None:
+def advisory_lock(conn: Connection, name: str) -> None:
     """PostgreSQL: a transaction-level lock on `name`, shared by every process on the database.
     (SQLite needs none: its write lock covers the whole database.)"""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": name})
 
 
-def write_lock(conn) -> None:
+def write_lock(conn: Connection) -> None:
     """SQLite: take the database's write lock now (a write that changes nothing), so that a
     transaction that reads before it writes cannot fail on a stale snapshot. PostgreSQL: nothing
     (its row locks and advisory locks do the work)."""

@@ -72,7 +72,9 @@ class EnergyStore:
         with self.engine.connect() as conn:
             return conn.execute(q).scalar()
 
-    def set_electricity(self, period: str, source: str, cny_micro: int, kwh_milli: int | None, at) -> None:
+    def set_electricity(
+        self, period: str, source: str, cny_micro: int, kwh_milli: int | None, at: datetime
+    ) -> None:
         e = electricity
         with self.engine.begin() as conn:
             audit_action(
@@ -205,7 +207,7 @@ class EnergyStore:
             return dict(run._mapping), [Grant(r.certificate_id, r.tenant_id, int(r.wh)) for r in rows]
 
     def freeze_allocation(
-        self, period: str, consumed_wh: int, retired_wh: int, grants: list[Grant], at
+        self, period: str, consumed_wh: int, retired_wh: int, grants: list[Grant], at: datetime
     ) -> bool:
         """Store a period's allocation; False if another run stored one first (then use that)."""
         try:
@@ -236,7 +238,7 @@ class EnergyStore:
         return True
 
     def grouped_energy(
-        self, tenant_id: str, group_by: str, start, end
+        self, tenant_id: str, group_by: str, start: datetime | None, end: datetime | None
     ) -> list[tuple[str | None, str, str, int]]:
         """A tenant's IT energy (mJ) by (group, zone, month), for the usage API's groups."""
         dialect = self.engine.dialect.name

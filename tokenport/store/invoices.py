@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +21,7 @@ class InvoiceStore:
         self.engine = engine
 
     def insert(
-        self, doc: dict, tenant_id: str, generation: int, issued_at, txs: list[Transaction] = ()
+        self, doc: dict, tenant_id: str, generation: int, issued_at: datetime, txs: list[Transaction] = ()
     ) -> None:
         """The document, and the ledger transactions it bills (plan fees) unless already posted
         (they have fixed ids: a re-issue after a void posts nothing twice), atomically."""
@@ -102,7 +103,7 @@ class InvoiceStore:
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(q)]
 
-    def void(self, invoice_id: str, reason: str, at) -> bool:
+    def void(self, invoice_id: str, reason: str, at: datetime) -> bool:
         try:
             with self.engine.begin() as conn:
                 write_lock(conn)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Connection, Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.billing.plans import Plan, PlanConflict
@@ -42,7 +42,7 @@ class PlanStore:
             conn.execute(insert(plan_assignment_log).values(tenant_id=tenant_id, plan=plan_name, at=at))
             conn.execute(insert(changes).values(kind="plan", ref=tenant_id, at=at))
 
-    def load(self, conn=None) -> tuple[dict[str, Plan], dict[str, str]]:
+    def load(self, conn: Connection | None = None) -> tuple[dict[str, Plan], dict[str, str]]:
         """(plans by name, plan name by tenant id)."""
         own = conn is None
         conn = conn or self.engine.connect()
@@ -79,7 +79,7 @@ class PlanStore:
         names = ([before[-1]] if before else []) + during
         return list(dict.fromkeys(n for n in names if n is not None))
 
-    def usage_since(self, conn, since: datetime) -> list[tuple[str, datetime, int]]:
+    def usage_since(self, conn: Connection, since: datetime) -> list[tuple[str, datetime, int]]:
         q = select(usage.c.tenant_id, usage.c.started_at, usage.c.plan_units).where(
             usage.c.started_at >= since, usage.c.plan_units > 0
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from redis.client import Pipeline
 from sqlalchemy import Connection, select, tuple_
 
 from tokenport.billing.budgets import period_start
@@ -16,7 +17,14 @@ from tokenport.store.redis_keys import PLAN_TTL_S, TOKENS_TTL_S, Keys, lot_value
 from tokenport.store.schema import api_keys, credit_lots, key_spend, plan_minutes, token_seconds
 
 
-def write_mirror(pipe, keys: Keys, lots, spend, plan, tokens) -> None:
+def write_mirror(
+    pipe: Pipeline,
+    keys: Keys,
+    lots: list[tuple[Lot, int]],
+    spend: dict[tuple, int],
+    plan: dict[tuple, int],
+    tokens: dict[tuple, int],
+) -> None:
     if lots:
         pipe.hset(keys.lots, mapping={lot.id: lot_value(lot, n) for lot, n in lots})
     if spend:

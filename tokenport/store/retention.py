@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, Row, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -70,7 +70,12 @@ class RetentionStore:
         return [r.request_id for r in rows], indexes[(zone, tenant_id)]
 
     def _delete(
-        self, conn: Connection, rows, action: str, now: datetime, always: tuple[str, str] | None = None
+        self,
+        conn: Connection,
+        rows: list[Row],
+        action: str,
+        now: datetime,
+        always: tuple[str, str] | None = None,
     ) -> dict[tuple[str, str], int]:
         groups: dict[tuple[str, str], list[str]] = {}
         if always is not None:

@@ -10,6 +10,8 @@ deletes the hold, in the same database transaction as the usage records.
 
 from __future__ import annotations
 
+from sqlalchemy import ColumnElement
+
 __all__ = ["DB_DOWN", "Ask", "Charge", "Grant", "SharedStore", "Unavailable", "View"]
 
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from tokenport.store.schema import credit_lots, holds, key_spend, plan_minutes, 
 DB_DOWN = (OperationalError, InterfaceError, DisconnectionError, SATimeoutError)
 
 
-def _sum(column, *where):
+def _sum(column: ColumnElement[int], *where):
     return select(func.coalesce(func.sum(column), 0)).where(*where).scalar_subquery()
 
 

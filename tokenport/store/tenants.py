@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from tokenport.audit.entries import admin_entry, canonical
@@ -16,12 +16,12 @@ from tokenport.tenancy.records import Conflict, KeyInfo, Tenant
 __all__ = ["Conflict", "KeyInfo", "Tenant", "TenantStore"]
 
 
-def _audit(conn, zone: str, entry: dict, at: datetime) -> None:
+def _audit(conn: Connection, zone: str, entry: dict, at: datetime) -> None:
     """The action's audit entry, in its zone's log, in the same database transaction."""
     audit_append(conn, zone, [canonical(entry)], at)
 
 
-def _tenant(row) -> Tenant:
+def _tenant(row: Row) -> Tenant:
     return Tenant(row.id, row.name, row.zone, row.created_at, row.retention_ttl_s)
 
 
@@ -158,7 +158,7 @@ class TenantStore:
 
     # --- what a running gateway polls ---
 
-    def load_key_records(self, conn) -> list[KeyRecord]:
+    def load_key_records(self, conn: Connection) -> list[KeyRecord]:
         """Every key with its tenant, read on the caller's (snapshot) connection."""
         return [_key_record(r) for r in conn.execute(_KEY_RECORDS)]
 
@@ -184,7 +184,7 @@ _KEY_RECORDS = select(
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
 
 
-def _key_record(r) -> KeyRecord:
+def _key_record(r: Row) -> KeyRecord:
     return KeyRecord(
         id=r.id,
         tenant_id=r.tenant_id,

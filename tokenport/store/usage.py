@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 import redis
-from sqlalchemy import Date, Engine, bindparam, cast, func, select
+from sqlalchemy import Connection, Date, Engine, Select, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -70,7 +70,7 @@ class UsageStore:
         if release is not None:  # ... and the holds after it
             release()
 
-    def _insert_new(self, conn, rows: list[dict]) -> set[str]:
+    def _insert_new(self, conn: Connection, rows: list[dict]) -> set[str]:
         """Insert the records; the ids of those not written before. Look first, then insert:
         both statements keep one text whatever the batch's size (`padded_chunks`, executemany),
         where a multi-row RETURNING insert is a new statement for every batch size (and several
@@ -117,7 +117,9 @@ class UsageStore:
             row = conn.execute(q).one()
         return {k: int(v) for k, v in row._mapping.items()}
 
-    def grouped(self, tenant_id: str, group_by: str, start=None, end=None) -> list[dict]:
+    def grouped(
+        self, tenant_id: str, group_by: str, start: datetime | None = None, end: datetime | None = None
+    ) -> list[dict]:
         """One tenant's usage summed by day, model or key, over [start, end)."""
         q = grouped_query(self.engine.dialect.name, tenant_id, group_by, start, end)
         with self.engine.connect() as conn:
@@ -130,7 +132,7 @@ class UsageStore:
             for r in rows
         ]
 
-    def spend_by_key(self, conn, since: datetime) -> dict[str, int]:
+    def spend_by_key(self, conn: Connection, since: datetime) -> dict[str, int]:
         q = (
             select(usage.c.key_id, func.sum(usage.c.cost_nano_usd))
             .where(usage.c.started_at >= since, usage.c.cost_nano_usd.is_not(None))
@@ -143,7 +145,7 @@ class UsageStore:
             return conn.execute(select(func.count()).select_from(usage)).scalar_one()
 
 
-def audit_requests(conn, rows: list[dict]) -> None:
+def audit_requests(conn: Connection, rows: list[dict]) -> None:
     """One audit entry per new usage record, in its zone's log (zones in a fixed order: no deadlock)."""
     by_zone: dict[str, list[dict]] = {}
     for r in rows:
@@ -154,7 +156,7 @@ def audit_requests(conn, rows: list[dict]) -> None:
         audit_append(conn, zone, entries, at, [r["request_id"] for r in records])
 
 
-def _filter(q, tenant_name: str | None, since: datetime | None):
+def _filter(q: Select, tenant_name: str | None, since: datetime | None):
     if tenant_name is not None:
         q = q.where(tenants.c.name == tenant_name)
     if since is not None:
@@ -184,7 +186,7 @@ class DeadLetterFile:
             f.write(json.dumps(entry, default=_plain) + "\n")
 
 
-def _plain(value):
+def _plain(value: object):
     if isinstance(value, datetime):
         return value.isoformat()
     if dataclasses.is_dataclass(value):
@@ -207,7 +209,7 @@ def month(dialect: str):
     return func.to_char(func.timezone("UTC", usage.c.started_at), "YYYY-MM")
 
 
-def grouped_query(dialect: str, tenant_id: str, group_by: str, start, end):
+def grouped_query(dialect: str, tenant_id: str, group_by: str, start: datetime | None, end: datetime | None):
     key = group_key(dialect, group_by)
     q = select(
         key,

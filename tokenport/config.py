@@ -230,16 +230,20 @@ def _engine(raw: dict) -> EngineConfig:
     )
 
 
+def _seconds(raw: dict, key: str, where: str) -> float:
+    """`raw[key]` as a positive number of seconds, or a ConfigError."""
+    try:
+        value = float(raw[key])
+    except (TypeError, ValueError):
+        value = 0.0
+    if not value > 0:
+        raise ConfigError(f"{where}: {key} must be a positive number of seconds")
+    return value
+
+
 def _client_bounds(server: dict) -> ClientBounds:
-    values: dict = {}
-    for name in ("header_timeout_s", "body_timeout_s", "read_timeout_s", "keepalive_timeout_s"):
-        if name in server:
-            try:
-                values[name] = float(server[name])
-            except (TypeError, ValueError):
-                values[name] = 0.0
-            if not values[name] > 0:
-                raise ConfigError(f"[server]: {name} must be a positive number of seconds")
+    timeouts = ("header_timeout_s", "body_timeout_s", "read_timeout_s", "keepalive_timeout_s")
+    values: dict = {name: _seconds(server, name, "[server]") for name in timeouts if name in server}
     if "max_connections_per_client" in server:
         cap = server["max_connections_per_client"]
         if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
@@ -250,16 +254,7 @@ def _client_bounds(server: dict) -> ClientBounds:
 
 def _waits(raw: dict, base: Waits, where: str) -> Waits:
     """`base` with the timeouts `raw` sets (positive seconds)."""
-    values = {}
-    for key, name in WAIT_KEYS.items():
-        if key in raw:
-            try:
-                value = float(raw[key])
-            except (TypeError, ValueError):
-                value = 0.0
-            if not value > 0:
-                raise ConfigError(f"{where}: {key} must be a positive number of seconds")
-            values[name] = value
+    values = {name: _seconds(raw, key, where) for key, name in WAIT_KEYS.items() if key in raw}
     return replace(base, **values) if values else base
 
 

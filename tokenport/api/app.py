@@ -15,7 +15,7 @@ from tokenport.api.anthropic import routes as anthropic_routes
 from tokenport.api.anthropic.serving import anthropic_error
 from tokenport.api.endpoint import Endpoint
 from tokenport.api.errors import openai_error_body
-from tokenport.api.middleware import REQUEST_ID_KEY, RequestIdMiddleware
+from tokenport.api.middleware import INTERNAL_ERROR, REQUEST_ID_KEY, RequestIdMiddleware
 from tokenport.api.openai.routes import CHAT, COMPLETIONS, EMBEDDINGS
 from tokenport.api.openapi import openapi
 from tokenport.api.responses.routes import RESPONSES
@@ -44,8 +44,7 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 async def _internal(request: Request, exc: Exception) -> Response:
     """A bug, never bad input; the middleware logs where (not what). Still the OpenAI shape.
     (A client gone while its body was read is neither: `RequestIdMiddleware` lets it go.)"""
-    err = ApiError(500, "Internal error; the request id identifies it", "server_error", "internal_error")
-    return Response(openai_error_body(err), 500, media_type="application/json")
+    return Response(openai_error_body(INTERNAL_ERROR), 500, media_type="application/json")
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:

@@ -106,10 +106,7 @@ class AsgiSink:
         """An error answer already in the client's protocol shape."""
         self.started = True
         await self._out({"type": "http.response.start", "status": status, "headers": headers})
-        self._digest.update(body)
-        if self.kept is not None:
-            self.kept.append(body)
-        await self._out({"type": "http.response.body", "body": body, "more_body": True})
+        await self.send(body)
 
     async def finish(self) -> None:
         await self.release()  # a request that never reached settlement (an early error, a bug)

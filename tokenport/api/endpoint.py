@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from tokenport.api.asgi_sink import AsgiSink
-from tokenport.api.middleware import INTERNAL_ERROR, log_unhandled, new_request_id
+from tokenport.api.middleware import INTERNAL_ERROR, internal_error, log_unhandled, new_request_id
 from tokenport.clock import Clock
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.errors import ApiError
@@ -90,9 +90,7 @@ class Endpoint:
             parsed = err
         except Exception as exc:  # a bug in a parser: a 500, recorded once the caller is known
             log_unhandled(exc, scope.get("path"))
-            parsed = ApiError(
-                INTERNAL_ERROR.status, INTERNAL_ERROR.message, INTERNAL_ERROR.type, INTERNAL_ERROR.code
-            )
+            parsed = internal_error()
         peer = scope.get("client")
         ctx = RequestContext(
             request_id,

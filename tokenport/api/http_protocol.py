@@ -32,7 +32,7 @@ _REASONS = {400: b"Bad Request", 408: b"Request Timeout", 429: b"Too Many Reques
 
 
 def guarded_protocol(
-    bounds: ClientBounds, on_refused: Callable[[str], None] | None = None
+    bounds: ClientBounds, on_refused: Callable[[str], None] = lambda reason: None
 ) -> type[HttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`; `on_refused(reason)` counts what a
     bound ended ("header_timeout", "body_timeout", "too_many_connections", "malformed")."""
@@ -117,8 +117,7 @@ def guarded_protocol(
             if self.transport.is_closing():
                 return
             if not self._deadline:  # no request begun: nothing to answer
-                if on_refused is not None:
-                    on_refused("idle")
+                on_refused("idle")
                 self.transport.close()
                 return
             part = "body" if self._in_body else "headers"
@@ -135,8 +134,7 @@ def guarded_protocol(
             sees the client gone (its own answer, if any, goes nowhere)."""
             self._cancel()
             self._refused = True
-            if on_refused is not None:
-                on_refused(reason)
+            on_refused(reason)
             cycle = self.cycle if self._in_body else None
             if cycle is None or not cycle.response_started:
                 anthropic = (self.url or b"").startswith(b"/v1/messages")

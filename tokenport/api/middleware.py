@@ -23,9 +23,12 @@ def new_request_id() -> str:
     return f"req_{random_hex(96)}"
 
 
-INTERNAL_ERROR = ApiError(
-    500, "Internal error; the request id identifies it", "server_error", "internal_error"
-)
+def internal_error() -> ApiError:
+    """A 500: a bug, never bad input (a fresh one where it is raised, not only answered)."""
+    return ApiError(500, "Internal error; the request id identifies it", "server_error", "internal_error")
+
+
+INTERNAL_ERROR = internal_error()
 
 
 class RequestIdMiddleware:

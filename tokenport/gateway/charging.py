@@ -144,7 +144,7 @@ class Charging:
     @staticmethod
     def usage_fields(price: Price, counts: Counts) -> dict:
         """What the client's `usage` object gains: the cost, exact, in two spellings."""
-        cost = cost_of(BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price)
+        cost = cost_of(_billable(counts), price)
         return {"cost": nano_to_usd(cost.nano), "cost_nano_usd": cost.nano}
 
     # --- each mode ---
@@ -233,15 +233,13 @@ class LocalCharging(Charging):
     ) -> tuple[Cost | None, Transaction | None]:
         """Charge what was used (the ledger transaction goes to the writer) and release the holds
         (credit and key budget)."""
-        cost = tx = None
-        if counts is None:
-            self.state.accountant.release(request_id)
-        else:
-            tokens = BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
-            cost, tx = self.state.accountant.settle(
-                new_id("tx"), request_id, key.tenant_id, price, tokens, started_at, at
-            )
-        self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano if cost else 0, started_at)
+        if counts is None:  # nothing generated: nothing to charge
+            self.release(request_id, key, started_at)
+            return None, None
+        cost, tx = self.state.accountant.settle(
+            new_id("tx"), request_id, key.tenant_id, price, _billable(counts), started_at, at
+        )
+        self.state.budgets.settle(key.id, request_id, key.budget_period, cost.nano, started_at)
         return cost, tx
 
     def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
@@ -327,9 +325,7 @@ class SharedCharging(Charging):
         """The cost only: the charge is posted by `charge()`'s item, with the usage record."""
         if counts is None:
             return None, None
-        return cost_of(
-            BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion), price
-        ), None
+        return cost_of(_billable(counts), price), None
 
     def charge(
         self,
@@ -387,6 +383,10 @@ def charging_for(
     if shared is None:
         return LocalCharging(state)
     return SharedCharging(state, fast or ThreadedStore(shared, ADMISSION_THREADS), default_rpm)
+
+
+def _billable(counts: Counts) -> BillableTokens:
+    return BillableTokens.from_openai(counts.prompt, counts.cached, counts.completion)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

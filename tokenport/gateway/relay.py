@@ -196,31 +196,32 @@ class Relay:
                     watcher.error.get("code") or watcher.error.get("type") or "upstream_error"
                 )
             elif not watcher.done:
-                out.error_code = "upstream_disconnected"
-                ended = "The backend stream ended unexpectedly"
-                await sink.send_events([sse_error(ended, "server_error", out.error_code)])
+                await _end_with_error(
+                    sink, out, "The backend stream ended unexpectedly", "upstream_disconnected"
+                )
             ctx.delivered = True
         except UpstreamTimeout as exc:
-            out.error_code = "upstream_timeout"
             if not out.started:
                 raise timed_out(call.backend, exc) from None
-            sink.hold()
-            await sink.send_events(
-                [sse_error(_timeout_message(call.backend, exc), "server_error", out.error_code)]
-            )
+            await _end_with_error(sink, out, _timeout_message(call.backend, exc), "upstream_timeout")
             ctx.delivered = True
         except UpstreamError:
-            out.error_code = "upstream_disconnected"
             if not out.started:
                 raise _broken(call.backend) from None
-            sink.hold()
-            await sink.send_events([sse_error("The backend stream failed", "server_error", out.error_code)])
+            await _end_with_error(sink, out, "The backend stream failed", "upstream_disconnected")
             ctx.delivered = True
         finally:
             ctx.cancellable = False
             if resp is not None:
                 resp.close()  # on a client disconnect this is what stops the engine generating
             _settle_counts(out, watcher, call.prompt_estimate)
+
+
+async def _end_with_error(sink: ClientSink, out: Outcome, message: str, code: str) -> None:
+    """A stream the engine broke off: an error event ends it, held like any last bytes."""
+    out.error_code = code
+    sink.hold()
+    await sink.send_events([sse_error(message, "server_error", code)])
 
 
 def _settle_counts(out: Outcome, watcher: StreamWatcher, prompt_estimate: int) -> None:

@@ -55,7 +55,6 @@ class Journal:
         self._lock_fd = -1
         self._stop = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="journal-fsync", daemon=True)
-        self.appended = 0
 
     @property
     def lock_fd(self) -> int:
@@ -85,7 +84,6 @@ class Journal:
             os.write(self._fd, frame)
             self._size += len(frame)
             self._pending[self._segment] += 1
-            self.appended += 1
             return self._segment, data
 
     def settled(self, segments: list[int]) -> None:

@@ -80,3 +80,48 @@ def test_the_check_sees_an_offence(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("from tokenport.store.usage import UsageStore\n\ndef f():\n    import sqlalchemy\n")
     assert [m for _, m in _imports(bad) if _forbidden(m)] == ["tokenport.store.usage", "sqlalchemy"]
+
+
+def test_handlers_see_their_services_not_the_runtime():
+    """Only the composition root (`api/app.py`) knows `Runtime`; handlers are typed by the narrow
+    view of their surface (`api/services.py`) and never fetch the runtime themselves."""
+    offences = [
+        f"{path.relative_to(ROOT.parent)}:{line} imports {module}"
+        for path in sorted((ROOT / "api").rglob("*.py"))
+        if path != ROOT / "api" / "app.py"
+        for line, module in _imports(path)
+        if module == "tokenport.runtime"
+    ]
+    offences += [
+        f"{path.relative_to(ROOT.parent)} reads app.state.runtime"
+        for path in sorted((ROOT / "api").rglob("*.py"))
+        if "state.runtime" in path.read_text()
+    ]
+    assert offences == []
+
+
+def test_no_import_circle_between_packages():
+    """The packages form layers: no package imports (top level or lazily) one that imports it
+    back, directly or through others."""
+    graph: dict[str, set[str]] = {}
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT).parts
+        if rel[0] == "testing":
+            continue
+        here = rel[0] if len(rel) > 1 else rel[0].removesuffix(".py")
+        for _, module in _imports(path):
+            parts = module.split(".")
+            if parts[0] == "tokenport" and len(parts) > 1 and parts[1] != here:
+                graph.setdefault(here, set()).add(parts[1])
+    circles = []
+    for start in graph:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            node = todo.pop()
+            if node == start:
+                circles.append(start)
+                break
+            if node not in seen:
+                seen.add(node)
+                todo += graph.get(node, ())
+    assert circles == [], circles

@@ -20,6 +20,7 @@ from tokenport.config import ConfigError, Settings
 from tokenport.energy.config import EnergyConfigError
 from tokenport.energy.meter import EnergyMeter
 from tokenport.energy.nodes import build_nodes
+from tokenport.energy.request_figures import RequestFigures
 from tokenport.energy.service import EnergyService
 from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
@@ -86,6 +87,19 @@ class Runtime:
             declared.add(settings.engine.zone or settings.default_zone)
         for name in self.tenancy.ensure_zones(declared):
             log.info("zone %s registered (declared by the configuration)", name)
+        self._admission()
+        self._settlement()
+        self._backends()
+        self._energy()
+        self.session: aiohttp.ClientSession | None = None  # health checks, token counts
+        self.upstream = UpstreamPool(settings.waits)  # the requests themselves
+        self.gateway: Gateway | None = None
+        self.started = False
+        self._tasks: list[asyncio.Task] = []
+
+    def _admission(self) -> None:
+        """Keys, balances and the charging strategy of this mode (local, shared, Redis)."""
+        settings = self.settings
         self.metrics = Metrics()
         throttle = AuthThrottle(
             settings.auth_failures_per_minute, self.clock.monotonic, self.metrics.auth_failed
@@ -94,6 +108,18 @@ class Runtime:
         self.billing = BillingState(BillingStore(self.db), self.usage_store, self.clock)
         self.billing_service = BillingService(billing_repositories(self.db), self.tenancy, self.clock)
         self.feed = ChangeFeed(FeedStore(self.db), [self.keys, self.billing], settings.key_refresh_ms / 1000)
+        self.shared = SharedStore(self.db) if settings.shared else None
+        # Shared mode with Redis: admission state there, settlements mirrored, changes announced.
+        self.redis = RedisState(settings.redis_url, self.db) if settings.redis_url else None
+        self._unannounce = None
+        if self.redis is not None:
+            self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
+            self._unannounce = announce_changes(self.db, settings.redis_url)
+        self.charging = charging_for(self.billing, self.shared, settings.default_rpm, self.redis)
+
+    def _settlement(self) -> None:
+        """The journal, the batched writer and its process; audit and retention."""
+        settings = self.settings
         # The settlement side's database work (usage, ledger, audit entries, energy windows) runs
         # in a child process (store/writer_process.py); this process only batches and pickles.
         self.writer_process = WriterProcess(
@@ -118,23 +144,24 @@ class Runtime:
         self.vault = Vault(RetentionStore(self.db), settings.keys_dir, self.audit, self.clock)
         for zone, _ in self.tenancy.list_zones():  # key files read now, not on the request path
             self.vault.zone_key(zone)
-        self.shared = SharedStore(self.db) if settings.shared else None
-        # Shared mode with Redis: admission state there, settlements mirrored, changes announced.
-        self.redis = RedisState(settings.redis_url, self.db) if settings.redis_url else None
-        self._unannounce = None
-        if self.redis is not None:
-            self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
-            self._unannounce = announce_changes(self.db, settings.redis_url)
-        self.charging = charging_for(self.billing, self.shared, settings.default_rpm, self.redis)
+
+    def _backends(self) -> None:
+        """Configured and registered backends, and the embedded engine."""
+        settings = self.settings
         self.pool = BackendPool([Backend(cfg) for cfg in settings.backends], self.clock.monotonic)
         configured = {b.name for b in settings.backends} | {"embedded"}
         registered = BackendStore(self.db, settings.waits)
         self.feed.subscribers.append(BackendRegistry(registered, self.pool, configured))
         self.engine: EmbeddedEngine | None = None
         if settings.engine.enabled:
-            self.engine = EmbeddedEngine(settings.engine, settings.engine.zone or settings.default_zone, say)
+            zone = settings.engine.zone or settings.default_zone
+            self.engine = EmbeddedEngine(settings.engine, zone, self.say)
             self.embedded = Backend(self.engine.backend_config, ready=self.engine.ready)
             self.pool.add(self.embedded)
+
+    def _energy(self) -> None:
+        """The meter (per process, or one per node in shared mode) and the energy service."""
+        settings = self.settings
         try:
             nodes = build_nodes(settings.energy, {b.name: b.config for b in self.pool.backends}, text_fetcher)
         except EnergyConfigError as exc:
@@ -147,12 +174,8 @@ class Runtime:
             else EnergyMeter(nodes, e.alpha_milli)
         )
         self.energy = EnergyService(self.energy_store, settings.energy, self.clock)
-        self.audit.sections = self.energy.receipt_section
-        self.session: aiohttp.ClientSession | None = None  # health checks, token counts
-        self.upstream = UpstreamPool(settings.waits)  # the requests themselves
-        self.gateway: Gateway | None = None
-        self.started = False
-        self._tasks: list[asyncio.Task] = []
+        self.request_energy = RequestFigures(self.energy)
+        self.audit.sections = self.request_energy.receipt_section
 
     async def start(self) -> None:
         self.feed.start()  # keys, prices and balances, from one snapshot

@@ -35,7 +35,8 @@ from tokenport.billing.ledger import (
     usage_tx,
 )
 from tokenport.billing.ledger_verify import verify
-from tokenport.billing.money import (
+from tokenport.billing.prices import BillableTokens, Cost, Price, PriceBook, cost_of
+from tokenport.money import (
     MoneyError,
     nano_to_usd,
     pico_to_nano,
@@ -43,7 +44,6 @@ from tokenport.billing.money import (
     usd_per_m_to_price,
     usd_to_nano,
 )
-from tokenport.billing.prices import BillableTokens, Cost, Price, PriceBook, cost_of
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 MAX_DT = datetime.max.replace(tzinfo=UTC)

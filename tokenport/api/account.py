@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from tokenport.tenancy.keys import KeyRecord
 
 if TYPE_CHECKING:
-    from tokenport.runtime import Runtime
+    from tokenport.api.services import AccountServices
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -20,10 +20,10 @@ from tokenport.api.admin import parse_since
 from tokenport.api.keyed import keyed, when_recorded
 from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
-from tokenport.billing.money import nano_to_usd
 from tokenport.energy.reports import green_csv, green_html
 from tokenport.energy.units import EnergyInputError, period_of
 from tokenport.gateway.errors import ApiError, bad_request
+from tokenport.money import nano_to_usd
 from tokenport.tenancy.service import InvalidInput, NotFound
 
 GROUPS = ("day", "model", "key")
@@ -34,15 +34,15 @@ ENERGY_FIELDS = ("energy_mj", "it_energy_mj", "green_mj", "co2_location_ug", "co
 
 
 @keyed
-async def balance(request: Request, rt: Runtime, key: KeyRecord) -> Response:
-    view = await run_in_threadpool(lambda: balance_view(rt.billing_service.balance(key.tenant_name)))
-    held = await run_in_threadpool(rt.charging.held, key.tenant_id, rt.clock.now())  # requests in flight
+async def balance(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
+    view = await run_in_threadpool(lambda: balance_view(svc.billing_service.balance(key.tenant_name)))
+    held = await run_in_threadpool(svc.charging.held, key.tenant_id, svc.clock.now())  # requests in flight
     view["held_usd"] = nano_to_usd(held)
     return Response(orjson.dumps(view), media_type="application/json")
 
 
 @keyed
-async def usage(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def usage(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     q = request.query_params
     group_by = q.get("group_by", "day")
     if group_by not in GROUPS:
@@ -52,8 +52,8 @@ async def usage(request: Request, rt: Runtime, key: KeyRecord) -> Response:
     except InvalidInput as exc:
         raise bad_request(str(exc).replace("'since'", "'start'/'end'"), param="start") from None
     limit = _limit(q.get("limit"))
-    rows = await run_in_threadpool(rt.usage_store.grouped, key.tenant_id, group_by, start, end)
-    energy = await run_in_threadpool(rt.energy.group_figures, key.tenant_id, group_by, start, end)
+    rows = await run_in_threadpool(svc.usage_store.grouped, key.tenant_id, group_by, start, end)
+    energy = await run_in_threadpool(svc.request_energy.group_figures, key.tenant_id, group_by, start, end)
     for r in rows:
         r["cost_usd"] = nano_to_usd(r["cost_nano_usd"])
         r.update(energy.get(r[group_by], dict.fromkeys(ENERGY_FIELDS, 0)))
@@ -95,40 +95,40 @@ def _format(request: Request) -> str:
 
 
 @keyed
-async def upcoming(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def upcoming(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     """The running month's invoice to date (`?period=YYYY-MM` for another), from the ledger;
     nothing is issued or stored."""
     fmt = _format(request)
     period = request.query_params.get("period")
     try:
-        doc = await run_in_threadpool(rt.billing_service.preview_invoice, key.tenant_name, period)
+        doc = await run_in_threadpool(svc.billing_service.preview_invoice, key.tenant_name, period)
     except InvalidInput as exc:
         raise bad_request(str(exc), param="period") from None
     return _rendered(doc, fmt)
 
 
 @keyed
-async def invoices(request: Request, rt: Runtime, key: KeyRecord) -> Response:
-    items = await run_in_threadpool(rt.billing_service.list_invoices, key.tenant_name)
+async def invoices(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
+    items = await run_in_threadpool(svc.billing_service.list_invoices, key.tenant_name)
     return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
 @keyed
-async def invoice(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def invoice(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     invoice_id = request.path_params["invoice_id"]
     fmt = _format(request)
     try:
-        doc = await run_in_threadpool(rt.billing_service.invoice, invoice_id, key.tenant_id)
+        doc = await run_in_threadpool(svc.billing_service.invoice, invoice_id, key.tenant_id)
     except NotFound:  # another tenant's invoice is indistinguishable from none
         raise ApiError(404, f"No invoice {invoice_id}", "invalid_request_error", "not_found") from None
     return _rendered(doc, fmt)
 
 
 @keyed
-async def retained(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def retained(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     """What the tenant opted to retain of one request, decrypted for that tenant only."""
     request_id = request.path_params["request_id"]
-    doc = await when_recorded(rt.vault.read, request_id, key.tenant_id)
+    doc = await when_recorded(svc.vault.read, request_id, key.tenant_id)
     if doc is None:
         raise ApiError(
             404,
@@ -141,15 +141,15 @@ async def retained(request: Request, rt: Runtime, key: KeyRecord) -> Response:
 
 
 @keyed
-async def green(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def green(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     """The tenant's green report for a month (`?period=YYYY-MM`, `&format=json|csv|html`)."""
-    period = request.query_params.get("period") or period_of(rt.clock.now())
+    period = request.query_params.get("period") or period_of(svc.clock.now())
     fmt = request.query_params.get("format", "json")
     if fmt not in ("json", "csv", "html"):
         raise bad_request("'format' must be json, csv or html", param="format")
     try:
         doc = await run_in_threadpool(
-            rt.energy.green_report, key.tenant_id, key.tenant_name, key.zone, period
+            svc.energy.green_report, key.tenant_id, key.tenant_name, key.zone, period
         )
     except EnergyInputError as exc:
         raise bad_request(str(exc), param="period") from None

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tokenport.runtime import Runtime
+    from tokenport.api.services import AdminServices
 
 import hmac
 from datetime import UTC, datetime
@@ -35,102 +35,120 @@ def _error(status: int, message: str, type_: str, code: str) -> Response:
     return _json({"error": {"message": message, "type": type_, "param": None, "code": code}}, status)
 
 
-def _admin(rt: Runtime, given: str) -> Admin | None:
-    token = rt.settings.admin_token
+def _admin(svc: AdminServices, given: str) -> Admin | None:
+    token = svc.settings.admin_token
     if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
         return ROOT
     scheme, _, secret = given.partition(" ")
     if scheme.lower() == "bearer" and secret.startswith(ADMIN_PREFIX):
-        return rt.admins.find(hash_key(secret))
+        return svc.admins.find(hash_key(secret))
     return None
+
+
+DOMAIN_ERRORS: tuple[tuple[type[Exception], int, str], ...] = (  # (error, status, code)
+    (InvalidInput, 400, "invalid_request"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+)
+
+
+def _refused(svc: AdminServices, given: str) -> Response:
+    """No admin behind the token: disabled (no root token, none of ours given) or invalid."""
+    if not svc.settings.admin_token and not given.partition(" ")[2].startswith(ADMIN_PREFIX):
+        return _error(
+            403,
+            "The admin API is disabled: set server.admin_token or TOKENPORT_ADMIN_TOKEN, "
+            "or use a token from `tokenport admins create`",
+            "permission_error",
+            "admin_disabled",
+        )
+    return _error(401, "Invalid admin token", "authentication_error", "invalid_admin_token")
+
+
+async def _body(request: Request) -> dict | Response | None:
+    """A POST's JSON object (an empty body is `{}`), a 400 if it is not one; None for a GET."""
+    if request.method != "POST":
+        return None
+    raw = await request.body()
+    try:
+        body = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return _error(400, "Invalid JSON body", "invalid_request_error", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "The body must be a JSON object", "invalid_request_error", "invalid_json")
+    return body
 
 
 def guarded(handler: Callable[..., Any]):
     """Check the admin token and its zones, map domain errors to HTTP, run blocking work off
-    the loop. `handler(rt, request, body, admin)`."""
+    the loop. `handler(services, request, body, admin)`."""
 
     async def endpoint(request: Request) -> Response:
-        rt = request.app.state.runtime
+        svc: AdminServices = request.app.state.services
         given = request.headers.get("authorization", "")
-        admin = await run_in_threadpool(_admin, rt, given)
+        admin = await run_in_threadpool(_admin, svc, given)
         if admin is None:
-            if not rt.settings.admin_token and not given.partition(" ")[2].startswith(ADMIN_PREFIX):
-                return _error(
-                    403,
-                    "The admin API is disabled: set server.admin_token or TOKENPORT_ADMIN_TOKEN, "
-                    "or use a token from `tokenport admins create`",
-                    "permission_error",
-                    "admin_disabled",
-                )
-            return _error(401, "Invalid admin token", "authentication_error", "invalid_admin_token")
-        body = None
-        if request.method == "POST":
-            raw = await request.body()
-            try:
-                body = orjson.loads(raw) if raw else {}
-            except orjson.JSONDecodeError:
-                return _error(400, "Invalid JSON body", "invalid_request_error", "invalid_json")
-            if not isinstance(body, dict):
-                return _error(400, "The body must be a JSON object", "invalid_request_error", "invalid_json")
+            return _refused(svc, given)
+        body = await _body(request)
+        if isinstance(body, Response):
+            return body
         try:
-            status, result = await run_in_threadpool(handler, rt, request, body, admin)
+            status, result = await run_in_threadpool(handler, svc, request, body, admin)
         except OutOfZone as exc:
-            await run_in_threadpool(rt.admins.audit_refusal, exc.admin, exc.zone, exc.action, rt.clock.now())
+            now = svc.clock.now()
+            await run_in_threadpool(svc.admins.audit_refusal, exc.admin, exc.zone, exc.action, now)
             return _error(403, str(exc), "permission_error", "zone_forbidden")
-        except InvalidInput as exc:
-            return _error(400, str(exc), "invalid_request_error", "invalid_request")
-        except NotFound as exc:
-            return _error(404, str(exc), "invalid_request_error", "not_found")
-        except Conflict as exc:
-            return _error(409, str(exc), "invalid_request_error", "conflict")
+        except (InvalidInput, NotFound, Conflict) as exc:
+            status, code = next((st, c) for kind, st, c in DOMAIN_ERRORS if isinstance(exc, kind))
+            return _error(status, str(exc), "invalid_request_error", code)
         return _json(result, status)
 
     return endpoint
 
 
-def _tenant(rt: Runtime, name: str, admin: Admin, action: str):
+def _tenant(svc: AdminServices, name: str, admin: Admin, action: str):
     """The named tenant, if the admin may act on its zone."""
     if not isinstance(name, str):
         raise InvalidInput("'tenant' is required")
-    tenant = rt.tenancy.tenant(name)
+    tenant = svc.tenancy.tenant(name)
     require(admin, tenant.zone, action)
     return tenant
 
 
-def list_tenants(rt: Runtime, request: Request, body: dict, admin: Admin):
-    tenants = [t for t in rt.tenancy.list_tenants() if admin.may(t.zone)]
+def list_tenants(svc: AdminServices, request: Request, body: dict, admin: Admin):
+    tenants = [t for t in svc.tenancy.list_tenants() if admin.may(t.zone)]
     return 200, {"object": "list", "data": [tenant_view(t) for t in tenants]}
 
 
-def create_tenant(rt: Runtime, request: Request, body: dict, admin: Admin):
-    zone = body.get("zone") or rt.settings.default_zone
+def create_tenant(svc: AdminServices, request: Request, body: dict, admin: Admin):
+    zone = body.get("zone") or svc.settings.default_zone
     if isinstance(zone, str):
         require(admin, zone, "tenant.create")
-    return 201, tenant_view(rt.tenancy.create_tenant(body.get("name"), zone))
+    return 201, tenant_view(svc.tenancy.create_tenant(body.get("name"), zone))
 
 
-def set_retention(rt: Runtime, request: Request, body: dict, admin: Admin):
-    tenant = _tenant(rt, request.path_params["name"], admin, "tenant.retention")
-    return 200, tenant_view(rt.tenancy.set_retention(tenant.name, body.get("ttl_s")))
+def set_retention(svc: AdminServices, request: Request, body: dict, admin: Admin):
+    tenant = _tenant(svc, request.path_params["name"], admin, "tenant.retention")
+    return 200, tenant_view(svc.tenancy.set_retention(tenant.name, body.get("ttl_s")))
 
 
-def purge_tenant(rt: Runtime, request: Request, body: dict, admin: Admin):
+def purge_tenant(svc: AdminServices, request: Request, body: dict, admin: Admin):
     """Delete everything retained for the tenant; the signed deletion receipt."""
-    tenant = _tenant(rt, request.path_params["name"], admin, "retention.purge")
-    return 200, rt.vault.purge_tenant(tenant)
+    tenant = _tenant(svc, request.path_params["name"], admin, "retention.purge")
+    return 200, svc.vault.purge_tenant(tenant)
 
 
-def list_keys(rt: Runtime, request: Request, body: dict, admin: Admin):
+def list_keys(svc: AdminServices, request: Request, body: dict, admin: Admin):
     name = request.query_params.get("tenant")
     if name is not None:
-        _tenant(rt, name, admin, "key.list")
-    keys = [k for k in rt.tenancy.list_keys(name) if admin.may(k.zone)]
+        _tenant(svc, name, admin, "key.list")
+    keys = [k for k in svc.tenancy.list_keys(name) if admin.may(k.zone)]
     return 200, {"object": "list", "data": [key_view(k) for k in keys]}
 
 
-def create_key(rt: Runtime, request: Request, body: dict, admin: Admin):
-    tenant = _tenant(rt, body.get("tenant"), admin, "key.create").name
-    info, secret = rt.tenancy.create_key(
+def create_key(svc: AdminServices, request: Request, body: dict, admin: Admin):
+    tenant = _tenant(svc, body.get("tenant"), admin, "key.create").name
+    info, secret = svc.tenancy.create_key(
         tenant,
         body.get("label"),
         body.get("rpm_limit"),
@@ -141,20 +159,20 @@ def create_key(rt: Runtime, request: Request, body: dict, admin: Admin):
     return 201, key_view(info, secret)
 
 
-def revoke_key(rt: Runtime, request: Request, body: dict, admin: Admin):
+def revoke_key(svc: AdminServices, request: Request, body: dict, admin: Admin):
     key_id = request.path_params["key_id"]
-    zone = rt.tenancy.store.key_zone(key_id)
+    zone = svc.tenancy.store.key_zone(key_id)
     if zone is not None:
         require(admin, zone, "key.revoke")
-    rt.tenancy.revoke_key(key_id)
+    svc.tenancy.revoke_key(key_id)
     return 200, {"id": key_id, "revoked": True}
 
 
-def usage(rt: Runtime, request: Request, body: dict, admin: Admin):
+def usage(svc: AdminServices, request: Request, body: dict, admin: Admin):
     q = request.query_params
     tenant = q.get("tenant")
     if tenant is not None:
-        _tenant(rt, tenant, admin, "usage.read")
+        _tenant(svc, tenant, admin, "usage.read")
     elif admin.zones is not None:
         raise InvalidInput("a zone-scoped admin must name the tenant: ?tenant=NAME")
     since = parse_since(q.get("since"))
@@ -162,12 +180,12 @@ def usage(rt: Runtime, request: Request, body: dict, admin: Admin):
         limit = int(q.get("limit", "1000"))
     except ValueError:
         raise InvalidInput("'limit' must be an integer") from None
-    rows = rt.usage_store.query(tenant, since, limit=max(1, min(limit, 100_000)))
-    energy = rt.energy.request_figures(rows)
+    rows = svc.usage_store.query(tenant, since, limit=max(1, min(limit, 100_000)))
+    energy = svc.request_energy.request_figures(rows)
     return 200, {
         "object": "list",
         "data": [{**usage_view(r), "energy": energy.get(r["request_id"])} for r in rows],
-        "totals": rt.usage_store.totals(tenant, since),
+        "totals": svc.usage_store.totals(tenant, since),
     }
 
 

@@ -96,7 +96,7 @@ class TokenportApp:
                 Exception: _internal,
             },
         )
-        self.starlette.state.runtime = runtime
+        self.starlette.state.services = runtime  # each handler sees its surface's view of it
         self._http = RequestIdMiddleware(self.starlette)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

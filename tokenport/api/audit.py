@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from tokenport.tenancy.keys import KeyRecord
 
 if TYPE_CHECKING:
-    from tokenport.runtime import Runtime
+    from tokenport.api.services import AuditServices
 
 import orjson
 from starlette.concurrency import run_in_threadpool
@@ -31,8 +31,8 @@ def _json(obj: object) -> Response:
 
 
 async def public_keys(request: Request) -> Response:
-    rt = request.app.state.runtime
-    keys = await run_in_threadpool(rt.audit.store.public_keys)
+    svc: AuditServices = request.app.state.services
+    keys = await run_in_threadpool(svc.audit.store.public_keys)
     data = [
         {
             "key_id": k["key_id"],
@@ -47,8 +47,8 @@ async def public_keys(request: Request) -> Response:
 
 
 @keyed
-async def head(request: Request, rt: Runtime, key: KeyRecord) -> Response:
-    heads = await run_in_threadpool(rt.audit.store.heads, key.zone)
+async def head(request: Request, svc: AuditServices, key: KeyRecord) -> Response:
+    heads = await run_in_threadpool(svc.audit.store.heads, key.zone)
     if not heads:
         raise ApiError(
             404, f"zone '{key.zone}' has no signed tree head yet", "invalid_request_error", "not_found"
@@ -65,24 +65,24 @@ def _int(request: Request, name: str) -> int:
 
 
 @keyed
-async def inclusion(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def inclusion(request: Request, svc: AuditServices, key: KeyRecord) -> Response:
     index, size = _int(request, "index"), _int(request, "size")
-    await run_in_threadpool(_check_size, rt, key.zone, size)
+    await run_in_threadpool(_check_size, svc, key.zone, size)
     if not index < size:
         raise bad_request(f"index {index} is not in a tree of {size}", param="index")
 
     def build(subtree: Callable[[int, int], bytes]):
         return subtree(0, index), range_root(0, size, subtree), inclusion_path(index, size, subtree)
 
-    leaf, root_hash, proof = await run_in_threadpool(rt.audit.store.proof_source, key.zone, size, build)
+    leaf, root_hash, proof = await run_in_threadpool(svc.audit.store.proof_source, key.zone, size, build)
     body = {"zone": key.zone, "index": index, "size": size, "leaf": leaf.hex(), "root": root_hash.hex()}
     return _json({**body, "proof": [p.hex() for p in proof]})
 
 
 @keyed
-async def consistency(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def consistency(request: Request, svc: AuditServices, key: KeyRecord) -> Response:
     first, second = _int(request, "first"), _int(request, "second")
-    await run_in_threadpool(_check_size, rt, key.zone, second)
+    await run_in_threadpool(_check_size, svc, key.zone, second)
     if first > second:
         raise bad_request("'first' cannot be larger than 'second'", param="first")
 
@@ -91,22 +91,22 @@ async def consistency(request: Request, rt: Runtime, key: KeyRecord) -> Response
         second_root = range_root(0, second, subtree) if second else EMPTY_ROOT
         return first_root, second_root, consistency_path(first, second, subtree)
 
-    a, b, proof = await run_in_threadpool(rt.audit.store.proof_source, key.zone, second, build)
+    a, b, proof = await run_in_threadpool(svc.audit.store.proof_source, key.zone, second, build)
     body = {"zone": key.zone, "first": first, "second": second, "first_root": a.hex()}
     return _json({**body, "second_root": b.hex(), "proof": [p.hex() for p in proof]})
 
 
-def _check_size(rt: Runtime, zone: str, size: int) -> None:
-    have = rt.audit.store.size(zone)
+def _check_size(svc: AuditServices, zone: str, size: int) -> None:
+    have = svc.audit.store.size(zone)
     if size > have:
         raise bad_request(f"zone '{zone}' has {have} entries, not {size}", param="size")
 
 
 @keyed
-async def receipt(request: Request, rt: Runtime, key: KeyRecord) -> Response:
+async def receipt(request: Request, svc: AuditServices, key: KeyRecord) -> Response:
     """The signed processing receipt of one of the key's tenant's requests."""
     request_id = request.path_params["request_id"]
-    doc = await when_recorded(rt.audit.receipt, request_id, key.tenant_id)
+    doc = await when_recorded(svc.audit.receipt, request_id, key.tenant_id)
     if doc is not None:
         return _json(doc)
     raise ApiError(

@@ -36,120 +36,130 @@ def guarded_protocol(
 ) -> type[HttpToolsProtocol]:
     """The protocol class for `uvicorn.Config(http=...)`; `on_refused(reason)` counts what a
     bound ended ("header_timeout", "body_timeout", "too_many_connections", "malformed")."""
-    per_address: dict[str | None, int] = {}
 
-    class GuardedHttp(HttpToolsProtocol):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self._timer: asyncio.TimerHandle | None = None
-            self._deadline = 0.0  # the whole request's (from its first byte); 0 between requests
-            self._address: str | None = None
-            self._over_cap = False
-            self._in_body = False
-            self._refused = False
+    class ServerHttp(GuardedHttp):
+        _bounds = bounds
+        _on_refused = staticmethod(on_refused)
+        _per_address = {}  # this server's own counts
 
-        # --- connections per address ---
+    return ServerHttp
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._address = self.client[0] if self.client else None
-            n = per_address[self._address] = per_address.get(self._address, 0) + 1
-            cap = bounds.max_connections_per_client
-            self._over_cap = bool(cap) and n > cap
-            self._arm(bounds.header_timeout_s)  # the first request, from the connection
 
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel()
-            n = per_address.get(self._address, 1) - 1
-            if n > 0:
-                per_address[self._address] = n
-            else:
-                per_address.pop(self._address, None)
-            super().connection_lost(exc)
+class GuardedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol within the client bounds. A server's own subclass
+    (`guarded_protocol`) sets what it shares across connections."""
 
-        # --- the parser's events (one request after another on a connection) ---
+    _bounds: ClientBounds
+    _on_refused: Callable[[str], None]
+    _per_address: dict[str | None, int]  # the connections open from each address
 
-        def on_message_begin(self) -> None:
-            super().on_message_begin()
-            self._deadline = self.loop.time() + bounds.read_timeout_s
-            self._arm(bounds.header_timeout_s)
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0  # the whole request's (from its first byte); 0 between requests
+        self._address: str | None = None
+        self._over_cap = False
+        self._in_body = False
+        self._refused = False
 
-        def on_headers_complete(self) -> None:
-            if self._over_cap:
-                return self._refuse(429, "too_many_connections", _too_many(bounds))
-            super().on_headers_complete()
-            self._in_body = True
-            self._arm(bounds.body_timeout_s)
+    # --- connections per address ---
 
-        def on_body(self, body: bytes) -> None:
-            if self._refused:
-                return
-            super().on_body(body)
-            self._arm(bounds.body_timeout_s)
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._address = self.client[0] if self.client else None
+        n = self._per_address[self._address] = self._per_address.get(self._address, 0) + 1
+        cap = self._bounds.max_connections_per_client
+        self._over_cap = bool(cap) and n > cap
+        self._arm(self._bounds.header_timeout_s)  # the first request, from the connection
 
-        def on_message_complete(self) -> None:
-            if self._refused:
-                return
-            super().on_message_complete()
-            self._cancel()  # the answer's time is the application's; then keep-alive's
-            self._in_body, self._deadline = False, 0.0
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel()
+        n = self._per_address.get(self._address, 1) - 1
+        if n > 0:
+            self._per_address[self._address] = n
+        else:
+            self._per_address.pop(self._address, None)
+        super().connection_lost(exc)
 
-        def send_400_response(self, msg: str) -> None:
-            err = ApiError(400, "Malformed HTTP request", "invalid_request_error", "invalid_http")
-            self._refuse(400, "malformed", err)
+    # --- the parser's events (one request after another on a connection) ---
 
-        # --- bounds ---
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._deadline = self.loop.time() + self._bounds.read_timeout_s
+        self._arm(self._bounds.header_timeout_s)
 
-        def _arm(self, seconds: float) -> None:
-            self._cancel()
-            at = self.loop.time() + seconds
-            self._timer = self.loop.call_at(
-                min(at, self._deadline) if self._deadline else at, self._timed_out
-            )
+    def on_headers_complete(self) -> None:
+        if self._over_cap:
+            return self._refuse(429, "too_many_connections", _too_many(self._bounds))
+        super().on_headers_complete()
+        self._in_body = True
+        self._arm(self._bounds.body_timeout_s)
 
-        def _cancel(self) -> None:
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+    def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
+        super().on_body(body)
+        self._arm(self._bounds.body_timeout_s)
 
-        def _timed_out(self) -> None:
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        super().on_message_complete()
+        self._cancel()  # the answer's time is the application's; then keep-alive's
+        self._in_body, self._deadline = False, 0.0
+
+    def send_400_response(self, msg: str) -> None:
+        err = ApiError(400, "Malformed HTTP request", "invalid_request_error", "invalid_http")
+        self._refuse(400, "malformed", err)
+
+    # --- bounds ---
+
+    def _arm(self, seconds: float) -> None:
+        self._cancel()
+        at = self.loop.time() + seconds
+        self._timer = self.loop.call_at(min(at, self._deadline) if self._deadline else at, self._timed_out)
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
             self._timer = None
-            if self.transport.is_closing():
-                return
-            if not self._deadline:  # no request begun: nothing to answer
-                on_refused("idle")
-                self.transport.close()
-                return
-            part = "body" if self._in_body else "headers"
-            err = ApiError(
-                408,
-                f"The request's {part} did not arrive in time",
-                "invalid_request_error",
-                "request_timeout",
-            )
-            self._refuse(408, "body_timeout" if self._in_body else "header_timeout", err)
 
-        def _refuse(self, status: int, reason: str, err: ApiError) -> None:
-            """Answer in the client's protocol and close; an application reading the request
-            sees the client gone (its own answer, if any, goes nowhere)."""
-            self._cancel()
-            self._refused = True
-            on_refused(reason)
-            cycle = self.cycle if self._in_body else None
-            if cycle is None or not cycle.response_started:
-                anthropic = (self.url or b"").startswith(b"/v1/messages")
-                body = anthropic_error(err) if anthropic else openai_error_body(err)
-                rid = (b"x-request-id", new_request_id().encode())
-                headers = [*error_headers(err, body, (rid,)), (b"connection", b"close")]
-                head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
-                head += b"".join(k + b": " + v + b"\r\n" for k, v in headers)
-                self.transport.write(head + b"\r\n" + body)
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if not self._deadline:  # no request begun: nothing to answer
+            self._on_refused("idle")
             self.transport.close()
-            if cycle is not None and not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
+            return
+        part = "body" if self._in_body else "headers"
+        err = ApiError(
+            408,
+            f"The request's {part} did not arrive in time",
+            "invalid_request_error",
+            "request_timeout",
+        )
+        self._refuse(408, "body_timeout" if self._in_body else "header_timeout", err)
 
-    return GuardedHttp
+    def _refuse(self, status: int, reason: str, err: ApiError) -> None:
+        """Answer in the client's protocol and close; an application reading the request
+        sees the client gone (its own answer, if any, goes nowhere)."""
+        self._cancel()
+        self._refused = True
+        self._on_refused(reason)
+        cycle = self.cycle if self._in_body else None
+        if cycle is None or not cycle.response_started:
+            anthropic = (self.url or b"").startswith(b"/v1/messages")
+            body = anthropic_error(err) if anthropic else openai_error_body(err)
+            rid = (b"x-request-id", new_request_id().encode())
+            headers = [*error_headers(err, body, (rid,)), (b"connection", b"close")]
+            head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])
+            head += b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+            self.transport.write(head + b"\r\n" + body)
+        self.transport.close()
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
 
 
 def _too_many(bounds: ClientBounds) -> ApiError:

@@ -4,8 +4,8 @@ answer any ApiError in the OpenAI shape."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -13,21 +13,26 @@ from starlette.responses import Response
 
 from tokenport.api.errors import error_headers, openai_error_body
 from tokenport.gateway.errors import ApiError
+from tokenport.tenancy.keys import KeyRecord
+
+if TYPE_CHECKING:
+    from tokenport.api.services import Keyed
 
 
-def keyed(handler: Callable[..., Any]):
-    """`handler(request, runtime, key)`; the key comes from `Authorization: Bearer` or `x-api-key`."""
+def keyed(handler: Callable[[Request, Any, KeyRecord], Awaitable[Response]]):
+    """`handler(request, services, key)`; the key comes from `Authorization: Bearer` or `x-api-key`;
+    `services` is the app's (typed by the handler as its surface's view, `api/services.py`)."""
 
     async def endpoint(request: Request) -> Response:
-        rt = request.app.state.runtime
+        svc: Keyed = request.app.state.services
         h = request.headers
         try:
-            key = rt.keys.authenticate(
+            key = svc.keys.authenticate(
                 h.get("authorization", "").encode("latin-1") or None,
                 h.get("x-api-key", "").encode("latin-1") or None,
                 request.client.host if request.client else None,
             )
-            return await handler(request, rt, key)
+            return await handler(request, svc, key)
         except ApiError as err:
             body = openai_error_body(err)
             headers = {k.decode(): v.decode() for k, v in error_headers(err, body)}

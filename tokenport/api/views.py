@@ -15,7 +15,7 @@ def _iso(dt: datetime | None) -> str | None:
 
 
 def _usd(nano: int | None) -> str | None:
-    from tokenport.billing.money import nano_to_usd
+    from tokenport.money import nano_to_usd
 
     return nano_to_usd(nano) if nano is not None else None
 
@@ -55,7 +55,7 @@ def usage_view(row: dict) -> dict:
 
 
 def price_view(p: Price) -> dict:
-    from tokenport.billing.money import price_to_usd_per_m
+    from tokenport.money import price_to_usd_per_m
 
     return {
         "model": p.model,
@@ -71,7 +71,7 @@ def price_view(p: Price) -> dict:
 
 
 def lot_view(lot: LotBalance, remaining: int | None = None, expired: bool | None = None) -> dict:
-    from tokenport.billing.money import nano_to_usd
+    from tokenport.money import nano_to_usd
 
     view = {
         "id": lot.id,
@@ -87,7 +87,7 @@ def lot_view(lot: LotBalance, remaining: int | None = None, expired: bool | None
 
 
 def balance_view(b: Balance) -> dict:
-    from tokenport.billing.money import nano_to_usd
+    from tokenport.money import nano_to_usd
 
     return {
         "tenant": b.tenant,

@@ -154,6 +154,13 @@ def verify_consistency(
         return not proof and first_root == second_root
     if first == 0:
         return not proof
+    return _verify_consistency_path(first, second, first_root, second_root, proof)
+
+
+def _verify_consistency_path(
+    first: int, second: int, first_root: bytes, second_root: bytes, proof: Sequence[bytes]
+) -> bool:
+    """RFC 9162 2.1.4.2, steps 1 to 7, for 0 < first < second."""
     if not proof:
         return False
     path = list(proof)

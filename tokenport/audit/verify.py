@@ -39,17 +39,28 @@ def verify_zone(
     """(problems, the first bad index or None). `nodes`: (lowest stored level, the stored
     subtree hashes proofs are built from), checked against the recomputed tree."""
     problems: list[str] = []
-    first_bad: int | None = None
+    node_level, stored = nodes if nodes is not None else (0, None)
+    roots, expected, first_bad = _replay(zone, entries, node_level, problems)
+    first_bad = _check_heads(zone, heads, public_keys, roots, first_bad, problems)
+    if stored is not None and first_bad is None and stored != expected:
+        first_bad = _check_nodes(zone, expected, stored, problems)
+    return problems, first_bad
+
+
+def _replay(
+    zone: str, entries: list[StoredEntry], node_level: int, problems: list[str]
+) -> tuple[list[str], dict[tuple[int, int], str], int | None]:
+    """Recompute the tree from the entries in index order, up to the first that does not check
+    out: (the roots of the prefix that does, the subtree hashes from `node_level` up, the first
+    bad index or None)."""
     roots: list[str] = []
     frontier = Frontier()
-    node_level, stored = nodes if nodes is not None else (0, None)
     expected: dict[tuple[int, int], str] = {}
     for position, e in enumerate(entries):
         if e.index != position:
             what = "missing" if e.index > position else "out of order or repeated"
             problems.append(f"{zone}: entry {position} is {what} (found index {e.index})")
-            first_bad = position
-            break
+            return roots, expected, position
         leaf = leaf_hash(e.entry)
         for level, i, h in frontier.append(leaf):
             if level >= node_level:
@@ -57,9 +68,20 @@ def verify_zone(
         root = frontier.root().hex()
         if leaf.hex() != e.leaf or root != e.root:
             problems.append(f"{zone}: entry {position} does not match its hashes (modified or moved)")
-            first_bad = position
-            break
+            return roots, expected, position
         roots.append(root)  # the roots of the prefix that checks out
+    return roots, expected, None
+
+
+def _check_heads(
+    zone: str,
+    heads: list[StoredHead],
+    public_keys: dict[str, str],
+    roots: list[str],
+    first_bad: int | None,
+    problems: list[str],
+) -> int | None:
+    """Check the recomputed roots against the signed heads, smallest first; the first bad index."""
     good = 0  # the largest signed size the entries still match
     for h in sorted(heads, key=lambda h: h.head.size):
         head = h.head
@@ -78,9 +100,15 @@ def verify_zone(
             first_bad = good if first_bad is None else min(first_bad, good)
         elif head.size <= len(roots):
             good = max(good, head.size)
-    if stored is not None and first_bad is None and stored != expected:
-        bad = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
-        level, i = bad[0]
-        problems.append(f"{zone}: the stored subtree hash at level {level}, index {i} is wrong")
-        first_bad = i << level
-    return problems, first_bad
+    return first_bad
+
+
+def _check_nodes(
+    zone: str, expected: dict[tuple[int, int], str], stored: dict[tuple[int, int], str], problems: list[str]
+) -> int:
+    """The stored subtree hashes differ from the recomputed ones: the first leaf under the
+    lowest, leftmost wrong one."""
+    bad = sorted(k for k in expected.keys() | stored.keys() if expected.get(k) != stored.get(k))
+    level, i = bad[0]
+    problems.append(f"{zone}: the stored subtree hash at level {level}, index {i} is wrong")
+    return i << level

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tokenport.billing.ledger import Ledger, Transaction, charge_tx
-from tokenport.billing.money import PICO_PER_NANO
 from tokenport.billing.prices import BillableTokens, Cost, Price, PriceBook, cost_of
+from tokenport.money import PICO_PER_NANO
 
 
 class ModelNotPriced(LookupError):

@@ -11,8 +11,8 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 from tokenport.billing.ledger import Lot, Transaction
-from tokenport.billing.money import nano_to_usd, pico_to_nano, price_to_usd_per_m
 from tokenport.billing.prices import BillableTokens, PriceBook, cost_of
+from tokenport.money import nano_to_usd, pico_to_nano, price_to_usd_per_m
 
 
 class InvoiceConflict(Exception):

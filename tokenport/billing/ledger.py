@@ -232,6 +232,16 @@ class Ledger:
     def post(self, tx: Transaction) -> None:
         """Apply a transaction; refuses anything that would break an invariant."""
         tx.check()
+        self._check_new(tx)
+        deltas: dict[str, int] = defaultdict(int)  # an account named twice is checked as a whole
+        for e in tx.entries:
+            deltas[e.account] += e.amount
+        for account, delta in deltas.items():
+            self._check_account(tx, account, delta)
+        self._apply(tx)
+
+    def _check_new(self, tx: Transaction) -> None:
+        """Refuse a transaction, a charge of a request or a reversal that was posted before."""
         if tx.id in self._by_id:
             raise LedgerError(f"transaction {tx.id} already posted")
         if tx.request_id is not None and tx.request_id in self._by_request:
@@ -240,21 +250,20 @@ class Ledger:
             original = self._by_id.get(tx.reverses or "")
             if original is None or tx.reverses in self._reversed:
                 raise LedgerError(f"cannot reverse {tx.reverses}")
-        deltas: dict[str, int] = defaultdict(int)  # an account named twice is checked as a whole
-        for e in tx.entries:
-            deltas[e.account] += e.amount
-        for account, delta in deltas.items():
-            if account.startswith("lot:"):
-                lot = self.lots.get(account[4:])
-                if lot is None or lot.tenant_id != tx.tenant_id:
-                    raise LedgerError(f"{account} is not a lot of tenant {tx.tenant_id}")
-                if self._balances[account] + delta < 0:
-                    raise InsufficientFunds(f"{account} would go below zero")
-                if tx.kind == "grant" and account in self._granted:
-                    raise LedgerError(f"{account} has already been granted")
-            elif account.startswith("receivable:") and account != receivable_account(tx.tenant_id):
-                raise LedgerError(f"{account} is not the receivable of tenant {tx.tenant_id}")
-        self._apply(tx)
+
+    def _check_account(self, tx: Transaction, account: str, delta: int) -> None:
+        """Refuse moving `delta` on an account that is not the tenant's, or a lot below zero
+        (or granted twice)."""
+        if account.startswith("lot:"):
+            lot = self.lots.get(account[4:])
+            if lot is None or lot.tenant_id != tx.tenant_id:
+                raise LedgerError(f"{account} is not a lot of tenant {tx.tenant_id}")
+            if self._balances[account] + delta < 0:
+                raise InsufficientFunds(f"{account} would go below zero")
+            if tx.kind == "grant" and account in self._granted:
+                raise LedgerError(f"{account} has already been granted")
+        elif account.startswith("receivable:") and account != receivable_account(tx.tenant_id):
+            raise LedgerError(f"{account} is not the receivable of tenant {tx.tenant_id}")
 
     def _apply(self, tx: Transaction) -> None:
         for e in tx.entries:

@@ -11,7 +11,7 @@ import bisect
 from dataclasses import dataclass
 from datetime import datetime
 
-from tokenport.billing.money import pico_to_nano
+from tokenport.money import pico_to_nano
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,11 @@ from datetime import datetime, timedelta
 from tokenport.billing.invoices import InvoiceConflict, InvoiceError, build_invoice, canonical, period_bounds
 from tokenport.billing.ledger import Ledger, LedgerError, Lot, fee_tx, fee_tx_id, grant_tx, lot_account
 from tokenport.billing.ledger_verify import cache_problems, verify
-from tokenport.billing.money import (
+from tokenport.billing.plans import OVERAGE, UNITS, Plan, PlanConflict, parse_multipliers
+from tokenport.billing.ports import BillingRepositories
+from tokenport.billing.prices import Price, PriceBook
+from tokenport.clock import Clock, SystemClock
+from tokenport.money import (
     MoneyError,
     nano_to_usd,
     nano_usd_to_cny,
@@ -18,10 +22,6 @@ from tokenport.billing.money import (
     usd_per_m_to_price,
     usd_to_nano,
 )
-from tokenport.billing.plans import OVERAGE, UNITS, Plan, PlanConflict, parse_multipliers
-from tokenport.billing.ports import BillingRepositories
-from tokenport.billing.prices import Price, PriceBook
-from tokenport.clock import Clock, SystemClock
 from tokenport.tenancy.keys import NAME_RE, new_id
 from tokenport.tenancy.records import Tenant
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService

@@ -148,7 +148,7 @@ def _render_invoice(doc: dict, fmt: str, as_json: bool) -> None:
 
 
 def _plan_view(plan: Plan, tenants: list[str] | None = None) -> dict:
-    from tokenport.billing.money import nano_to_usd
+    from tokenport.money import nano_to_usd
 
     view = {
         "name": plan.name,
@@ -240,7 +240,7 @@ def cmd_invoices_void(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+def _register_prices(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     prices = sub.add_parser("prices", help="the price book").add_subparsers(dest="sub", required=True)
     c = command(
         prices, "set", cmd_prices_set, "set a model's price from a moment on (history is kept)", creates=True
@@ -256,6 +256,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(prices, "list", cmd_prices_list, "every price, with history")
     c.add_argument("--json", action="store_true")
 
+
+def _register_credits(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     credits = sub.add_parser("credits", help="prepaid credits").add_subparsers(dest="sub", required=True)
     c = command(credits, "grant", cmd_credits_grant, "grant credit to a tenant")
     c.add_argument("tenant")
@@ -273,10 +275,14 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     )
     c.add_argument("--json", action="store_true")
 
+
+def _register_balance(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(sub, "balance", cmd_balance, "a tenant's spendable credit, lot by lot in burn order")
     c.add_argument("tenant")
     c.add_argument("--json", action="store_true")
 
+
+def _register_plans(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     plans = sub.add_parser("plans", help="coding-style plans").add_subparsers(dest="sub", required=True)
     c = command(plans, "create", cmd_plans_create, "create a plan", creates=True)
     c.add_argument("name")
@@ -298,6 +304,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("tenant")
     c.add_argument("plan")
 
+
+def _register_fx(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     fx = sub.add_parser("fx", help="the CNY/USD rate per month").add_subparsers(dest="sub", required=True)
     c = command(fx, "set", cmd_fx_set, "record the CNY/USD rate for a month", creates=True)
     c.add_argument("--period", required=True, help="YYYY-MM")
@@ -305,6 +313,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(fx, "list", cmd_fx_list, "the recorded rates")
     c.add_argument("--json", action="store_true")
 
+
+def _register_invoices(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     inv = sub.add_parser("invoices", help="monthly invoices").add_subparsers(dest="sub", required=True)
     formats = ("text", "json", "csv", "html")
     c = command(inv, "issue", cmd_invoices_issue, "issue a tenant's invoice for a past month (idempotent)")
@@ -333,8 +343,20 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("invoice_id")
     c.add_argument("--reason", required=True)
 
+
+def _register_ledger(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     ledger = sub.add_parser("ledger", help="the double-entry ledger").add_subparsers(
         dest="sub", required=True
     )
     c = command(ledger, "verify", cmd_ledger_verify, "check every ledger invariant (exit 1 on a violation)")
     c.add_argument("--json", action="store_true")
+
+
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    _register_prices(sub, command)
+    _register_credits(sub, command)
+    _register_balance(sub, command)
+    _register_plans(sub, command)
+    _register_fx(sub, command)
+    _register_invoices(sub, command)
+    _register_ledger(sub, command)

@@ -183,6 +183,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from tokenport.api.admin import parse_since
     from tokenport.api.views import usage_view
+    from tokenport.energy.request_figures import RequestFigures
     from tokenport.energy.service import EnergyService
     from tokenport.store.energy import EnergyStore
     from tokenport.store.usage import UsageStore
@@ -193,7 +194,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     since = parse_since(args.since)
     store = UsageStore(engine)
     raw = store.query(args.tenant, since, limit=args.limit)
-    energy = EnergyService(EnergyStore(engine), _settings(args).energy).request_figures(raw)
+    energy = RequestFigures(EnergyService(EnergyStore(engine), _settings(args).energy)).request_figures(raw)
     rows = [{**usage_view(r), "energy": energy.get(r["request_id"])} for r in raw]
     totals = store.totals(args.tenant, since)
     lines = [
@@ -211,7 +212,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+def _register_zones(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     zones = sub.add_parser("zones", help="data zones").add_subparsers(dest="sub", required=True)
     c = command(
         zones,
@@ -225,6 +226,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(zones, "list", cmd_zones_list, "list zones")
     c.add_argument("--json", action="store_true")
 
+
+def _register_tenants(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     tenants = sub.add_parser("tenants", help="manage tenants").add_subparsers(dest="sub", required=True)
     c = command(tenants, "create", cmd_tenants_create, "create a tenant", creates=True)
     c.add_argument("name")
@@ -245,6 +248,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("--out", help="also write the deletion receipt to this file")
     c.add_argument("--json", action="store_true")
 
+
+def _register_admins(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     admins = sub.add_parser("admins", help="zone-scoped admin tokens").add_subparsers(
         dest="sub", required=True
     )
@@ -259,6 +264,8 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(admins, "revoke", cmd_admins_revoke, "revoke an admin token")
     c.add_argument("name")
 
+
+def _register_keys(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="sub", required=True)
     c = command(keys, "create", cmd_keys_create, "create an API key (secret shown once)")
     c.add_argument("--tenant", required=True)
@@ -274,8 +281,18 @@ def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c.add_argument("--tenant", required=True)
     c.add_argument("--json", action="store_true")
 
+
+def _register_usage(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
     c = command(sub, "usage", cmd_usage, "per-request usage records and totals")
     c.add_argument("--tenant")
     c.add_argument("--since", help="ISO 8601 timestamp with zone, e.g. 2026-01-01T00:00:00Z")
     c.add_argument("--limit", type=int, default=1000)
     c.add_argument("--json", action="store_true")
+
+
+def register(sub: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    _register_zones(sub, command)
+    _register_tenants(sub, command)
+    _register_admins(sub, command)
+    _register_keys(sub, command)
+    _register_usage(sub, command)

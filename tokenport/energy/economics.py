@@ -200,18 +200,30 @@ def missing(doc: dict, tariff: bool, cost_micro_cny: int) -> dict[str, str]:
     if doc["cny_per_usd"] is None:
         out["cny_per_usd"] = out["revenue_cny"] = no_fx
     if doc["value_multiple"] is None:
-        why = [no_fx] if doc["cny_per_usd"] is None else []
-        why += [no_tariff] if not tariff else []
-        if not why:
-            why = [f"the electricity cost of {p} is 0 CNY (nothing consumed, or a zero tariff)"]
-        out["value_multiple"] = "; ".join(why)
+        out["value_multiple"] = _no_value_multiple(doc, tariff, no_fx, no_tariff)
     if doc["kwh_per_million_tokens"] is None:
         out["kwh_per_million_tokens"] = f"no tokens in {p}"
     for k in ("measured_share", "estimated_share"):
         if doc["energy"][k] is None:
             out[f"energy.{k}"] = no_energy
-    for group in ("by_model", "by_customer"):
-        for r in doc[group]:
-            if r["kwh_per_million_tokens"] is None:
-                out[f"{group}.{r['name']}.kwh_per_million_tokens"] = f"no tokens in {p}"
+    out.update(_rows_without_tokens(doc))
     return out
+
+
+def _no_value_multiple(doc: dict, tariff: bool, no_fx: str, no_tariff: str) -> str:
+    """Why revenue over electricity cost is null: no rate, no tariff, or a cost of zero."""
+    why = [no_fx] if doc["cny_per_usd"] is None else []
+    why += [no_tariff] if not tariff else []
+    if not why:
+        why = [f"the electricity cost of {doc['period']} is 0 CNY (nothing consumed, or a zero tariff)"]
+    return "; ".join(why)
+
+
+def _rows_without_tokens(doc: dict) -> dict[str, str]:
+    """The models' and customers' rows whose energy per token is null."""
+    return {
+        f"{group}.{r['name']}.kwh_per_million_tokens": f"no tokens in {doc['period']}"
+        for group in ("by_model", "by_customer")
+        for r in doc[group]
+        if r["kwh_per_million_tokens"] is None
+    }

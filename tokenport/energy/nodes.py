@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from tokenport.config import BackendConfig
 from tokenport.energy.config import EnergyConfig, EnergyConfigError, NodeConfig
 from tokenport.energy.meter import Node
+from tokenport.energy.ports import MeteredBackend
 from tokenport.energy.sources import (
     TOKEN_COUNTERS,
     EnergySource,
@@ -50,7 +50,7 @@ def make_source(cfg: NodeConfig, fetcher: Fetcher) -> EnergySource:
     return PowerModelSource(cfg.idle_w, cfg.dynamic_w)
 
 
-def build_nodes(cfg: EnergyConfig, backends: dict[str, BackendConfig], fetcher: Fetcher) -> list[Node]:
+def build_nodes(cfg: EnergyConfig, backends: dict[str, MeteredBackend], fetcher: Fetcher) -> list[Node]:
     """`backends`: every backend by name; `fetcher` reads a URL's text. Without configured nodes,
     the embedded engine (if any) is one node with the default source; other backends are not
     metered. The engines' token counters are read where their kind has them (llama.cpp, vLLM,

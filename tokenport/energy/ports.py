@@ -65,3 +65,12 @@ class MeterRepository(Protocol):
     def spans(self, backends: list[str], lo: datetime, hi: datetime) -> list[tuple[Span, RequestMeta]]: ...
 
     def write(self, allocated: list[Allocated], readings_done: list[str] = ()) -> None: ...
+
+
+class MeteredBackend(Protocol):
+    """What metering needs of a backend's configuration: its zone, and where and what kind of
+    engine it is (to read its token counters)."""
+
+    zone: str
+    url: str
+    kind: str

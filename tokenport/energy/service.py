@@ -1,9 +1,9 @@
-"""Energy behind the CLI, the API and receipts: per-request figures, the period's supply and
-green share, the certificates' allocation, the customer green report and the value chain."""
+"""A period's energy behind the CLI and the API: its supply (PUE, tariffs, certificates) and green
+share, the certificates' allocation, the customer green report and the value chain. Per-request
+figures (usage, receipts) are `request_figures.py`."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 from tokenport.clock import Clock, SystemClock
@@ -13,12 +13,10 @@ from tokenport.energy.green import (
     MJ_PER_KWH,
     MJ_PER_WH,
     PPM,
-    Figures,
     Grant,
     allocate_certificates,
     carbon_ug,
     facility_mj,
-    figures,
     green_share_ppm,
 )
 from tokenport.energy.ports import EnergyRepository
@@ -123,67 +121,6 @@ class EnergyService:
     def share_ppm(self, period: str) -> int:
         return green_share_ppm(self.retired_wh(period), self.consumed_mj(period)["consumed_mj"] // MJ_PER_WH)
 
-    # --- per request ---
-
-    def request_figures(self, records: list[dict]) -> dict[str, dict]:
-        """For usage records (request_id, zone, started_at): energy, green energy and carbon, from
-        the windows allocated so far (`complete` once no window of the request is pending)."""
-        energy = self.store.request_energy([r["request_id"] for r in records])
-        shares: dict[str, int] = {}
-        out = {}
-        for r in records:
-            e = energy.get(r["request_id"])
-            if e is None:
-                continue
-            period = period_of(r["started_at"])
-            if period not in shares:
-                shares[period] = self.share_ppm(period)
-            grid, residual = self.config.factors(r["zone"])
-            f = figures(e["energy_mj"], self.pue(period), shares[period], grid, residual)
-            out[r["request_id"]] = {**_figures_view(f), "method": e["method"], "windows": e["windows"]}
-        return out
-
-    def group_figures(
-        self, tenant_id: str, group_by: str, start: datetime | None, end: datetime | None
-    ) -> dict[str | None, dict]:
-        """The usage API's groups (day, model or key): energy, green energy and carbon, summed
-        over the months and zones in each group."""
-        out: dict[str | None, dict] = {}
-        shares: dict[str, int] = {}
-        for key, zone, period, it_mj in self.store.grouped_energy(tenant_id, group_by, start, end):
-            if period not in shares:
-                shares[period] = self.share_ppm(period)
-            grid, residual = self.config.factors(zone)
-            view = _figures_view(figures(it_mj, self.pue(period), shares[period], grid, residual))
-            acc = out.setdefault(key, dict.fromkeys(view, 0))
-            for k, v in view.items():
-                acc[k] += v
-        return out
-
-    def receipt_section(self, record: dict) -> dict:
-        """The `energy` part of a request's signed receipt (its record is the audit entry)."""
-        started = datetime.fromisoformat(record["started_at"].replace("Z", "+00:00"))
-        finished = datetime.fromisoformat(record["finished_at"].replace("Z", "+00:00"))
-        found = self.request_figures(
-            [{"request_id": record["request_id"], "zone": record["zone"], "started_at": started}]
-        ).get(record["request_id"])
-        if found is None:
-            return {"energy": {"metered": False}}
-        period = period_of(started)
-        grid, residual = self.config.factors(record["zone"])
-        return {
-            "energy": {
-                "metered": True,
-                "complete": self.store.metered_since(record["zone"], finished),
-                **found,
-                "period": period,
-                "pue": str(Decimal(self.pue(period)) / 1000),
-                "green_share": ratio(self.share_ppm(period), PPM),
-                "grid_g_per_kwh": str(Decimal(grid) / 1000),
-                "residual_g_per_kwh": str(Decimal(residual) / 1000),
-            }
-        }
-
     # --- certificates ---
 
     def allocation(self, period: str) -> tuple[list[Grant], bool]:
@@ -262,16 +199,6 @@ class EnergyService:
         from tokenport.energy.economics import value_chain
 
         return value_chain(self, period, fx_micro, tenant_names)
-
-
-def _figures_view(f: Figures) -> dict:
-    return {
-        "energy_mj": f.facility_mj,
-        "it_energy_mj": f.it_mj,
-        "green_mj": f.green_mj,
-        "co2_location_ug": f.co2_location_ug,
-        "co2_market_ug": f.co2_market_ug,
-    }
 
 
 def _green_missing(doc: dict) -> dict[str, str]:

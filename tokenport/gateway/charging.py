@@ -29,7 +29,6 @@ from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, chec
 from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
 from tokenport.billing.budgets import BudgetExceeded, check_budget, period_start
 from tokenport.billing.ledger import Ledger, Transaction
-from tokenport.billing.money import nano_to_usd
 from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
 from tokenport.gateway.admission_queue import AdmissionQueue, AdmissionStore, ThreadedStore
@@ -37,6 +36,7 @@ from tokenport.gateway.billing import BillingState
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
+from tokenport.money import nano_to_usd
 from tokenport.store.shared import SharedStore
 from tokenport.tenancy.keys import KeyRecord, new_id
 
@@ -283,29 +283,7 @@ class SharedCharging(Charging):
             return False  # nothing to hold or count: no round trip
 
         def decide(view: View) -> Grant:
-            """The same rules as one process's, on the shared state as the transaction read it."""
-            bucket = take_request(view.bucket, _us(at), rpm) if rpm > 0 else None
-            if key.tpm_limit:
-                check_tokens(view.tokens, int(at.timestamp()), key.tpm_limit)
-            if plan is not None:
-                usage = PlanUsage()
-                for minute, units in view.plan_minutes:
-                    usage.add(key.tenant_id, units, datetime.fromtimestamp(minute * 60, UTC))
-                if plan_covers(plan, usage.windows(plan, key.tenant_id, at), at):
-                    return Grant(bucket=bucket, covered=True)
-            if amount <= 0:
-                return Grant(bucket=bucket)
-            if budget:
-                try:
-                    check_budget(key.budget_nano_usd, view.key_used, amount, key.budget_period, at)
-                except BudgetExceeded as exc:
-                    raise over_budget(key, exc, at) from None
-            lots = Ledger.restore([lot for lot, _ in view.lots], {lot.account: n for lot, n in view.lots})
-            try:
-                check_credit(key.tenant_id, amount, lots.tenant_balance(key.tenant_id, at) - view.held)
-            except InsufficientQuota as exc:
-                raise no_credit(exc) from None
-            return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
+            return _decide(view, key, plan, amount, at, rpm, budget)
 
         try:
             grant = await self._queue.admit(ask, decide)
@@ -370,6 +348,38 @@ class SharedCharging(Charging):
 
     def close(self) -> None:
         self._queue.close()
+
+
+def _decide(
+    view: View, key: KeyRecord, plan: Plan | None, amount: int, at: datetime, rpm: int, budget: bool
+) -> Grant:
+    """The same rules as one process's, on the shared state as the transaction read it."""
+    bucket = take_request(view.bucket, _us(at), rpm) if rpm > 0 else None
+    if key.tpm_limit:
+        check_tokens(view.tokens, int(at.timestamp()), key.tpm_limit)
+    if plan is not None and plan_covers(plan, _plan_windows(view, key.tenant_id, plan, at), at):
+        return Grant(bucket=bucket, covered=True)
+    if amount <= 0:
+        return Grant(bucket=bucket)
+    if budget:
+        try:
+            check_budget(key.budget_nano_usd, view.key_used, amount, key.budget_period, at)
+        except BudgetExceeded as exc:
+            raise over_budget(key, exc, at) from None
+    lots = Ledger.restore([lot for lot, _ in view.lots], {lot.account: n for lot, n in view.lots})
+    try:
+        check_credit(key.tenant_id, amount, lots.tenant_balance(key.tenant_id, at) - view.held)
+    except InsufficientQuota as exc:
+        raise no_credit(exc) from None
+    return Grant(hold=amount, expires_at=at + HOLD_TTL, bucket=bucket)
+
+
+def _plan_windows(view: View, tenant_id: str, plan: Plan, at: datetime) -> tuple[Window, Window]:
+    """The plan's windows, from the units per minute the transaction read."""
+    usage = PlanUsage()
+    for minute, units in view.plan_minutes:
+        usage.add(tenant_id, units, datetime.fromtimestamp(minute * 60, UTC))
+    return usage.windows(plan, tenant_id, at)
 
 
 def charging_for(

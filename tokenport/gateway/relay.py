@@ -175,30 +175,8 @@ class Relay:
             out.status = 200
             await sink.start(200, b"text/event-stream")
             out.started = True
-            buf = b""
-            async for data in resp.iter_any():
-                buf += data
-                ready = []  # whole events that arrived together go out together, at once
-                while (cut := buf.find(b"\n\n")) >= 0:
-                    event, buf = buf[: cut + 2], buf[cut + 2 :]
-                    forward = watcher.observe(event)
-                    if forward is not None:
-                        ready.append(forward)
-                if watcher.ending(call.choices):
-                    sink.hold()  # the answer's last bytes wait for its settlement (journaled)
-                if ready:
-                    await sink.send_events(ready)
-                    if out.first_token_at is None and watcher.content_chunks:
-                        out.first_token_at = self.mono()
-            sink.hold()
-            if watcher.error is not None:
-                out.error_code = str(
-                    watcher.error.get("code") or watcher.error.get("type") or "upstream_error"
-                )
-            elif not watcher.done:
-                await _end_with_error(
-                    sink, out, "The backend stream ended unexpectedly", "upstream_disconnected"
-                )
+            await self._relay_events(resp, call, watcher, sink, out)
+            await _end_stream(sink, out, watcher)
             ctx.delivered = True
         except UpstreamTimeout as exc:
             if not out.started:
@@ -215,6 +193,36 @@ class Relay:
             if resp is not None:
                 resp.close()  # on a client disconnect this is what stops the engine generating
             _settle_counts(out, watcher, call.prompt_estimate)
+
+    async def _relay_events(
+        self, resp: Response, call: UpstreamCall, watcher: StreamWatcher, sink: ClientSink, out: Outcome
+    ) -> None:
+        """Forward the engine's SSE events as they arrive, each seen by `watcher` on its way."""
+        buf = b""
+        async for data in resp.iter_any():
+            buf += data
+            ready = []  # whole events that arrived together go out together, at once
+            while (cut := buf.find(b"\n\n")) >= 0:
+                event, buf = buf[: cut + 2], buf[cut + 2 :]
+                forward = watcher.observe(event)
+                if forward is not None:
+                    ready.append(forward)
+            if watcher.ending(call.choices):
+                sink.hold()  # the answer's last bytes wait for its settlement (journaled)
+            if ready:
+                await sink.send_events(ready)
+                if out.first_token_at is None and watcher.content_chunks:
+                    out.first_token_at = self.mono()
+
+
+async def _end_stream(sink: ClientSink, out: Outcome, watcher: StreamWatcher) -> None:
+    """The engine's stream is over: hold what is left to send, and end it with an error event if
+    the engine did not end it itself."""
+    sink.hold()
+    if watcher.error is not None:
+        out.error_code = str(watcher.error.get("code") or watcher.error.get("type") or "upstream_error")
+    elif not watcher.done:
+        await _end_with_error(sink, out, "The backend stream ended unexpectedly", "upstream_disconnected")
 
 
 async def _end_with_error(sink: ClientSink, out: Outcome, message: str, code: str) -> None:

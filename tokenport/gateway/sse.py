@@ -139,25 +139,23 @@ class StreamWatcher:
         if not isinstance(usage, dict):
             return event
         choices = obj.get("choices") or []
-        finished = not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
-        if finished:
-            self.final = self.checked(usage_counts(usage))
-        else:  # running usage on a content chunk (vLLM continuous stats)
-            self._progress, self._timings_event = self.checked(usage_counts(usage)), None
+        if not choices or any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+            return self._final_usage(event, obj, usage, choices)
+        # running usage on a content chunk (vLLM continuous stats): forwarded as it is
+        self._progress, self._timings_event = self.checked(usage_counts(usage)), None
+        return event
+
+    def _final_usage(self, event: bytes, obj: dict, usage: dict, choices: list) -> bytes | None:
+        """The engine's final usage (`obj` is `event`'s payload): what the client sees of it."""
+        final = self.final = self.checked(usage_counts(usage))
         if self.forward_usage:
-            if (
-                finished
-                and self.final is not None
-                and tell_client(usage, self.final, self.bounded, self.usage_fields)
-            ):
+            if tell_client(usage, final, self.bounded, self.usage_fields):
                 return b"data: " + orjson.dumps(obj) + b"\n\n"
             return event
         if not choices:
             return None  # the usage chunk the gateway asked for on the client's behalf
-        if finished:  # usage riding on the last content chunk: hide it from this client
-            del obj["usage"]
-            return b"data: " + orjson.dumps(obj) + b"\n\n"
-        return event
+        del obj["usage"]  # usage riding on the last content chunk: hide it from this client
+        return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _timings_counts(event: bytes) -> Counts:

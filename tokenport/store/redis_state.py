@@ -32,6 +32,7 @@ from datetime import datetime
 import orjson
 import redis
 import redis.asyncio
+from redis.client import Pipeline
 from sqlalchemy import Connection, Engine
 
 from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
@@ -267,22 +268,18 @@ class RedisState:
         minutes = {(r["tenant_id"], minute_of(r["started_at"])) for r in rows if r.get("plan_units")}
         seconds = {(c.key_id, ts(c.finished_at)): c.tenant_id for c in charges if c.tokens}
         pipe = self.sync.pipeline(transaction=True)
-        for tenant_id, lots in lots_of(conn, sorted(money)).items():
-            pipe.hset(Keys(tenant_id).lots, mapping={lot.id: lot_value(lot, n) for lot, n in lots})
-        tenant_of = {r["key_id"]: r["tenant_id"] for r in rows}
-        for (key_id, period, start), spent in spend_of(conn, spend).items():
-            pipe.hset(Keys(tenant_of[key_id]).spend, spend_field(key_id, period, start), spent)
-        for (tenant_id, minute), units in plan_of(conn, minutes).items():
-            pipe.hset(Keys(tenant_id).plan, str(minute), units)
-            pipe.expire(Keys(tenant_id).plan, PLAN_TTL_S)
-        for (key_id, second), n in tokens_of(conn, set(seconds)).items():
-            k = Keys(seconds[(key_id, second)])
-            pipe.hset(k.tokens, f"{key_id}|{second}", n)
-            pipe.expire(k.tokens, TOKENS_TTL_S)
+        _mirror_lots(pipe, conn, money)
+        _mirror_spend(pipe, conn, spend, rows)
+        _mirror_plan(pipe, conn, minutes)
+        _mirror_tokens(pipe, conn, seconds)
         for tenant_id in tenants | money | set(seconds.values()):
             pipe.incr(Keys(tenant_id).version)  # an admission that read before this reads again
         if len(pipe):
             pipe.execute()
+        return self._releaser(charges)
+
+    def _releaser(self, charges: list[Charge]) -> Callable[[], None]:
+        """What releases the charges' holds, once their transaction has committed."""
         holds: dict[str, list[str]] = {}
         for c in charges:
             holds.setdefault(c.tenant_id, []).append(c.request_id)
@@ -315,6 +312,36 @@ class RedisState:
         if self._aio is not None:
             await self._aio.aclose()
         self.sync.close()
+
+
+# --- settlement's mirror: the database's new values, as the transaction wrote them ---
+
+
+def _mirror_lots(pipe: Pipeline, conn: Connection, tenant_ids: set[str]) -> None:
+    for tenant_id, lots in lots_of(conn, sorted(tenant_ids)).items():
+        pipe.hset(Keys(tenant_id).lots, mapping={lot.id: lot_value(lot, n) for lot, n in lots})
+
+
+def _mirror_spend(
+    pipe: Pipeline, conn: Connection, wanted: set[tuple[str, str, datetime]], rows: list[dict]
+) -> None:
+    tenant_of = {r["key_id"]: r["tenant_id"] for r in rows}
+    for (key_id, period, start), spent in spend_of(conn, wanted).items():
+        pipe.hset(Keys(tenant_of[key_id]).spend, spend_field(key_id, period, start), spent)
+
+
+def _mirror_plan(pipe: Pipeline, conn: Connection, minutes: set[tuple[str, int]]) -> None:
+    for (tenant_id, minute), units in plan_of(conn, minutes).items():
+        pipe.hset(Keys(tenant_id).plan, str(minute), units)
+        pipe.expire(Keys(tenant_id).plan, PLAN_TTL_S)
+
+
+def _mirror_tokens(pipe: Pipeline, conn: Connection, seconds: dict[tuple[str, int], str]) -> None:
+    """`seconds`: (key, second) -> the key's tenant."""
+    for (key_id, second), n in tokens_of(conn, set(seconds)).items():
+        k = Keys(seconds[(key_id, second)])
+        pipe.hset(k.tokens, f"{key_id}|{second}", n)
+        pipe.expire(k.tokens, TOKENS_TTL_S)
 
 
 def _wanted(asks: list[Ask]) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from tokenport.billing.money import MoneyError, usd_to_nano
 from tokenport.clock import Clock, SystemClock
+from tokenport.money import MoneyError, usd_to_nano
 from tokenport.tenancy.keys import NAME_RE, ZONE_RE, generate_key, new_id
 from tokenport.tenancy.ports import TenantRepository
 from tokenport.tenancy.records import Conflict, KeyInfo, Tenant

@@ -18,12 +18,19 @@ marks, `anthropic-beta` flags and any other field. Images and documents a user s
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from tokenport.api.openai.protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.api.openai.protocol import (
+    MAX_TOKENS_CAP,
+    ParsedRequest,
+    check_model,
+    copy_sampling,
+    parse_body,
+)
 from tokenport.engines.dialects import EFFORTS, Reasoning
 from tokenport.gateway.errors import bad_request
 
@@ -90,6 +97,67 @@ def _content_text(content: Any, where: str, in_tool_result: bool = False) -> str
     raise bad_request(f"{where}: content must be a string or an array of blocks", param="messages")
 
 
+@dataclass
+class _Blocks:
+    """A turn's content blocks, sorted by where they go in the OpenAI conversation."""
+
+    texts: list[str] = field(default_factory=list)
+    calls: list[dict] = field(default_factory=list)  # the assistant's tool calls
+    results: list[dict] = field(default_factory=list)  # the user's tool results: tool messages
+
+
+def _text_block(block: dict, at: str, into: _Blocks) -> None:
+    into.texts.append(_text(block, at))
+
+
+def _search_result(block: dict, at: str, into: _Blocks) -> None:
+    into.texts.append(_content_text(block.get("content"), at))
+
+
+def _tool_use(block: dict, at: str, into: _Blocks) -> None:
+    if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
+        raise bad_request(f"{at}: tool_use needs a string 'id' and 'name'", param="messages")
+    arguments = orjson.dumps(block.get("input") or {}).decode()
+    into.calls.append(
+        {"id": block["id"], "type": "function", "function": {"name": block["name"], "arguments": arguments}}
+    )
+
+
+def _tool_result(block: dict, at: str, into: _Blocks) -> None:
+    if not isinstance(block.get("tool_use_id"), str):
+        raise bad_request(f"{at}: tool_result needs a string 'tool_use_id'", param="messages")
+    text = _content_text(block.get("content"), at, in_tool_result=True)
+    if block.get("is_error"):
+        text = f"Error: {text}"
+    into.results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
+
+
+# The blocks each role may send, by type; any other is skipped (SERVER_BLOCKS) or refused.
+_BLOCKS: dict[str, dict[Any, Callable[[dict, str, _Blocks], None]]] = {
+    "user": {"text": _text_block, "search_result": _search_result, "tool_result": _tool_result},
+    "assistant": {"text": _text_block, "search_result": _search_result, "tool_use": _tool_use},
+}
+
+
+def _blocks(role: str, content: list, where: str) -> _Blocks:
+    """A user or assistant turn's blocks, each by its role's handler."""
+    into, handlers = _Blocks(), _BLOCKS[role]
+    for j, block in enumerate(content):
+        kind = block.get("type") if isinstance(block, dict) else None
+        at = f"{where}.content[{j}]"
+        if (handler := handlers.get(kind)) is not None:
+            handler(block, at, into)
+        elif kind in SERVER_BLOCKS:
+            continue  # earlier reasoning and server tools' traffic are not replayed to the engine
+        elif kind in UNREADABLE:
+            raise bad_request(
+                f"{at}: {kind} blocks are not supported by the models served here", param="messages"
+            )
+        else:
+            raise bad_request(f"{at}: unsupported content block type {kind!r}", param="messages")
+    return into
+
+
 def _turn(i: int, message: Any) -> list[dict]:
     """One Anthropic message as OpenAI messages (a user turn's tool results become tool messages)."""
     where = f"messages[{i}]"
@@ -102,51 +170,16 @@ def _turn(i: int, message: Any) -> list[dict]:
         return [{"role": role, "content": content}]
     if not isinstance(content, list):
         raise bad_request(f"{where}: content must be a string or an array of blocks", param="messages")
-    texts: list[str] = []
-    calls: list[dict] = []
-    results: list[dict] = []
-    for j, block in enumerate(content):
-        kind = block.get("type") if isinstance(block, dict) else None
-        at = f"{where}.content[{j}]"
-        if kind == "text":
-            texts.append(_text(block, at))
-        elif kind == "tool_use" and role == "assistant":
-            if not isinstance(block.get("id"), str) or not isinstance(block.get("name"), str):
-                raise bad_request(f"{at}: tool_use needs a string 'id' and 'name'", param="messages")
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append(
-                {
-                    "id": block["id"],
-                    "type": "function",
-                    "function": {"name": block["name"], "arguments": arguments},
-                }
-            )
-        elif kind == "tool_result" and role == "user":
-            if not isinstance(block.get("tool_use_id"), str):
-                raise bad_request(f"{at}: tool_result needs a string 'tool_use_id'", param="messages")
-            text = _content_text(block.get("content"), at, in_tool_result=True)
-            if block.get("is_error"):
-                text = f"Error: {text}"
-            results.append({"role": "tool", "tool_call_id": block["tool_use_id"], "content": text})
-        elif kind == "search_result":
-            texts.append(_content_text(block.get("content"), at))
-        elif kind in SERVER_BLOCKS:
-            continue  # earlier reasoning and server tools' traffic are not replayed to the engine
-        elif kind in UNREADABLE:
-            raise bad_request(
-                f"{at}: {kind} blocks are not supported by the models served here", param="messages"
-            )
-        else:
-            raise bad_request(f"{at}: unsupported content block type {kind!r}", param="messages")
-    out = list(results)
+    blocks = _blocks(role, content, where)
+    out = list(blocks.results)
     if role == "assistant":
-        turn: dict = {"role": "assistant", "content": "".join(texts) or None}
-        if calls:
-            turn["tool_calls"] = calls
-        if turn["content"] is not None or calls:
+        turn: dict = {"role": "assistant", "content": "".join(blocks.texts) or None}
+        if blocks.calls:
+            turn["tool_calls"] = blocks.calls
+        if turn["content"] is not None or blocks.calls:
             out.append(turn)
-    elif texts or not results:
-        out.append({"role": "user", "content": "\n".join(texts)})
+    elif blocks.texts or not blocks.results:
+        out.append({"role": "user", "content": "\n".join(blocks.texts)})
     return out
 
 
@@ -217,11 +250,7 @@ def _response_format(body: dict) -> dict | None:
     return None
 
 
-def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
-    """(the model asked for, the OpenAI chat body for the engine)."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 128:
-        raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
+def _max_tokens(body: dict) -> int:
     max_tokens = body.get("max_tokens")
     if (
         not isinstance(max_tokens, int)
@@ -229,6 +258,11 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
         or not 1 <= max_tokens <= MAX_TOKENS_CAP
     ):
         raise bad_request("'max_tokens' is required: an integer of at least 1", param="max_tokens")
+    return max_tokens
+
+
+def _chat(body: dict) -> list[dict]:
+    """`system` and `messages` as the OpenAI conversation."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty array", param="messages")
@@ -240,18 +274,21 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
         chat += _turn(i, m)
     if all(m["role"] == "system" for m in chat):
         raise bad_request("'messages' needs at least one user or assistant turn", param="messages")
-    out: dict[str, Any] = {"model": resolve_model(model, aliases), "messages": chat, "max_tokens": max_tokens}
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", param="stream")
-    out["stream"] = stream
+    return chat
+
+
+def _copy_stops(body: dict, out: dict) -> None:
     stops = body.get("stop_sequences")
-    if stops is not None:
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 16:
-            raise bad_request("'stop_sequences' must be an array of strings", param="stop_sequences")
-        if stops:
-            out["stop"] = stops
-    copy_sampling(body, out, 1)
+    if stops is None:
+        return
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > 16:
+        raise bad_request("'stop_sequences' must be an array of strings", param="stop_sequences")
+    if stops:
+        out["stop"] = stops
+
+
+def _copy_tools(body: dict, out: dict) -> None:
+    """`tools` and `tool_choice`: server tools are dropped, and a `tool_choice` forcing one refused."""
     dropped: set[str] = set()
     if body.get("tools"):
         tools, dropped = _tools(body["tools"])
@@ -264,6 +301,21 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
             out["tool_choice"] = mapped
             if choice.get("disable_parallel_tool_use") is True:
                 out["parallel_tool_calls"] = False
+
+
+def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
+    """(the model asked for, the OpenAI chat body for the engine)."""
+    model = check_model(body)
+    max_tokens = _max_tokens(body)
+    chat = _chat(body)
+    out: dict[str, Any] = {"model": resolve_model(model, aliases), "messages": chat, "max_tokens": max_tokens}
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", param="stream")
+    out["stream"] = stream
+    _copy_stops(body, out)
+    copy_sampling(body, out, 1)
+    _copy_tools(body, out)
     if (fmt := _response_format(body)) is not None:
         out["response_format"] = fmt
     return model, out

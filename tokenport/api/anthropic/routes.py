@@ -5,6 +5,7 @@ with the request translated on the way in (`protocol.py`) and the answer on the 
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.requests import Request
@@ -20,6 +21,9 @@ from tokenport.api.openai.protocol import parse_body
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.token_count import count_prompt_tokens
 
+if TYPE_CHECKING:
+    from tokenport.api.services import CountingServices
+
 
 def messages(aliases: dict[str, str]) -> WireFormat:
     """`POST /v1/messages` (`?beta=true` accepted: routing is on the path), with the configured
@@ -30,16 +34,16 @@ def messages(aliases: dict[str, str]) -> WireFormat:
 async def count_tokens(request: Request) -> Response:
     """`POST /v1/messages/count_tokens`: the prompt tokens a message would bill as input, counted
     by the engine that would serve it (its tokenizer and chat template). Free, like Anthropic's."""
-    rt = request.app.state.runtime
-    gateway = rt.gateway
+    svc: CountingServices = request.app.state.services
+    gateway = svc.gateway
     rid = request.scope.get(REQUEST_ID_KEY, "")
     try:
         headers = dict(request.scope["headers"])
         key = gateway.authenticate(headers, request.client.host if request.client else None)
         zone = gateway.zone(key, headers)
         body = parse_body(await request.body())
-        _, chat = translate({"max_tokens": 1, **body}, rt.settings.model_aliases)
-        tokens = await count_prompt_tokens(rt.session, gateway.route(chat["model"], zone), chat)
+        _, chat = translate({"max_tokens": 1, **body}, svc.settings.model_aliases)
+        tokens = await count_prompt_tokens(svc.session, gateway.route(chat["model"], zone), chat)
     except ApiError as err:
         payload = anthropic_error(err)
         headers = {

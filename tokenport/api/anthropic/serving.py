@@ -156,44 +156,57 @@ class AnthropicSink(TranslatingSink):
         for choice in obj.get("choices") or []:
             delta = choice.get("delta") or {}
             if self.thinking and (thought := reasoning_text(delta)) is not None:
-                if self._thought is None:
-                    out += self._open_block({"type": "thinking", "thinking": "", "signature": ""})
-                    self._thought = hashlib.sha256()
-                self._thought.update(thought.encode())
-                if self.thinking_shown:
-                    out.append(self._delta({"type": "thinking_delta", "thinking": thought}))
+                self._thinking_delta(out, thought)
             if delta.get("content"):
-                if self._open is None or self._open in self._tools.values() or self._thought is not None:
-                    out += self._open_block({"type": "text", "text": ""})
-                out.append(self._delta({"type": "text_delta", "text": delta["content"]}))
+                self._text_delta(out, delta["content"])
             for call in delta.get("tool_calls") or []:
-                k = call.get("index", 0)
-                fn = call.get("function") or {}
-                if k not in self._tools:
-                    block = {
-                        "type": "tool_use",
-                        "id": call.get("id") or f"toolu_{k}",
-                        "name": fn.get("name") or "",
-                        "input": {},
-                    }
-                    out += self._open_block(block)
-                    self._tools[k] = self._open
-                if fn.get("arguments"):
-                    out.append(
-                        self._delta(
-                            {"type": "input_json_delta", "partial_json": fn["arguments"]}, self._tools[k]
-                        )
-                    )
+                self._tool_delta(out, call)
             if choice.get("finish_reason"):
                 self._stop = STOP_REASONS.get(choice["finish_reason"], "end_turn")
         if obj.get("usage") and not obj.get("choices"):  # the final usage chunk: the message ends
-            out += self._close()
-            usage = anthropic_usage(obj["usage"])
-            delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
-            out.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
-            out.append(_event("message_stop", {"type": "message_stop"}))
-            self._ended = True
+            self._end(out, anthropic_usage(obj["usage"]))
         return out
+
+    # Each appends its events to the chunk's `out`: no list of its own per delta.
+
+    def _thinking_delta(self, out: list[bytes], thought: str) -> None:
+        if self._thought is None:
+            out += self._open_block({"type": "thinking", "thinking": "", "signature": ""})
+            self._thought = hashlib.sha256()
+        self._thought.update(thought.encode())
+        if self.thinking_shown:
+            out.append(self._delta({"type": "thinking_delta", "thinking": thought}))
+
+    def _text_delta(self, out: list[bytes], text: str) -> None:
+        if self._open is None or self._open in self._tools.values() or self._thought is not None:
+            out += self._open_block({"type": "text", "text": ""})
+        out.append(self._delta({"type": "text_delta", "text": text}))
+
+    def _tool_delta(self, out: list[bytes], call: dict) -> None:
+        """A tool call's block opens on its first delta; its arguments stream as they come."""
+        k = call.get("index", 0)
+        fn = call.get("function") or {}
+        if k not in self._tools:
+            block = {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{k}",
+                "name": fn.get("name") or "",
+                "input": {},
+            }
+            out += self._open_block(block)
+            self._tools[k] = self._open
+        if fn.get("arguments"):
+            out.append(
+                self._delta({"type": "input_json_delta", "partial_json": fn["arguments"]}, self._tools[k])
+            )
+
+    def _end(self, out: list[bytes], usage: dict) -> None:
+        """The open block closes, then `message_delta` (stop reason, usage) and `message_stop`."""
+        out += self._close()
+        delta = {"stop_reason": self._stop or "end_turn", "stop_sequence": None}
+        out.append(_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+        out.append(_event("message_stop", {"type": "message_stop"}))
+        self._ended = True
 
     def _message_start(self, obj: dict) -> bytes:
         """The input tokens are known from the engine's first chunk: running usage (vLLM, SGLang)

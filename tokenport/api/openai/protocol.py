@@ -55,28 +55,47 @@ def _check_int(body: dict, name: str, lo: int, hi: int) -> None:
         raise bad_request(f"'{name}' must be an integer between {lo} and {hi}", param=name)
 
 
-def _check_common(body: dict) -> tuple[str, bool, bool]:
+def check_model(body: dict) -> str:
+    """The model asked for: every protocol's one required field."""
     model = body.get("model")
     if not isinstance(model, str) or not model or len(model) > 128:
         raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
+    return model
+
+
+def _check_stream(body: dict) -> tuple[bool, bool]:
+    """(`stream`, `stream_options.include_usage`); the options only with `stream` true."""
     stream = body.get("stream", False)
     if stream is None:
         stream = False
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", param="stream")
     opts = body.get("stream_options")
-    include_usage = False
-    if opts is not None:
-        if not isinstance(opts, dict):
-            raise bad_request("'stream_options' must be an object", param="stream_options")
-        if not stream:
-            raise bad_request(
-                "'stream_options' is only allowed when 'stream' is true", param="stream_options"
-            )
-        iu = opts.get("include_usage", False)
-        if not isinstance(iu, bool):
-            raise bad_request("'stream_options.include_usage' must be a boolean", param="stream_options")
-        include_usage = iu
+    if opts is None:
+        return stream, False
+    if not isinstance(opts, dict):
+        raise bad_request("'stream_options' must be an object", param="stream_options")
+    if not stream:
+        raise bad_request("'stream_options' is only allowed when 'stream' is true", param="stream_options")
+    include_usage = opts.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request("'stream_options.include_usage' must be a boolean", param="stream_options")
+    return stream, include_usage
+
+
+def _check_stop(body: dict) -> None:
+    stop = body.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str)
+        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
+    ):
+        raise bad_request("'stop' must be a string or a list of at most 4 strings", param="stop")
+
+
+def _check_common(body: dict) -> tuple[str, bool, bool]:
+    """What chat and completions requests share: (model, stream, include_usage)."""
+    model = check_model(body)
+    stream, include_usage = _check_stream(body)
     _check_int(body, "max_tokens", 1, MAX_TOKENS_CAP)
     _check_int(body, "max_completion_tokens", 1, MAX_TOKENS_CAP)
     _check_range(body, "temperature", 0, 2)
@@ -93,12 +112,7 @@ def _check_common(body: dict) -> tuple[str, bool, bool]:
     n = body.get("n")
     if n is not None and n != 1:
         raise bad_request("Only 'n': 1 is supported", param="n")
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str)
-        or (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) for s in stop))
-    ):
-        raise bad_request("'stop' must be a string or a list of at most 4 strings", param="stop")
+    _check_stop(body)
     return model, stream, include_usage
 
 
@@ -142,9 +156,7 @@ def parse_completion(raw: bytes) -> ParsedRequest:
 
 def parse_embeddings(raw: bytes) -> ParsedRequest:
     body = parse_body(raw)
-    model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 128:
-        raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
+    model = check_model(body)
     data = body.get("input")
     ok = (
         isinstance(data, str)

@@ -16,12 +16,19 @@ parameters), `text.format` json_schema (as `response_format`). Ignored: `store`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from tokenport.api.openai.protocol import MAX_TOKENS_CAP, ParsedRequest, copy_sampling, parse_body
+from tokenport.api.openai.protocol import (
+    MAX_TOKENS_CAP,
+    ParsedRequest,
+    check_model,
+    copy_sampling,
+    parse_body,
+)
 from tokenport.api.responses.tools import ToolMap, tool_map
 from tokenport.engines.dialects import Reasoning, effort_reasoning
 from tokenport.gateway.errors import bad_request
@@ -80,6 +87,63 @@ def _call(out: list[dict], call_id: str, name: str, arguments: str) -> None:
         out.append({"role": "assistant", "content": None, "tool_calls": [call]})
 
 
+def _message(out: list[dict], item: dict, where: str, tools: ToolMap) -> None:
+    role = item.get("role")
+    if role not in ("user", "assistant", "system", "developer"):
+        raise bad_request(f"{where}.role must be user, assistant, system or developer", param="input")
+    out.append(
+        {
+            "role": "system" if role == "developer" else role,
+            "content": _text_of(item.get("content"), where),
+        }
+    )
+
+
+def _tool_call(out: list[dict], item: dict, where: str, tools: ToolMap) -> None:
+    """A `function_call` or `custom_tool_call`, under the engine's name for the client's tool."""
+    kind = item["type"]
+    if not all(isinstance(item.get(k), str) for k in ("call_id", "name")):
+        raise bad_request(f"{where}: a {kind} needs 'call_id' and 'name'", param="input")
+    ns = item.get("namespace") if isinstance(item.get("namespace"), str) else None
+    if kind == "function_call":
+        arguments = item.get("arguments") or "{}"
+    else:
+        arguments = orjson.dumps({"input": str(item.get("input") or "")}).decode()
+    _call(out, item["call_id"], tools.engine_name(item["name"], ns), arguments)
+
+
+def _shell_call(out: list[dict], item: dict, where: str, tools: ToolMap) -> None:
+    call_id = item.get("call_id") or item.get("id")
+    if not isinstance(call_id, str):
+        raise bad_request(f"{where}: a local_shell_call needs 'call_id'", param="input")
+    _call(out, call_id, "local_shell", orjson.dumps(item.get("action") or {}).decode())
+
+
+def _call_output(out: list[dict], item: dict, where: str, tools: ToolMap) -> None:
+    """A tool call's output (any kind of call): a tool message."""
+    call_id = item.get("call_id") or item.get("id")
+    if not isinstance(call_id, str):
+        raise bad_request(f"{where}: a {item['type']} needs 'call_id'", param="input")
+    output = item.get("output")
+    if isinstance(output, dict):  # {content, success}: an older failure shape
+        output = output.get("content", "")
+    text = output if isinstance(output, str) else _text_of(output, where, tool_output=True)
+    out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+
+
+# The input items translated, by type (each appends to the conversation); any other is skipped
+# (SKIPPED_ITEMS) or refused.
+_ITEMS: dict[Any, Callable[[list[dict], dict, str, ToolMap], None]] = {
+    "message": _message,
+    "function_call": _tool_call,
+    "custom_tool_call": _tool_call,
+    "local_shell_call": _shell_call,
+    "function_call_output": _call_output,
+    "custom_tool_call_output": _call_output,
+    "local_shell_call_output": _call_output,
+}
+
+
 def _messages(items: Any, tools: ToolMap) -> list[dict]:
     if isinstance(items, str):
         return [{"role": "user", "content": items}]
@@ -91,39 +155,8 @@ def _messages(items: Any, tools: ToolMap) -> list[dict]:
         if not isinstance(item, dict):
             raise bad_request(f"{where} must be an object", param="input")
         kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if role not in ("user", "assistant", "system", "developer"):
-                raise bad_request(f"{where}.role must be user, assistant, system or developer", param="input")
-            out.append(
-                {
-                    "role": "system" if role == "developer" else role,
-                    "content": _text_of(item.get("content"), where),
-                }
-            )
-        elif kind in ("function_call", "custom_tool_call"):
-            if not all(isinstance(item.get(k), str) for k in ("call_id", "name")):
-                raise bad_request(f"{where}: a {kind} needs 'call_id' and 'name'", param="input")
-            ns = item.get("namespace") if isinstance(item.get("namespace"), str) else None
-            if kind == "function_call":
-                arguments = item.get("arguments") or "{}"
-            else:
-                arguments = orjson.dumps({"input": str(item.get("input") or "")}).decode()
-            _call(out, item["call_id"], tools.engine_name(item["name"], ns), arguments)
-        elif kind == "local_shell_call":
-            call_id = item.get("call_id") or item.get("id")
-            if not isinstance(call_id, str):
-                raise bad_request(f"{where}: a local_shell_call needs 'call_id'", param="input")
-            _call(out, call_id, "local_shell", orjson.dumps(item.get("action") or {}).decode())
-        elif kind in ("function_call_output", "custom_tool_call_output", "local_shell_call_output"):
-            call_id = item.get("call_id") or item.get("id")
-            if not isinstance(call_id, str):
-                raise bad_request(f"{where}: a {kind} needs 'call_id'", param="input")
-            output = item.get("output")
-            if isinstance(output, dict):  # {content, success}: an older failure shape
-                output = output.get("content", "")
-            text = output if isinstance(output, str) else _text_of(output, where, tool_output=True)
-            out.append({"role": "tool", "tool_call_id": call_id, "content": text})
+        if (translate_item := _ITEMS.get(kind)) is not None:
+            translate_item(out, item, where, tools)
         elif kind == "item_reference":
             raise bad_request(
                 f"{where}: 'item_reference' is not supported: nothing is stored between requests "
@@ -142,35 +175,27 @@ def reasoning(body: dict) -> Reasoning | None:
     return effort_reasoning(config.get("effort") if isinstance(config, dict) else None)
 
 
-def translate(body: dict) -> tuple[dict, ToolMap]:
-    """The chat completion body for the engine, and how its tools map to the client's."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 128:
-        raise bad_request("'model' is required: a string of 1 to 128 characters", param="model")
-    if body.get("previous_response_id") is not None:
-        raise bad_request(
-            "'previous_response_id' is not supported: responses are not stored (zero retention); "
-            "send the whole conversation in 'input'",
-            param="previous_response_id",
-        )
-    chat: list[dict] = []
-    if body.get("instructions") is not None:
-        if not isinstance(body["instructions"], str):
-            raise bad_request("'instructions' must be a string", param="instructions")
-        chat.append({"role": "system", "content": body["instructions"]})
-    tools = tool_map(body)
-    chat += _messages(body.get("input"), tools)
-    out: dict[str, Any] = {"model": model, "messages": chat}
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", param="stream")
-    out["stream"] = stream
+def _instructions(body: dict) -> list[dict]:
+    """`instructions` as the conversation's opening system message."""
+    if body.get("instructions") is None:
+        return []
+    if not isinstance(body["instructions"], str):
+        raise bad_request("'instructions' must be a string", param="instructions")
+    return [{"role": "system", "content": body["instructions"]}]
+
+
+def _copy_max_tokens(body: dict, out: dict) -> None:
     limit = body.get("max_output_tokens")
-    if limit is not None:
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_TOKENS_CAP:
-            raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")
-        out["max_tokens"] = limit
-    copy_sampling(body, out, 2)
+    if limit is None:
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_TOKENS_CAP:
+        raise bad_request("'max_output_tokens' must be a positive integer", param="max_output_tokens")
+    out["max_tokens"] = limit
+
+
+def _copy_tools(body: dict, out: dict, tools: ToolMap) -> None:
+    """The engine's functions, `tool_choice` and `parallel_tool_calls`; a `tool_choice` forcing a
+    tool with no function to run it is refused."""
     if tools.functions:
         out["tools"] = tools.functions
         choice = tools.tool_choice(body.get("tool_choice"))
@@ -181,12 +206,41 @@ def translate(body: dict) -> tuple[dict, ToolMap]:
     elif body.get("tool_choice") not in (None, "auto", "none"):
         tools.tool_choice(body["tool_choice"])  # a forced hosted tool: its clear 400
         raise bad_request("'tool_choice' requires a tool, and 'tools' has none", param="tool_choice")
+
+
+def _response_format(body: dict) -> dict | None:
+    """`text.format` (structured outputs) as the chat completion's `response_format`."""
     fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         schema = {k: fmt[k] for k in ("name", "schema", "strict") if k in fmt}
-        out["response_format"] = {"type": "json_schema", "json_schema": schema}
-    elif isinstance(fmt, dict) and fmt.get("type") == "json_object":
-        out["response_format"] = {"type": "json_object"}
+        return {"type": "json_schema", "json_schema": schema}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    return None
+
+
+def translate(body: dict) -> tuple[dict, ToolMap]:
+    """The chat completion body for the engine, and how its tools map to the client's."""
+    model = check_model(body)
+    if body.get("previous_response_id") is not None:
+        raise bad_request(
+            "'previous_response_id' is not supported: responses are not stored (zero retention); "
+            "send the whole conversation in 'input'",
+            param="previous_response_id",
+        )
+    chat = _instructions(body)
+    tools = tool_map(body)
+    chat += _messages(body.get("input"), tools)
+    out: dict[str, Any] = {"model": model, "messages": chat}
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise bad_request("'stream' must be a boolean", param="stream")
+    out["stream"] = stream
+    _copy_max_tokens(body, out)
+    copy_sampling(body, out, 2)
+    _copy_tools(body, out, tools)
+    if (fmt := _response_format(body)) is not None:
+        out["response_format"] = fmt
     return out, tools
 
 

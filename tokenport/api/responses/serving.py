@@ -176,38 +176,44 @@ class ResponsesSink(TranslatingSink):
             if (thought := reasoning_text(delta)) is not None:
                 out += self._reasoning_delta(thought)
             if delta.get("content"):
-                if self._text is None:
-                    out += self._close_reasoning() + self._close_calls()
-                    out += self._open_text()
-                self._text["content"][0]["text"] += delta["content"]
-                out.append(
-                    self._event(
-                        "response.output_text.delta",
-                        item_id=self._text["id"],
-                        output_index=self._text["_index"],
-                        content_index=0,
-                        delta=delta["content"],
-                    )
-                )
+                self._text_delta(out, delta["content"])
             for call in delta.get("tool_calls") or []:
                 out += self._call_delta(call)
             if choice.get("finish_reason"):
                 self._finish = choice["finish_reason"]
-        if obj.get("usage") and not obj.get("choices"):
-            out += self._close_reasoning() + self._close_text() + self._close_calls()
-            usage = responses_usage(obj["usage"])
-            self._ended = True
-            if self._finish == "length":
-                details = {"reason": "max_output_tokens"}
-                done = self._response("incomplete", self._output, usage, incomplete_details=details)
-                out.append(self._event("response.incomplete", response=done))
-            else:
-                out.append(
-                    self._event(
-                        "response.completed", response=self._response("completed", self._output, usage)
-                    )
-                )
+        if obj.get("usage") and not obj.get("choices"):  # the final usage chunk: the response ends
+            self._end(out, responses_usage(obj["usage"]))
         return out
+
+    def _text_delta(self, out: list[bytes], text: str) -> None:
+        """Appends to the chunk's `out` (no list of its own per delta)."""
+        if self._text is None:
+            out += self._close_reasoning() + self._close_calls()
+            out += self._open_text()
+        self._text["content"][0]["text"] += text
+        out.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=self._text["id"],
+                output_index=self._text["_index"],
+                content_index=0,
+                delta=text,
+            )
+        )
+
+    def _end(self, out: list[bytes], usage: dict) -> None:
+        """The open items close, then `response.completed` (`response.incomplete` when the token
+        limit cut the answer)."""
+        out += self._close_reasoning() + self._close_text() + self._close_calls()
+        self._ended = True
+        if self._finish == "length":
+            details = {"reason": "max_output_tokens"}
+            done = self._response("incomplete", self._output, usage, incomplete_details=details)
+            out.append(self._event("response.incomplete", response=done))
+        else:
+            out.append(
+                self._event("response.completed", response=self._response("completed", self._output, usage))
+            )
 
     def _open_text(self) -> list[bytes]:
         index = len(self._output)

@@ -362,3 +362,28 @@ def test_usage_record_has_the_status_the_client_got(mock_server, http):
     record = mock_server.record(resp.headers["x-request-id"])
     assert record["status"] == resp.status_code, record
     assert (record["error_code"] is None) == (resp.status_code == 200), record
+
+
+# A content block's or an input item's `type` that is not a string (a list, an object) is the
+# client's error in the protocol's own shape, not a 500 (it once reached a set lookup unhashed).
+ODD_TYPES = [["text"], {"a": 1}, 3]
+
+
+@pytest.mark.parametrize("odd", ODD_TYPES, ids=["list", "object", "number"])
+def test_a_block_type_that_is_not_a_string_is_a_400(http, odd):
+    for content in (
+        [{"type": odd, "text": "hi"}],
+        [{"type": "tool_result", "tool_use_id": "t", "content": [{"type": odd}]}],
+    ):
+        r = http.post(
+            "/v1/messages",
+            json={"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": content}]},
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["type"] == "error" and r.json()["error"]["type"] == "invalid_request_error"
+        assert "'type'" in r.json()["error"]["message"]
+        assert r.headers["request-id"].startswith("req_")
+    r = http.post("/v1/responses", json={"model": MODEL, "input": [{"type": odd, "content": "hi"}]})
+    assert r.status_code == 400, r.text
+    err = assert_openai_error_body(r)
+    assert "'type'" in err["message"] and err["param"] == "input"

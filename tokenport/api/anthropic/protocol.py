@@ -79,8 +79,8 @@ def _content_text(content: Any, where: str, in_tool_result: bool = False) -> str
         return content
     if isinstance(content, list):
         parts = []
-        for block in content:
-            kind = block.get("type") if isinstance(block, dict) else None
+        for j, block in enumerate(content):
+            kind = _block_type(block, f"{where}[{j}]")
             if kind == "text":
                 parts.append(_text(block, where))
             elif kind == "search_result":
@@ -139,12 +139,20 @@ _BLOCKS: dict[str, dict[Any, Callable[[dict, str, _Blocks], None]]] = {
 }
 
 
+def _block_type(block: Any, where: str) -> str | None:
+    """A block's `type` (None for what is not an object); one that is not a string is refused."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind is not None and not isinstance(kind, str):
+        raise bad_request(f"{where}: 'type' must be a string", param="messages")
+    return kind
+
+
 def _blocks(role: str, content: list, where: str) -> _Blocks:
     """A user or assistant turn's blocks, each by its role's handler."""
     into, handlers = _Blocks(), _BLOCKS[role]
     for j, block in enumerate(content):
-        kind = block.get("type") if isinstance(block, dict) else None
         at = f"{where}.content[{j}]"
+        kind = _block_type(block, at)
         if (handler := handlers.get(kind)) is not None:
             handler(block, at, into)
         elif kind in SERVER_BLOCKS:

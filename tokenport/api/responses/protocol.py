@@ -155,6 +155,8 @@ def _messages(items: Any, tools: ToolMap) -> list[dict]:
         if not isinstance(item, dict):
             raise bad_request(f"{where} must be an object", param="input")
         kind = item.get("type", "message")
+        if not isinstance(kind, str):
+            raise bad_request(f"{where}: 'type' must be a string", param="input")
         if (translate_item := _ITEMS.get(kind)) is not None:
             translate_item(out, item, where, tools)
         elif kind == "item_reference":

@@ -11,7 +11,7 @@ from pathlib import Path
 import tokenport
 
 ROOT = Path(tokenport.__file__).parent
-DOMAIN = ("billing", "energy", "zones", "audit", "tenancy")
+DOMAIN = ("billing", "energy", "zones", "audit", "tenancy", "fleets")
 ADAPTERS = (
     "tokenport.store",
     "tokenport.gateway",

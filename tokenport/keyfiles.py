@@ -25,3 +25,12 @@ def load_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     finally:
         tmp.unlink()
     return path.read_bytes()
+
+
+DEVICE_TOKEN_KEY = "device-tokens.key"
+
+
+def device_token_key(keys_dir: Path) -> bytes:
+    """The key that signs device tokens (`tpd_…`, fleets/identity.py): one per deployment,
+    shared by the CLI and every gateway process."""
+    return load_or_create(keys_dir / DEVICE_TOKEN_KEY, lambda: os.urandom(32))

@@ -25,12 +25,16 @@ from tokenport.energy.service import EnergyService
 from tokenport.energy.shared_meter import SharedEnergyMeter
 from tokenport.engines.embedded import EmbeddedEngine
 from tokenport.engines.scrape import text_fetcher
+from tokenport.fleets.quotas import DeviceQuotas, local_day
+from tokenport.fleets.service import FleetService
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.auth_throttle import AuthThrottle
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.billing import BillingState, MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
 from tokenport.gateway.charging import charging_for
+from tokenport.gateway.device_gate import DeviceGate
+from tokenport.gateway.devices import DeviceDirectory, DeviceEntry
 from tokenport.gateway.lifecycle import Gateway
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
@@ -40,6 +44,7 @@ from tokenport.gateway.settle import Settler
 from tokenport.gateway.token_count import count_request_tokens
 from tokenport.gateway.upstream_http import UpstreamPool
 from tokenport.gateway.window import ContextWindow
+from tokenport.keyfiles import device_token_key
 from tokenport.store.admins import AdminStore
 from tokenport.store.audit import AuditStore
 from tokenport.store.backends import BackendStore
@@ -48,6 +53,7 @@ from tokenport.store.broadcast import announce_changes, listen
 from tokenport.store.db import open_database
 from tokenport.store.energy import EnergyStore
 from tokenport.store.feed import FeedStore
+from tokenport.store.fleets import FleetStore
 from tokenport.store.journal import Journal
 from tokenport.store.meter_store import MeterStore
 from tokenport.store.redis_state import RedisState
@@ -89,6 +95,7 @@ class Runtime:
             log.info("zone %s registered (declared by the configuration)", name)
         self._admission()
         self._settlement()
+        self._fleets()
         self._backends()
         self._energy()
         self.session: aiohttp.ClientSession | None = None  # health checks, token counts
@@ -145,6 +152,28 @@ class Runtime:
         for zone, _ in self.tenancy.list_zones():  # key files read now, not on the request path
             self.vault.zone_key(zone)
 
+    def _fleets(self) -> None:
+        """Device fleets: the service behind the CLI and activation, and the directory of devices
+        the gateway reads (kept current by the change feed)."""
+        token_key = device_token_key(self.settings.keys_dir)
+        self.fleet_store = FleetStore(self.db)
+        self.fleets = FleetService(self.fleet_store, self.tenancy, self.vault.zone_key, token_key, self.clock)
+        self.device_gate: DeviceGate | None = None  # built with the rate limiter, at start
+        self.devices = DeviceDirectory(
+            self.fleet_store,
+            self.tenant_store.tenant_by_id,
+            token_key,
+            self.clock,
+            usage_of=self._device_usage,
+            on_load=lambda entry, used: self.device_gate and self.device_gate.restore(entry, used),
+        )
+        self.feed.subscribers.append(self.devices)
+
+    def _device_usage(self, entry: DeviceEntry) -> tuple[int, int]:
+        """What a device used on its local day and month so far, from the database's counters."""
+        day = local_day(self.clock.now(), entry.product.reset_tz)
+        return self.fleet_store.used(entry.device.serial, day, day[:8] + "01")
+
     def _backends(self) -> None:
         """Configured and registered backends, and the embedded engine."""
         settings = self.settings
@@ -189,8 +218,16 @@ class Runtime:
         )
         relay = Relay(self.upstream, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
+        self.device_gate = DeviceGate(DeviceQuotas(), limiter, self.clock)
         settler = Settler(
-            self.writer, self.metrics, self.clock, self.charging, limiter, self.vault, self.meter
+            self.writer,
+            self.metrics,
+            self.clock,
+            self.charging,
+            limiter,
+            self.vault,
+            self.meter,
+            self.device_gate,
         )
         window = ContextWindow(partial(count_request_tokens, self.session))
         self.gateway = Gateway(
@@ -203,6 +240,8 @@ class Runtime:
             window,
             self.meter,
             self.settings.waits,
+            self.devices,
+            self.device_gate,
         )
         s = self.settings
         self._tasks = [

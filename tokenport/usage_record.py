@@ -42,6 +42,12 @@ class UsageRecord:
     retention: str  # "none" (zero retention) or "encrypted:<ttl seconds>"
     started_at: datetime
     finished_at: datetime
+    # A fleet's device (docs/fleets.md): its serial, its product, the weighted tokens counted
+    # against its quotas and the local day (in the product's time zone) they count on.
+    device_serial: str | None = None
+    product_id: str | None = None
+    device_units: int | None = None
+    device_day: str | None = None
 
     def row(self) -> dict:
         return {name: getattr(self, name) for name in _FIELDS}

@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokenport.api import account, admin, audit, ops
+from tokenport.api import account, admin, audit, devices, ops
 from tokenport.api.anthropic import routes as anthropic_routes
 from tokenport.api.anthropic.serving import anthropic_error
 from tokenport.api.endpoint import Endpoint
@@ -84,6 +84,7 @@ class TokenportApp:
             *account.routes,
             *anthropic_routes.routes,
             *audit.routes,
+            *devices.routes,
             *admin.routes,
         ]
         self.starlette = Starlette(

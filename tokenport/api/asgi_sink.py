@@ -22,6 +22,7 @@ class AsgiSink:
 
     __slots__ = (
         "_digest",
+        "_extra",
         "_held",
         "_rid",
         "_send",
@@ -42,6 +43,7 @@ class AsgiSink:
         self._digest = hashlib.sha256()  # of every body byte the client is sent
         self.kept: list[bytes] | None = None  # the body, only for a tenant that opted in to retention
         self._held: list[dict] | None = None  # messages kept back until the request is settled
+        self._extra: tuple[tuple[bytes, bytes], ...] = ()  # headers the lifecycle adds (a device's)
 
     def hold(self) -> None:
         """From now on keep the messages back (the answer's last bytes): `release` sends them once
@@ -60,6 +62,10 @@ class AsgiSink:
         else:
             await self._send(message)
 
+    def header(self, name: bytes, value: bytes) -> None:
+        """One more header on the answer, success or error (before it starts)."""
+        self._extra = (*self._extra, (name, value))
+
     def keep(self) -> None:
         self.kept = []
 
@@ -71,7 +77,8 @@ class AsgiSink:
 
     def ids(self) -> tuple[tuple[bytes, bytes], ...]:
         """The request id, and the receipt id once the request will have a receipt (same value)."""
-        return (self._rid, (RECEIPT_HEADER, self._rid[1])) if self.receipted else (self._rid,)
+        ids = (self._rid, (RECEIPT_HEADER, self._rid[1])) if self.receipted else (self._rid,)
+        return (*ids, *self._extra) if self._extra else ids
 
     async def start(
         self, status: int, content_type: bytes, length: int | None = None, extra: tuple = ()

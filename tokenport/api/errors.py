@@ -7,6 +7,8 @@ from starlette.types import Send
 
 from tokenport.gateway.errors import ApiError
 
+RETRYABLE_429 = ("rate_limit_exceeded", "device_concurrency_exceeded")  # worth an SDK's retry
+
 
 def openai_error_body(err: ApiError) -> bytes:
     return orjson.dumps(
@@ -19,7 +21,7 @@ def error_headers(err: ApiError, body: bytes, extra: tuple = ()) -> list[tuple[b
     headers += [(k.encode(), v.encode()) for k, v in err.headers.items()]
     if err.status == 429 or err.status == 401 or err.status == 403:
         # insufficient_quota and auth failures must not be retried by the SDKs; rate limits may.
-        retry = "true" if err.code == "rate_limit_exceeded" else "false"
+        retry = "true" if err.code in RETRYABLE_429 else "false"
         headers.append((b"x-should-retry", retry.encode()))
     return headers
 

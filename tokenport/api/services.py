@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tokenport.energy.request_figures import RequestFigures
     from tokenport.energy.service import EnergyService
     from tokenport.engines.embedded import EmbeddedEngine
+    from tokenport.fleets.service import FleetService
     from tokenport.gateway.auth import KeyCache
     from tokenport.gateway.backends import BackendPool
     from tokenport.gateway.charging import Charging
@@ -83,3 +84,9 @@ class CountingServices(Protocol):
     settings: Settings
     gateway: Gateway | None
     session: aiohttp.ClientSession | None
+
+
+class DeviceServices(Protocol):
+    """`/v1/devices/*`: a device's challenge and activation."""
+
+    fleets: FleetService

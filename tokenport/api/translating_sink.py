@@ -25,6 +25,9 @@ class TranslatingSink:
     def response_sha256(self) -> str:
         return self.inner.response_sha256()
 
+    def header(self, name: bytes, value: bytes) -> None:
+        self.inner.header(name, value)
+
     def keep(self) -> None:
         self.inner.keep()
 

@@ -7,6 +7,7 @@ Accounts (the balance of an account is the sum of its entries):
 - `revenue:usage`       tokens sold
 - `revenue:breakage`    paid credit that expired unused
 - `revenue:plans`       plan fees
+- `revenue:packages`    device package fees (a maker's device activated for the first time)
 - `receivable:<tenant>` what a tenant owes: plan fees, and usage beyond its credit (only if a
                         hold was too small)
 
@@ -26,7 +27,9 @@ FUNDING_PROMO = "funding:promo"
 REVENUE_USAGE = "revenue:usage"
 REVENUE_BREAKAGE = "revenue:breakage"
 REVENUE_PLANS = "revenue:plans"
-KINDS = ("grant", "usage", "expiry", "reversal", "fee")
+REVENUE_PACKAGES = "revenue:packages"
+KINDS = ("grant", "usage", "expiry", "reversal", "fee", "package")
+BILLED = {"fee": REVENUE_PLANS, "package": REVENUE_PACKAGES}  # owed by the tenant, billed on its invoice
 
 
 class LedgerError(ValueError):
@@ -80,10 +83,10 @@ class Transaction:
             p.append("usage without a request id")
         if self.kind == "reversal" and not self.reverses:
             p.append("reversal without the transaction it reverses")
-        if self.kind == "fee" and sorted(e.account for e in self.entries) != sorted(
-            (REVENUE_PLANS, receivable_account(self.tenant_id))
+        if self.kind in BILLED and sorted(e.account for e in self.entries) != sorted(
+            (BILLED[self.kind], receivable_account(self.tenant_id))
         ):
-            p.append("a fee moves anything but the tenant's receivable and plan revenue")
+            p.append(f"a {self.kind} moves anything but the tenant's receivable and {BILLED[self.kind]}")
         return p
 
     def check(self) -> Transaction:
@@ -180,6 +183,17 @@ def fee_tx(tx_id: str, tenant_id: str, amount: int, at: datetime) -> Transaction
     """A plan fee, billed: the tenant owes it (receivable), plan revenue earns it."""
     entries = (Entry(receivable_account(tenant_id), -amount), Entry(REVENUE_PLANS, amount))
     return Transaction(tx_id, "fee", tenant_id, entries, at).check()
+
+
+def package_tx_id(serial: str, fleet_id: str) -> str:
+    """The fixed id of a device's package fee: one per device, however often it activates."""
+    return "pkg_" + hashlib.sha256(f"{fleet_id}|{serial}".encode()).hexdigest()[:28]
+
+
+def package_tx(tx_id: str, tenant_id: str, amount: int, at: datetime) -> Transaction:
+    """A device's package fee at its first activation: the maker owes it, package revenue earns it."""
+    entries = (Entry(receivable_account(tenant_id), -amount), Entry(REVENUE_PACKAGES, amount))
+    return Transaction(tx_id, "package", tenant_id, entries, at).check()
 
 
 def expiry_tx(tx_id: str, lot: Lot, remaining: int, at: datetime) -> Transaction:

@@ -1,7 +1,7 @@
 """The `tokenport` command. Works with or without a running server: both share the database,
 and a running server sees changes within a second."""
 
-# One module per concern (serve, audit, tenancy, backends, billing, energy), each registering
+# One module per concern (serve, audit, tenancy, backends, billing, energy, fleets), each registering
 # its subcommands.
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tokenport.cli import audit, backends, billing, energy, serve, tenancy
+from tokenport.cli import audit, backends, billing, energy, fleets, serve, tenancy
 from tokenport.config import ConfigError
 
 
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=func, creates_database=creates)
         return c
 
-    for module in (serve, audit, tenancy, backends, billing, energy):
+    for module in (serve, audit, tenancy, backends, billing, energy, fleets):
         module.register(sub, command)
     return p
 

@@ -141,15 +141,25 @@ def cmd_admins_revoke(args: argparse.Namespace) -> int:
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from tokenport.api.views import key_view
 
-    svc, _ = _service(args)
-    info, secret = svc.create_key(
-        args.tenant, args.label, args.rpm, args.tpm, args.budget_usd, args.budget_period
-    )
+    limits = (args.label, args.rpm, args.tpm, args.budget_usd, args.budget_period)
+    if args.fleet:  # a fleet key: one of the tenant's fleets
+        from tokenport.cli.fleets import _fleets
+        from tokenport.tenancy.service import InvalidInput
+
+        fleets = _fleets(args)
+        if fleets.fleet(args.fleet).tenant_id != fleets.tenancy.tenant(args.tenant).id:
+            raise InvalidInput(f"fleet {args.fleet!r} is not tenant {args.tenant!r}'s")
+        info, secret = fleets.create_fleet_key(args.fleet, *limits)
+    else:
+        svc, _ = _service(args)
+        info, secret = svc.create_key(args.tenant, *limits)
+    view = key_view(info, secret) | ({"fleet": args.fleet} if args.fleet else {})
     _print(
-        key_view(info, secret),
+        view,
         args.json,
         [
-            f"created key {info.id} for tenant {info.tenant} (zone {info.zone})",
+            f"created {'fleet ' if args.fleet else ''}key {info.id} for tenant {info.tenant} "
+            f"(zone {info.zone})",
             "secret (shown once, store it now):",
             secret,
         ],
@@ -274,6 +284,7 @@ def _register_keys(sub: Any, command: Callable[..., argparse.ArgumentParser]) ->
     c.add_argument("--tpm", type=int, help="tokens per minute limit for this key (prompt + completion)")
     c.add_argument("--budget-usd", help="most this key may spend per budget period")
     c.add_argument("--budget-period", choices=("day", "month"), help="the budget's period (UTC)")
+    c.add_argument("--fleet", help="a fleet key (tpf_...): it may name that fleet's devices per request")
     c.add_argument("--json", action="store_true")
     c = command(keys, "revoke", cmd_keys_revoke, "revoke an API key")
     c.add_argument("key_id")

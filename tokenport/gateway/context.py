@@ -7,6 +7,7 @@ from datetime import datetime
 
 from tokenport.billing.plans import Plan
 from tokenport.billing.prices import Price
+from tokenport.gateway.devices import DeviceEntry
 from tokenport.tenancy.keys import KeyRecord
 
 
@@ -33,3 +34,5 @@ class RequestContext:
     delivered: bool = False  # the whole answer has been handed to the client
     price: Price | None = None  # set once the request is admitted and money is held
     plan: Plan | None = None  # set when the tenant's plan covers the request instead
+    device: DeviceEntry | None = None  # a fleet's device is calling (its token, or a fleet key's header)
+    device_held: bool = False  # the device's quotas hold for this request (settled with it)

@@ -1,7 +1,8 @@
 """The request lifecycle, in one place:
 
-    authenticate → resolve zone → admit (limits) → route → fit (context) → admit (money)
-    → stream → settle → deliver the last bytes
+    authenticate (a key, or a fleet's device) → resolve zone → admit (the device, limits)
+    → route → fit (context) → admit (the device's quotas, money) → stream → settle
+    → deliver the last bytes
 
 Each step lives in its own module; this one only sequences them and makes sure every request
 that got past authentication is settled exactly once, whatever happens. The answer's last bytes
@@ -23,7 +24,9 @@ from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
-from tokenport.gateway.errors import ApiError
+from tokenport.gateway.device_gate import REMAINING_HEADER, DeviceGate
+from tokenport.gateway.devices import DEVICE_HEADER, DeviceDirectory, DeviceEntry, is_device_token
+from tokenport.gateway.errors import ApiError, forbidden
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import ClientSink, Outcome, Relay, UpstreamCall, upstream_payload
 from tokenport.gateway.request import ParsedRequest
@@ -32,7 +35,7 @@ from tokenport.gateway.sse import Counts
 from tokenport.gateway.usage_guard import UsageLimits
 from tokenport.gateway.window import TEMPLATE_SLACK, ContextWindow, Fit
 from tokenport.gateway.zone import ZONE_HEADER, resolve_zone
-from tokenport.tenancy.keys import KeyRecord
+from tokenport.tenancy.keys import KeyRecord, extract_secret
 from tokenport.usage_record import SOURCE_BOUNDED, opaque
 from tokenport.zones.retention import retention_mode
 
@@ -104,8 +107,12 @@ class Gateway:
         window: ContextWindow,
         energy: EnergyMeter | None = None,
         waits: Waits | None = None,
+        devices: DeviceDirectory | None = None,
+        device_gate: DeviceGate | None = None,
     ) -> None:
         self.keys = keys
+        self.devices = devices  # None: no fleets served (a device header is still refused)
+        self.device_gate = device_gate
         self.waits = waits or Waits()  # each backend's bounds on waiting for it, unless its own
         self.window = window
         self.energy = energy
@@ -118,8 +125,29 @@ class Gateway:
 
     # --- the first steps, also for what is not a completion (count_tokens) ---
 
-    def authenticate(self, headers: dict[bytes, bytes], client: str | None) -> KeyRecord:
-        return self.keys.authenticate(headers.get(b"authorization"), headers.get(b"x-api-key"), client)
+    async def authenticate(
+        self, headers: dict[bytes, bytes], client: str | None
+    ) -> tuple[KeyRecord, DeviceEntry | None]:
+        """The key that pays and the device calling, if any: a device token (`tpd_…`) is the
+        device and its maker; a fleet key (`tpf_…`) may name one of its devices in
+        `X-Tokenport-Device`; any other key is itself."""
+        authorization, x_api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
+        if self.devices is not None and is_device_token(extract_secret(authorization, x_api_key)):
+            entry = await self.devices.from_token(extract_secret(authorization, x_api_key) or "")
+            named = headers.get(DEVICE_HEADER)
+            if named is not None and named.decode("latin-1").strip() != entry.device.serial:
+                raise forbidden("A device token acts for its own device only", "device_header_not_allowed")
+            return entry.maker, entry
+        key = self.keys.authenticate(authorization, x_api_key, client)
+        serial = headers.get(DEVICE_HEADER)
+        if serial is None:
+            return key, None
+        if self.devices is None:
+            raise forbidden(
+                "This gateway serves no fleets: X-Tokenport-Device is refused", "device_header_not_allowed"
+            )
+        entry = await self.devices.from_header(key, serial)
+        return entry.maker, entry
 
     @staticmethod
     def zone(key: KeyRecord, headers: dict[bytes, bytes]) -> str:
@@ -183,34 +211,10 @@ class Gateway:
         out = Outcome()
         self.in_flight += 1
         try:
-            key = ctx.key = self.authenticate(headers, ctx.client)  # 1 authenticate
-            sink.receipted = True  # authenticated: settled, audited, and so receipted
-            if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
-                ctx.retention = retention_mode(key.retention_ttl_s)
-                ctx.kept_request = raw_body
-                sink.keep()
-            ctx.zone = self.zone(key, headers)  # 2 resolve zone
+            key = await self._identify(ctx, headers, raw_body, sink)  # 1 authenticate, 2 zone
             if isinstance(parsed, ApiError):
                 raise parsed
-            req = parsed
-            ctx.model, ctx.stream = req.model, req.stream
-            self.limiter.admit(key.id, key.rpm_limit)  # 3 admit: rate limits
-            self.limiter.admit_tokens(key.id, key.tpm_limit)
-            affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
-            backend = self.pool.route(req.model, ctx.zone, req.endpoint == "embeddings", affinity=affinity)
-            ctx.backend = backend.name  # 4 route
-            fit = await self.window.fit(req, backend, len(raw_body))  # fit the context
-            ctx.price, ctx.plan = price, plan = await self.charging.admit(  # admit: money
-                ctx.request_id,
-                key,
-                req.model,
-                fit.max_output,
-                fit.prompt_bound,
-                backend.config.context,
-                ctx.started_at,
-            )
-            usage_fields = _usage_fields(None if price.free or plan else price, fit)
-            await self._serve(ctx, req, backend, affinity, usage_fields, fit, sink, out)  # 5 stream
+            await self._admit_and_serve(ctx, key, headers, len(raw_body), parsed, sink, out)  # 3-5
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
             ctx.other_zone = err.other_zone
@@ -234,6 +238,76 @@ class Gateway:
                 self.settler.settle(ctx, out)  # 6 settle: journaled before the answer's last bytes
             finally:
                 await sink.release()
+
+    async def _identify(
+        self, ctx: RequestContext, headers: dict[bytes, bytes], raw_body: bytes, sink: ClientSink
+    ) -> KeyRecord:
+        """Steps 1 and 2: who calls (and pays), what is kept of the request, and its zone."""
+        key, ctx.device = await self.authenticate(headers, ctx.client)  # 1 authenticate
+        ctx.key = key
+        sink.receipted = True  # authenticated: settled, audited, and so receipted
+        if key.retention_ttl_s:  # the tenant opted in: keep both bodies, sealed at settlement
+            ctx.retention = retention_mode(key.retention_ttl_s)
+            ctx.kept_request = raw_body
+            sink.keep()
+        ctx.zone = self.zone(key, headers)  # 2 resolve zone
+        return key
+
+    async def _admit_and_serve(
+        self,
+        ctx: RequestContext,
+        key: KeyRecord,
+        headers: dict[bytes, bytes],
+        body_size: int,
+        req: ParsedRequest,
+        sink: ClientSink,
+        out: Outcome,
+    ) -> None:
+        """Steps 3 to 5: admit, route, fit, admit the money, stream."""
+        ctx.model, ctx.stream = req.model, req.stream
+        device = ctx.device
+        if device is not None:  # 3 admit: the device (state, models, output cap, rate)
+            self._device_gate().check(device, req, ctx.started_at)
+        self.limiter.admit(key.id, key.rpm_limit)  # admit: rate limits
+        self.limiter.admit_tokens(key.id, key.tpm_limit)
+        affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
+        backend = self.pool.route(
+            req.model, ctx.zone or key.zone, req.endpoint == "embeddings", affinity=affinity
+        )
+        ctx.backend = backend.name  # 4 route
+        fit = await self.window.fit(req, backend, body_size)  # fit the context
+        if device is not None:  # admit: the most the request can count against the device
+            self._hold_device(ctx, device, req, fit, backend.config.context, sink)
+        ctx.price, ctx.plan = price, plan = await self.charging.admit(  # admit: money
+            ctx.request_id,
+            key,
+            req.model,
+            fit.max_output,
+            fit.prompt_bound,
+            backend.config.context,
+            ctx.started_at,
+        )
+        usage_fields = _usage_fields(None if price.free or plan else price, fit)
+        await self._serve(ctx, req, backend, affinity, usage_fields, fit, sink, out)  # 5 stream
+
+    def _device_gate(self) -> DeviceGate:
+        assert self.device_gate is not None, "a device was identified: the gate is wired with the directory"
+        return self.device_gate
+
+    def _hold_device(
+        self,
+        ctx: RequestContext,
+        device: DeviceEntry,
+        req: ParsedRequest,
+        fit: Fit,
+        context: int,
+        sink: ClientSink,
+    ) -> None:
+        most = fit.prompt_bound + TEMPLATE_SLACK + (fit.max_output if fit.max_output is not None else context)
+        gate = self._device_gate()
+        gate.reserve(ctx.request_id, device, req.model, most, ctx.started_at)
+        ctx.device_held = True
+        sink.header(REMAINING_HEADER.encode(), str(gate.remaining(device, ctx.started_at)).encode())
 
     async def _serve(
         self,

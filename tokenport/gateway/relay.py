@@ -48,6 +48,8 @@ class ClientSink(Protocol):
 
     def response_sha256(self) -> str: ...  # SHA-256 (hex) of the body bytes sent so far
 
+    def header(self, name: bytes, value: bytes) -> None: ...  # one more header, before the start
+
     def keep(self) -> None: ...  # keep the body bytes sent from now on (opt-in retention)
 
     def hold(self) -> None: ...  # keep what is sent from now on back, until `release`

@@ -11,9 +11,11 @@ from tokenport.energy.allocation import Span
 from tokenport.energy.meter import EnergyMeter, RequestMeta
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
+from tokenport.gateway.device_gate import DeviceGate
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
+from tokenport.gateway.sse import Counts
 from tokenport.store.writer import BatchWriter
 from tokenport.usage_record import SOURCE_BOUNDED, SOURCE_NONE, UsageRecord
 from tokenport.zones.vault import Vault
@@ -31,8 +33,10 @@ class Settler:
         limiter: RateLimiter,
         vault: Vault | None = None,
         energy: EnergyMeter | None = None,
+        device_gate: DeviceGate | None = None,
     ) -> None:
         self.writer = writer
+        self.device_gate = device_gate
         self.energy = energy
         self.vault = vault
         self.charging = charging
@@ -53,7 +57,17 @@ class Settler:
                     self.charging.release(ctx.request_id, ctx.key, ctx.started_at)
                 except Exception:
                     log.exception("releasing the holds of %s failed", ctx.request_id)
+            if ctx.device_held:
+                self._device_counts(ctx, None)
             return None
+
+    def _device_counts(self, ctx: RequestContext, counts: Counts | None) -> tuple[int | None, str | None]:
+        """A device's quota hold settled on what was used: (weighted units, local day), once."""
+        if not ctx.device_held or ctx.device is None or self.device_gate is None:
+            return None, None
+        ctx.device_held = False
+        tokens = counts.prompt + counts.completion if counts is not None else 0
+        return self.device_gate.settle(ctx.request_id, ctx.device, ctx.model, tokens, ctx.started_at)
 
     def _settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
         now = self.clock.monotonic()
@@ -100,6 +114,7 @@ class Settler:
             self.energy.closed(ctx.request_id, span, RequestMeta(ctx.key.tenant_id))
         if counts is not None and ctx.key.tpm_limit:
             self.limiter.record_tokens(ctx.key.id, counts.prompt + counts.completion)
+        units, day = self._device_counts(ctx, counts)
         record = UsageRecord(
             request_id=ctx.request_id,
             tenant_id=ctx.key.tenant_id,
@@ -127,6 +142,10 @@ class Settler:
             retention=ctx.retention,
             started_at=ctx.started_at,
             finished_at=finished_at,
+            device_serial=ctx.device.device.serial if ctx.device is not None else None,
+            product_id=ctx.device.product.id if ctx.device is not None else None,
+            device_units=units,
+            device_day=day,
         )
         item = {"usage": record.row(), "tx": tx, "charge": charge}
         if ctx.kept_request is not None and self.vault is not None and ctx.key.retention_ttl_s:

@@ -1,6 +1,7 @@
 """Counters kept with the usage records, in the same database transaction: what each key spent
-per UTC day and month (budgets) and each tenant's plan units per minute (plan windows). Shared
-admission reads them; keeping them in every mode makes a switch to shared mode exact."""
+per UTC day and month (budgets), each tenant's plan units per minute (plan windows) and each
+device's weighted tokens per local day (device quotas). Shared admission reads them; keeping them
+in every mode makes a switch to shared mode exact."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from tokenport.billing.budgets import period_start
 from tokenport.billing.plans import minute_of
-from tokenport.store.schema import key_spend, plan_minutes, token_seconds
+from tokenport.store.schema import device_days, key_spend, plan_minutes, token_seconds
 
 
 def usage_counters(rows: list[dict]) -> tuple[dict[tuple, int], dict[tuple, int]]:
@@ -52,10 +53,21 @@ def _upsert(dialect: str, table: Table) -> tuple:
     return stmt, keys, column
 
 
+def device_counters(rows: list[dict]) -> dict[tuple, int]:
+    """(serial, local day) -> weighted tokens, from the usage rows of fleets' devices."""
+    units: dict[tuple, int] = {}
+    for r in rows:
+        serial, day, n = r.get("device_serial"), r.get("device_day"), r.get("device_units")
+        if serial and day and n:
+            units[(serial, day)] = units.get((serial, day), 0) + n
+    return units
+
+
 def count_usage(conn: Connection, rows: list[dict]) -> None:
     spend, units = usage_counters(rows)
     add(conn, key_spend, spend)
     add(conn, plan_minutes, units)
+    add(conn, device_days, device_counters(rows))
 
 
 def count_tokens(conn: Connection, items: list[tuple[str, datetime, int]]) -> None:

@@ -77,6 +77,7 @@ api_keys = Table(
     Column("budget_period", String(8), nullable=True),  # "day" | "month" (UTC)
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime(), nullable=True),
+    Column("fleet_id", String(32), nullable=True),  # a fleet key (tpf_...): names that fleet's devices
 )
 
 # One row per request that got past authentication. request_id is the idempotency key.
@@ -109,8 +110,15 @@ usage = Table(
     Column("retention", String(32), nullable=True),  # "none" or "encrypted:<ttl seconds>"
     Column("started_at", UTCDateTime(), nullable=False),
     Column("finished_at", UTCDateTime(), nullable=False),
+    # A fleet's device (docs/fleets.md): its serial and product, the weighted tokens counted
+    # against its quotas, and the local day (the product's time zone) they count on.
+    Column("device_serial", String(64), nullable=True),
+    Column("product_id", String(32), nullable=True),
+    Column("device_units", BigInteger, nullable=True),
+    Column("device_day", String(10), nullable=True),  # YYYY-MM-DD
     Index("ix_usage_tenant_started", "tenant_id", "started_at"),
     Index("ix_usage_started", "started_at"),
+    Index("ix_usage_tenant_device", "tenant_id", "device_serial"),
 )
 
 # Append-only feed of administrative changes; running servers poll it (key revocation < 1 s).
@@ -499,4 +507,93 @@ backends = Table(
     Column("api_key_env", String(128), nullable=True),  # the variable holding its key, not the key
     Column("created_at", UTCDateTime(), nullable=False),
     Column("waits", Text, nullable=True),  # JSON: the Waits fields it sets (the rest: [upstream]'s)
+)
+
+
+# --- device fleets (tokenport/fleets/, docs/fleets.md) --------------------------------------------
+
+# A maker's fleet of devices; it belongs to the maker's tenant, and so to its zone.
+fleets = Table(
+    "fleets",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("zone", String(64), nullable=False),  # the tenant's, at creation (immutable)
+    Column("max_addresses_per_hour", Integer, nullable=False),
+    Column("auto_quarantine", Boolean, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+# A product (SKU): the service package sold with the hardware.
+products = Table(
+    "products",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("fleet_id", String(32), ForeignKey("fleets.id"), nullable=False, index=True),
+    Column("sku", String(128), nullable=False),
+    Column("entitlement_days", Integer, nullable=False),
+    Column("daily_tokens", BigInteger, nullable=False),
+    Column("monthly_tokens", BigInteger, nullable=False),
+    Column("rpm", Integer, nullable=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("models", Text, nullable=False),  # JSON [model, ...]; empty: every model of the zone
+    Column("max_output", Integer, nullable=True),
+    Column("reset_tz", String(64), nullable=False),  # IANA zone of the daily and monthly resets
+    Column("package_fee_nano", BigInteger, nullable=False),
+    Column("multipliers", Text, nullable=False),  # JSON [[model, per-mille], ...]
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("fleet_id", "sku", name="uq_products_fleet_sku"),
+)
+
+# A production batch: its random key, sealed under the zone's key (fleets/identity.py). Nothing
+# secret is stored per device: a device's secret is derived from its batch key and serial.
+device_batches = Table(
+    "device_batches",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("fleet_id", String(32), ForeignKey("fleets.id"), nullable=False),
+    Column("product_id", String(32), ForeignKey("products.id"), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("sealed_key", LargeBinary, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("fleet_id", "name", name="uq_device_batches_fleet_name"),
+)
+
+# Devices by serial (a serial is registered to one fleet only). No foreign keys: a million rows
+# are imported at a time.
+devices = Table(
+    "devices",
+    metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("fleet_id", String(32), nullable=False),
+    Column("product_id", String(32), nullable=False),
+    Column("batch_id", String(32), nullable=False),
+    Column("state", String(16), nullable=False),  # imported | active | quarantined | revoked
+    Column("activated_at", UTCDateTime(), nullable=True),  # the first activation
+    Column("entitlement_ends_at", UTCDateTime(), nullable=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+    Index("ix_devices_fleet_serial", "fleet_id", "serial"),
+    Index("ix_devices_fleet_state", "fleet_id", "state"),
+)
+
+# Activation challenges: single use, short-lived; expired ones are deleted as new ones come.
+device_nonces = Table(
+    "device_nonces",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    Column("serial", String(64), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False, index=True),
+    Column("used_at", UTCDateTime(), nullable=True),
+)
+
+# Weighted tokens per device per local day (the product's time zone): the device quotas'
+# counter, kept with the usage records in the same database transaction.
+device_days = Table(
+    "device_days",
+    metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("day", String(10), primary_key=True),  # YYYY-MM-DD, local
+    Column("units", BigInteger, nullable=False),
 )

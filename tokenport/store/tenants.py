@@ -79,6 +79,11 @@ class TenantStore:
             row = conn.execute(select(tenants).where(tenants.c.name == name)).first()
         return _tenant(row) if row else None
 
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(tenants).where(tenants.c.id == tenant_id)).first()
+        return _tenant(row) if row else None
+
     def list_tenants(self) -> list[Tenant]:
         with self.engine.connect() as conn:
             return [_tenant(r) for r in conn.execute(select(tenants).order_by(tenants.c.created_at))]
@@ -179,6 +184,7 @@ _KEY_RECORDS = select(
     api_keys.c.tpm_limit,
     api_keys.c.budget_nano_usd,
     api_keys.c.budget_period,
+    api_keys.c.fleet_id,
     tenants.c.name.label("tenant_name"),
     tenants.c.retention_ttl_s,
 ).join(tenants, tenants.c.id == api_keys.c.tenant_id)
@@ -197,4 +203,5 @@ def _key_record(r: Row) -> KeyRecord:
         budget_nano_usd=r.budget_nano_usd,
         budget_period=r.budget_period,
         retention_ttl_s=r.retention_ttl_s,
+        fleet_id=r.fleet_id,
     )

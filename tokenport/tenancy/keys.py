@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from tokenport.ids import random_hex
 
 KEY_PREFIX = "tpk_"
+FLEET_KEY_PREFIX = "tpf_"  # a fleet key: its maker's server names a device per request
 _ALPHABET = string.ascii_letters + string.digits
 _SECRET_LEN = 40  # ~238 bits of entropy: a fast hash (SHA-256) is the right tool
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # use with fullmatch
@@ -40,6 +41,7 @@ class KeyRecord:
     budget_nano_usd: int | None = None
     budget_period: str | None = None  # "day" | "month"
     retention_ttl_s: int | None = None  # the tenant's opt-in retention; None: nothing is kept
+    fleet_id: str | None = None  # a fleet key (tpf_...): may name a device of that fleet
 
 
 def new_id(kind: str) -> str:
@@ -47,9 +49,10 @@ def new_id(kind: str) -> str:
     return f"{kind}_{random_hex(64)}"
 
 
-def generate_key() -> NewKey:
+def generate_key(prefix: str = KEY_PREFIX) -> NewKey:
+    """A new key's secret; `prefix` is `tpk_`, or `tpf_` for a fleet key."""
     body = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
-    secret = KEY_PREFIX + body
+    secret = prefix + body
     return NewKey(id=new_id("key"), secret=secret, prefix=secret[:12], key_hash=hash_key(secret))
 
 

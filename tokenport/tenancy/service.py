@@ -6,7 +6,7 @@ from datetime import datetime
 
 from tokenport.clock import Clock, SystemClock
 from tokenport.money import MoneyError, usd_to_nano
-from tokenport.tenancy.keys import NAME_RE, ZONE_RE, generate_key, new_id
+from tokenport.tenancy.keys import FLEET_KEY_PREFIX, KEY_PREFIX, NAME_RE, ZONE_RE, generate_key, new_id
 from tokenport.tenancy.ports import TenantRepository
 from tokenport.tenancy.records import Conflict, KeyInfo, Tenant
 
@@ -90,8 +90,10 @@ class TenancyService:
         tpm_limit: int | None = None,
         budget_usd: str | None = None,
         budget_period: str | None = None,
+        fleet_id: str | None = None,
     ) -> tuple[KeyInfo, str]:
-        """Returns the key's public record and its secret, which is not kept anywhere."""
+        """Returns the key's public record and its secret, which is not kept anywhere. A fleet
+        key (`fleet_id`: one of the tenant's fleets, checked by the fleet service) is `tpf_…`."""
         tenant = self.tenant(tenant_name)
         if label is not None and (not isinstance(label, str) or len(label) > 256):
             raise InvalidInput("label must be a string of at most 256 characters")
@@ -110,7 +112,7 @@ class TenancyService:
                 raise InvalidInput(str(exc)) from None
             if budget <= 0:
                 raise InvalidInput("the budget must be positive")
-        key = generate_key()
+        key = generate_key(FLEET_KEY_PREFIX if fleet_id else KEY_PREFIX)
         now = self.clock.now()
         values = dict(
             id=key.id,
@@ -125,6 +127,7 @@ class TenancyService:
             budget_period=budget_period if budget else None,
             created_at=now,
             revoked_at=None,
+            fleet_id=fleet_id,
         )
         self.store.insert_key(values, now)
         info = KeyInfo(

@@ -28,6 +28,7 @@ from tokenport.api.openai.protocol import (
     MAX_TOKENS_CAP,
     ParsedRequest,
     check_model,
+    check_stream,
     copy_sampling,
     parse_body,
 )
@@ -317,10 +318,7 @@ def translate(body: dict, aliases: dict[str, str]) -> tuple[str, dict]:
     max_tokens = _max_tokens(body)
     chat = _chat(body)
     out: dict[str, Any] = {"model": resolve_model(model, aliases), "messages": chat, "max_tokens": max_tokens}
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", param="stream")
-    out["stream"] = stream
+    out["stream"] = check_stream(body, null_is_false=False)
     _copy_stops(body, out)
     copy_sampling(body, out, 1)
     _copy_tools(body, out)

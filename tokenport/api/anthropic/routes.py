@@ -39,7 +39,7 @@ async def count_tokens(request: Request) -> Response:
     rid = request.scope.get(REQUEST_ID_KEY, "")
     try:
         headers = dict(request.scope["headers"])
-        key = gateway.authenticate(headers, request.client.host if request.client else None)
+        key, _ = await gateway.authenticate(headers, request.client.host if request.client else None)
         zone = gateway.zone(key, headers)
         body = parse_body(await request.body())
         _, chat = translate({"max_tokens": 1, **body}, svc.settings.model_aliases)

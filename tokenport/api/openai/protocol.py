@@ -63,13 +63,19 @@ def check_model(body: dict) -> str:
     return model
 
 
-def _check_stream(body: dict) -> tuple[bool, bool]:
-    """(`stream`, `stream_options.include_usage`); the options only with `stream` true."""
+def check_stream(body: dict, null_is_false: bool = True) -> bool:
+    """`stream`: a boolean, false when absent (or null, in OpenAI's APIs)."""
     stream = body.get("stream", False)
-    if stream is None:
+    if stream is None and null_is_false:
         stream = False
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be a boolean", param="stream")
+    return stream
+
+
+def _check_stream(body: dict) -> tuple[bool, bool]:
+    """(`stream`, `stream_options.include_usage`); the options only with `stream` true."""
+    stream = check_stream(body)
     opts = body.get("stream_options")
     if opts is None:
         return stream, False

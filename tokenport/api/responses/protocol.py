@@ -26,6 +26,7 @@ from tokenport.api.openai.protocol import (
     MAX_TOKENS_CAP,
     ParsedRequest,
     check_model,
+    check_stream,
     copy_sampling,
     parse_body,
 )
@@ -234,10 +235,7 @@ def translate(body: dict) -> tuple[dict, ToolMap]:
     tools = tool_map(body)
     chat += _messages(body.get("input"), tools)
     out: dict[str, Any] = {"model": model, "messages": chat}
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise bad_request("'stream' must be a boolean", param="stream")
-    out["stream"] = stream
+    out["stream"] = check_stream(body, null_is_false=False)
     _copy_max_tokens(body, out)
     copy_sampling(body, out, 2)
     _copy_tools(body, out, tools)

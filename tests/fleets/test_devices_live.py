@@ -1,0 +1,230 @@
+"""Devices against a live gateway over the mock engine (10 prompt + 20 completion tokens per
+answer): a toy activates by challenge and response and calls with its token through the official
+`openai` SDK; a maker's server calls with a fleet key and the device header; the device's state,
+quotas and the maker's money are enforced, each refusal without an upstream call."""
+
+from __future__ import annotations
+
+import csv
+import sqlite3
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import httpx
+import openai
+import pytest
+from support.live import LiveServer, MockProcess, mock_config, start_server, wait_until
+
+from tokenport.fleets.identity import activation_mac
+
+MODEL = "mock-model"  # free: the maker's money is not what these tests are about ...
+PAID = "paid-model"  # ... except where it is
+TZ = "Asia/Tokyo"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, mock_engine: MockProcess) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("fleet-home"), mock_config(mock_engine.url))
+    yield server
+    server.stop()
+    server.verify_ledger()
+
+
+class Maker:
+    """A maker with a fleet, a product and imported devices, and their secrets."""
+
+    def __init__(self, gw: LiveServer, name: str, daily: int = 100_000, credit: str | None = "50") -> None:
+        self.gw, self.fleet = gw, f"{name}-fleet"
+        gw.cli("tenants", "create", name)
+        if credit:
+            gw.cli("credits", "grant", name, credit)
+        gw.cli("fleets", "create", name, self.fleet)
+        gw.cli(
+            "products", "create", self.fleet, "BEAR", "--entitlement-days", "365", "--daily-tokens",
+            str(daily), "--monthly-tokens", "1000000", "--models", f"{MODEL},{PAID}", "--max-output",
+            "50", "--reset-tz", TZ, "--package-fee-usd", "1.50",
+        )  # fmt: skip
+        serials = [f"{name.upper()}-{i:04d}" for i in range(4)]
+        folder = gw.home / name
+        folder.mkdir()
+        (folder / "serials.csv").write_text("serial\n" + "\n".join(serials) + "\n")
+        gw.cli(
+            "devices", "import", self.fleet, "--sku", "BEAR", "--batch", "B1", "--csv",
+            str(folder / "serials.csv"), "--secrets-out", str(folder / "secrets.csv"),
+        )  # fmt: skip
+        with (folder / "secrets.csv").open(newline="") as f:
+            self.secrets = {row[0]: bytes.fromhex(row[1]) for row in list(csv.reader(f))[1:]}
+        self.serials = serials
+        self.name = name
+
+    def activate(self, serial: str) -> dict:
+        http = httpx.Client(base_url=self.gw.base_url, timeout=10)
+        nonce = http.post("/v1/devices/challenge", json={"serial": serial}).json()["nonce"]
+        mac = activation_mac(self.secrets[serial], serial, nonce)
+        r = http.post("/v1/devices/activate", json={"serial": serial, "nonce": nonce, "mac": mac})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def chat(base_url: str, token: str, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{base_url}/v1/chat/completions",
+        headers={"authorization": f"Bearer {token}", **headers},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock_chunk_delay_ms": 0},
+        timeout=30,
+    )
+
+
+def test_a_toy_activates_and_talks_with_its_own_token(gateway: LiveServer, mock_engine: MockProcess):
+    maker = Maker(gateway, "bears")
+    serial = maker.serials[0]
+    http = httpx.Client(base_url=gateway.base_url, timeout=10)
+
+    nonce = http.post("/v1/devices/challenge", json={"serial": serial}).json()["nonce"]
+    wrong = http.post("/v1/devices/activate", json={"serial": serial, "nonce": nonce, "mac": "00" * 32})
+    assert (wrong.status_code, wrong.json()["error"]["code"]) == (401, "invalid_device_credentials")
+    assert wrong.headers["x-request-id"]
+    nonce = http.post("/v1/devices/challenge", json={"serial": serial}).json()["nonce"]
+    mac = activation_mac(maker.secrets[serial], serial, nonce)
+    first = http.post("/v1/devices/activate", json={"serial": serial, "nonce": nonce, "mac": mac})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["device_token"].startswith("tpd_")
+    assert body["entitlement"] == {
+        "product": "BEAR",
+        "ends_at": body["entitlement"]["ends_at"],
+        "days_left": 365,
+        "tokens_left_today": 100_000,
+        "tokens_left_this_month": 1_000_000,
+    }
+    replay = http.post("/v1/devices/activate", json={"serial": serial, "nonce": nonce, "mac": mac})
+    assert (replay.status_code, replay.json()["error"]["code"]) == (409, "challenge_used")
+    unknown_nonce = http.post("/v1/devices/challenge", json={"serial": "NOBODY-1"}).json()["nonce"]
+    unknown = http.post(
+        "/v1/devices/activate", json={"serial": "NOBODY-1", "nonce": unknown_nonce, "mac": mac}
+    )
+    assert (unknown.status_code, unknown.json()["error"]["code"]) == (401, "invalid_device_credentials")
+
+    # the toy, through the official SDK, with its token
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=body["device_token"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body={"mock_chunk_delay_ms": 0}
+    )
+    assert raw.http_response.status_code == 200
+    remaining = int(raw.headers["x-tokenport-device-remaining-tokens"])
+    assert 0 < remaining < 100_000
+    assert mock_engine.stats()["last_body"]["max_tokens"] == 50  # the product's output cap
+    record = gateway.record(raw.headers["x-request-id"])
+    assert record["device_serial"] == serial and record["device_units"] == 30
+    assert record["product_id"].startswith("prd_") and record["key_id"].startswith("flt_")
+
+    # activating again: a new token, the entitlement unchanged, the package fee posted once
+    again = maker.activate(serial)
+    assert again["entitlement"]["ends_at"] == body["entitlement"]["ends_at"]
+    assert again["entitlement"]["tokens_left_today"] == 100_000 - 30
+
+
+def test_a_maker_server_calls_with_a_fleet_key_and_the_device_header(gateway: LiveServer):
+    maker, other = Maker(gateway, "owls"), Maker(gateway, "cats")
+    serial = maker.serials[0]
+    maker.activate(serial)
+    other.activate(other.serials[0])
+    key = gateway.cli_json("keys", "create", "--tenant", "owls", "--fleet", maker.fleet)["key"]
+    assert key.startswith("tpf_")
+    gateway.wait_key_accepted(key)
+    ok = chat(gateway.base_url, key, **{"x-tokenport-device": serial})
+    assert ok.status_code == 200, ok.text
+    record = gateway.record(ok.headers["x-request-id"])
+    assert record["device_serial"] == serial and record["key_id"] != maker.fleet
+
+    foreign = chat(gateway.base_url, key, **{"x-tokenport-device": other.serials[0]})
+    assert (foreign.status_code, foreign.json()["error"]["code"]) == (404, "device_not_found")
+    _, plain = gateway.new_key("owls")
+    refused = chat(gateway.base_url, plain, **{"x-tokenport-device": serial})
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "device_header_not_allowed")
+    token = maker.activate(maker.serials[1])["device_token"]
+    posing = chat(gateway.base_url, token, **{"x-tokenport-device": serial})
+    assert (posing.status_code, posing.json()["error"]["code"]) == (403, "device_header_not_allowed")
+    not_active = chat(gateway.base_url, key, **{"x-tokenport-device": maker.serials[3]})
+    assert (not_active.status_code, not_active.json()["error"]["code"]) == (403, "device_not_activated")
+
+
+def test_a_revoked_device_is_refused_within_a_second_although_its_token_is_valid(gateway: LiveServer):
+    maker = Maker(gateway, "frogs")
+    token = maker.activate(maker.serials[0])["device_token"]
+    assert chat(gateway.base_url, token).status_code == 200
+    gateway.cli("devices", "revoke", maker.serials[0], "--reason", "returned to the shop")
+    t0 = time.monotonic()
+    wait_until(lambda: chat(gateway.base_url, token).status_code == 403, 1.0, 0.02, "revoked device refused")
+    assert time.monotonic() - t0 < 1.0
+    r = chat(gateway.base_url, token)
+    assert r.json()["error"]["code"] == "device_revoked"
+    gone = httpx.post(
+        gateway.base_url + "/v1/devices/challenge", json={"serial": maker.serials[0]}, timeout=10
+    ).json()["nonce"]
+    mac = activation_mac(maker.secrets[maker.serials[0]], maker.serials[0], gone)
+    again = httpx.post(
+        gateway.base_url + "/v1/devices/activate",
+        json={"serial": maker.serials[0], "nonce": gone, "mac": mac},
+        timeout=10,
+    )
+    assert (again.status_code, again.json()["error"]["code"]) == (403, "device_revoked")
+
+
+def test_the_device_quota_runs_out_before_the_makers_money(gateway: LiveServer, mock_engine: MockProcess):
+    maker = Maker(gateway, "ducks", daily=400)
+    token = maker.activate(maker.serials[0])["device_token"]
+    served = []
+    for _ in range(20):
+        r = chat(gateway.base_url, token)
+        if r.status_code != 200:
+            break
+        served.append(r)
+    assert served and r.status_code == 429, r.text
+    err = r.json()["error"]
+    assert err["code"] == "device_quota_exceeded" and err["type"] == "insufficient_quota"
+    assert r.headers["x-should-retry"] == "false"
+    left = int(r.headers["x-tokenport-device-remaining-tokens"])
+    assert left == 400 - 30 * len(served)  # settled on what was used: 30 tokens each
+    now = datetime.now(UTC)
+    local = now.astimezone(ZoneInfo(TZ))
+    midnight = datetime(local.year, local.month, local.day, tzinfo=ZoneInfo(TZ)) + timedelta(days=1)
+    assert abs(int(r.headers["retry-after"]) - (midnight - now).total_seconds()) <= 5
+    before = mock_engine.stats()["requests"]
+    assert chat(gateway.base_url, token).status_code == 429
+    assert mock_engine.stats()["requests"] == before  # refused before the engine
+
+
+def test_the_makers_pool_runs_out_while_the_device_has_quota(gateway: LiveServer, mock_engine: MockProcess):
+    maker = Maker(gateway, "geese", credit=None)
+    token = maker.activate(maker.serials[0])["device_token"]
+    before = mock_engine.stats()["requests"]
+    r = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": PAID, "messages": [{"role": "user", "content": "hi"}]},
+        timeout=30,
+    )
+    assert r.status_code == 429, r.text
+    assert r.json()["error"]["code"] == "insufficient_quota" and r.headers["x-should-retry"] == "false"
+    assert mock_engine.stats()["requests"] == before
+    assert chat(gateway.base_url, token).status_code == 200  # the free model still answers
+
+
+def test_the_package_fee_is_in_the_ledger_once(gateway: LiveServer, tmp_path: Path):
+    maker = Maker(gateway, "hens")
+    for _ in range(3):
+        maker.activate(maker.serials[0])
+    maker.activate(maker.serials[1])
+    res = gateway.cli("ledger", "verify", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    db = sqlite3.connect(gateway.home / "tokenport.db")
+    kinds = db.execute(
+        "SELECT COUNT(*), SUM(e.amount) FROM ledger_transactions t JOIN ledger_entries e ON e.tx_id = t.id "
+        "JOIN tenants n ON n.id = t.tenant_id WHERE t.kind = 'package' AND n.name = 'hens' "
+        "AND e.account = 'revenue:packages'"
+    ).fetchone()
+    assert kinds == (2, 2 * 1_500_000_000)  # two devices, 1.50 USD each, in nano-USD

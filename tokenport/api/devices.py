@@ -1,0 +1,77 @@
+"""A device activates itself: `POST /v1/devices/challenge` (its serial) gives a single-use nonce;
+`POST /v1/devices/activate` (serial, nonce, HMAC of both under the device's secret) gives a
+device token and the entitlement (docs/fleets.md). No API key: the device proves its secret."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tokenport.api.errors import error_headers, openai_error_body
+from tokenport.fleets.service import ActivationRefused
+from tokenport.gateway.errors import ApiError, bad_request
+from tokenport.tenancy.service import InvalidInput
+
+if TYPE_CHECKING:
+    from tokenport.api.services import DeviceServices
+
+MAX_BODY = 4096
+
+
+def _error(err: ApiError) -> Response:
+    body = openai_error_body(err)
+    headers = {k.decode(): v.decode() for k, v in error_headers(err, body)}
+    return Response(body, err.status, headers=headers)
+
+
+async def _body(request: Request) -> dict:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "The body is too large", "invalid_request_error", "body_too_large")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise bad_request("The body must be JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("The body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _device_call(work: Callable[[DeviceServices, dict], dict]) -> Callable[[Request], Any]:
+    async def endpoint(request: Request) -> Response:
+        svc: DeviceServices = request.app.state.services
+        try:
+            body = await _body(request)
+            result = await run_in_threadpool(work, svc, body)
+        except ApiError as err:
+            return _error(err)
+        except InvalidInput as exc:
+            return _error(bad_request(str(exc)))
+        except ActivationRefused as exc:
+            type_ = {401: "authentication_error", 403: "permission_error"}.get(
+                exc.status, "invalid_request_error"
+            )
+            return _error(ApiError(exc.status, str(exc), type_, exc.code))
+        return Response(orjson.dumps(result), media_type="application/json")
+
+    return endpoint
+
+
+def challenge(svc: DeviceServices, body: dict) -> dict:
+    return svc.fleets.challenge(body.get("serial"))
+
+
+def activate(svc: DeviceServices, body: dict) -> dict:
+    return svc.fleets.activate(body.get("serial"), body.get("nonce"), body.get("mac"))
+
+
+routes = [
+    Route("/v1/devices/challenge", _device_call(challenge), methods=["POST"]),
+    Route("/v1/devices/activate", _device_call(activate), methods=["POST"]),
+]

@@ -5,7 +5,6 @@ quotas and the maker's money are enforced, each refusal without an upstream call
 
 from __future__ import annotations
 
-import csv
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,13 +15,13 @@ from zoneinfo import ZoneInfo
 import httpx
 import openai
 import pytest
+from support.fleets import TZ, Maker
 from support.live import LiveServer, MockProcess, mock_config, start_server, wait_until
 
 from tokenport.fleets.identity import activation_mac
 
 MODEL = "mock-model"  # free: the maker's money is not what these tests are about ...
 PAID = "paid-model"  # ... except where it is
-TZ = "Asia/Tokyo"
 
 
 @pytest.fixture(scope="module")
@@ -31,42 +30,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, mock_engine: MockProcess) 
     yield server
     server.stop()
     server.verify_ledger()
-
-
-class Maker:
-    """A maker with a fleet, a product and imported devices, and their secrets."""
-
-    def __init__(self, gw: LiveServer, name: str, daily: int = 100_000, credit: str | None = "50") -> None:
-        self.gw, self.fleet = gw, f"{name}-fleet"
-        gw.cli("tenants", "create", name)
-        if credit:
-            gw.cli("credits", "grant", name, credit)
-        gw.cli("fleets", "create", name, self.fleet)
-        gw.cli(
-            "products", "create", self.fleet, "BEAR", "--entitlement-days", "365", "--daily-tokens",
-            str(daily), "--monthly-tokens", "1000000", "--models", f"{MODEL},{PAID}", "--max-output",
-            "50", "--reset-tz", TZ, "--package-fee-usd", "1.50",
-        )  # fmt: skip
-        serials = [f"{name.upper()}-{i:04d}" for i in range(4)]
-        folder = gw.home / name
-        folder.mkdir()
-        (folder / "serials.csv").write_text("serial\n" + "\n".join(serials) + "\n")
-        gw.cli(
-            "devices", "import", self.fleet, "--sku", "BEAR", "--batch", "B1", "--csv",
-            str(folder / "serials.csv"), "--secrets-out", str(folder / "secrets.csv"),
-        )  # fmt: skip
-        with (folder / "secrets.csv").open(newline="") as f:
-            self.secrets = {row[0]: bytes.fromhex(row[1]) for row in list(csv.reader(f))[1:]}
-        self.serials = serials
-        self.name = name
-
-    def activate(self, serial: str) -> dict:
-        http = httpx.Client(base_url=self.gw.base_url, timeout=10)
-        nonce = http.post("/v1/devices/challenge", json={"serial": serial}).json()["nonce"]
-        mac = activation_mac(self.secrets[serial], serial, nonce)
-        r = http.post("/v1/devices/activate", json={"serial": serial, "nonce": nonce, "mac": mac})
-        assert r.status_code == 200, r.text
-        return r.json()
 
 
 def chat(base_url: str, token: str, **headers: str) -> httpx.Response:
@@ -79,7 +42,7 @@ def chat(base_url: str, token: str, **headers: str) -> httpx.Response:
 
 
 def test_a_toy_activates_and_talks_with_its_own_token(gateway: LiveServer, mock_engine: MockProcess):
-    maker = Maker(gateway, "bears")
+    maker = Maker(gateway, "bears", models=(MODEL, PAID))
     serial = maker.serials[0]
     http = httpx.Client(base_url=gateway.base_url, timeout=10)
 
@@ -128,7 +91,7 @@ def test_a_toy_activates_and_talks_with_its_own_token(gateway: LiveServer, mock_
 
 
 def test_a_maker_server_calls_with_a_fleet_key_and_the_device_header(gateway: LiveServer):
-    maker, other = Maker(gateway, "owls"), Maker(gateway, "cats")
+    maker, other = Maker(gateway, "owls", models=(MODEL, PAID)), Maker(gateway, "cats", models=(MODEL, PAID))
     serial = maker.serials[0]
     maker.activate(serial)
     other.activate(other.serials[0])
@@ -153,7 +116,7 @@ def test_a_maker_server_calls_with_a_fleet_key_and_the_device_header(gateway: Li
 
 
 def test_a_revoked_device_is_refused_within_a_second_although_its_token_is_valid(gateway: LiveServer):
-    maker = Maker(gateway, "frogs")
+    maker = Maker(gateway, "frogs", models=(MODEL, PAID))
     token = maker.activate(maker.serials[0])["device_token"]
     assert chat(gateway.base_url, token).status_code == 200
     gateway.cli("devices", "revoke", maker.serials[0], "--reason", "returned to the shop")
@@ -175,7 +138,7 @@ def test_a_revoked_device_is_refused_within_a_second_although_its_token_is_valid
 
 
 def test_the_device_quota_runs_out_before_the_makers_money(gateway: LiveServer, mock_engine: MockProcess):
-    maker = Maker(gateway, "ducks", daily=400)
+    maker = Maker(gateway, "ducks", models=(MODEL, PAID), daily=400)
     token = maker.activate(maker.serials[0])["device_token"]
     served = []
     for _ in range(20):
@@ -199,7 +162,7 @@ def test_the_device_quota_runs_out_before_the_makers_money(gateway: LiveServer, 
 
 
 def test_the_makers_pool_runs_out_while_the_device_has_quota(gateway: LiveServer, mock_engine: MockProcess):
-    maker = Maker(gateway, "geese", credit=None)
+    maker = Maker(gateway, "geese", models=(MODEL, PAID), credit=None)
     token = maker.activate(maker.serials[0])["device_token"]
     before = mock_engine.stats()["requests"]
     r = httpx.post(
@@ -215,7 +178,7 @@ def test_the_makers_pool_runs_out_while_the_device_has_quota(gateway: LiveServer
 
 
 def test_the_package_fee_is_in_the_ledger_once(gateway: LiveServer, tmp_path: Path):
-    maker = Maker(gateway, "hens")
+    maker = Maker(gateway, "hens", models=(MODEL, PAID))
     for _ in range(3):
         maker.activate(maker.serials[0])
     maker.activate(maker.serials[1])

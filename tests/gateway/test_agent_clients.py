@@ -27,6 +27,7 @@ from support.agents import (
     run_codex,
     run_openclaw,
 )
+from support.fleets import Maker
 from support.live import DEFAULT_PRICES, LiveServer, MockProcess, mock_config, start_server, wait_until
 
 AGENT_MODEL = "mock-agent"  # the mock engine's scripted agent
@@ -159,3 +160,28 @@ def test_openclaw_agent_exec(
     usage = out["usage"]
     reported = (usage["input"] + usage["cacheRead"], usage["cacheRead"], usage["output"], usage["total"])
     assert reported == (prompt, cached, completion, prompt + completion)
+
+
+@pytest.mark.parametrize("api", ["openai-completions", "openai-responses", "anthropic-messages"])
+def test_openclaw_through_a_fleet_key_names_its_device(
+    agents: Agents, gateway: LiveServer, workdir: Path, tmp_path: Path, api: str
+) -> None:
+    """A toy maker's OpenClaw deployment (docs/fleets.md): its fleet key, and the device it
+    speaks for in `X-Tokenport-Device` (the provider's `headers`); each turn is the device's."""
+    maker = Maker(gateway, f"toys-{api}", models=(AGENT_MODEL,))
+    serial = maker.serials[0]
+    maker.activate(serial)
+    key = gateway.cli_json("keys", "create", "--tenant", maker.name, "--fleet", maker.fleet)["key"]
+    gateway.wait_key_accepted(key)
+    headers = {"X-Tokenport-Device": serial}
+    home = tmp_path / "home"
+    run = run_openclaw(agents, gateway.base_url, key, api, AGENT_MODEL, TASK, workdir, home, headers)
+    assert run.returncode == 0, _failure(run)
+    out = run.json()
+    assert out["ok"] and out["status"] == "ok", out
+    _assert_answer(out["final"])
+    records = _records(gateway, maker.name)
+    assert len(records) == ROUND_TRIP
+    assert {(r["device_serial"], r["status"]) for r in records} == {(serial, 200)}
+    prompt, _, completion = _totals(records)
+    assert sum(r["device_units"] for r in records) == prompt + completion

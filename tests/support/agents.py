@@ -178,36 +178,38 @@ def run_codex(
     return _run([str(agents.codex), "exec", "--json", "--skip-git-repo-check", task], env, cwd)
 
 
-def openclaw_config(base_url: str, key: str, api: str, model: str) -> dict[str, Any]:
-    """A custom provider for one API style; `anthropic-messages` takes the base URL without /v1."""
-    return {
-        "models": {
-            "providers": {
-                OPENCLAW_PROVIDER: {
-                    "baseUrl": base_url if api == "anthropic-messages" else f"{base_url}/v1",
-                    "apiKey": key,
-                    "api": api,
-                    "models": [
-                        {
-                            "id": model,
-                            "name": model,
-                            "input": ["text"],
-                            "contextWindow": 131072,
-                            "maxTokens": 4096,
-                        }
-                    ],
-                }
-            }
-        }
+def openclaw_config(
+    base_url: str, key: str, api: str, model: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A custom provider for one API style; `anthropic-messages` takes the base URL without /v1.
+    `headers`: sent on every request (a maker's server names its device: docs/fleets.md)."""
+    provider: dict[str, Any] = {
+        "baseUrl": base_url if api == "anthropic-messages" else f"{base_url}/v1",
+        "apiKey": key,
+        "api": api,
+        "models": [
+            {"id": model, "name": model, "input": ["text"], "contextWindow": 131072, "maxTokens": 4096}
+        ],
     }
+    if headers:
+        provider["headers"] = headers
+    return {"models": {"providers": {OPENCLAW_PROVIDER: provider}}}
 
 
 def run_openclaw(
-    agents: Agents, base_url: str, key: str, api: str, model: str, task: str, cwd: Path, home: Path
+    agents: Agents,
+    base_url: str,
+    key: str,
+    api: str,
+    model: str,
+    task: str,
+    cwd: Path,
+    home: Path,
+    headers: dict[str, str] | None = None,
 ) -> AgentRun:
     """`openclaw agent exec TASK --config FILE --model tokenport/MODEL --json` under Node 24."""
     env = _base_env(home, path_first=agents.node24_bin)
     config = home / "openclaw.json"
-    config.write_text(json.dumps(openclaw_config(base_url, key, api, model), indent=2))
+    config.write_text(json.dumps(openclaw_config(base_url, key, api, model, headers), indent=2))
     argv = [str(agents.openclaw), "agent", "exec", task, "--config", str(config)]
     return _run([*argv, "--model", f"{OPENCLAW_PROVIDER}/{model}", "--json"], env, cwd)

@@ -191,3 +191,38 @@ def test_the_package_fee_is_in_the_ledger_once(gateway: LiveServer, tmp_path: Pa
         "AND e.account = 'revenue:packages'"
     ).fetchone()
     assert kinds == (2, 2 * 1_500_000_000)  # two devices, 1.50 USD each, in nano-USD
+
+
+def test_usage_grouped_by_device_and_product(gateway: LiveServer):
+    maker = Maker(gateway, "lambs", models=(MODEL, PAID))
+    tokens = [maker.activate(s)["device_token"] for s in maker.serials[:2]]
+    for token, n in zip(tokens, (2, 3), strict=True):
+        for _ in range(n):
+            assert chat(gateway.base_url, token).status_code == 200
+    _, key = gateway.new_key("lambs")
+    assert chat(gateway.base_url, key).status_code == 200  # the maker's own request: no device
+
+    def grouped(by: str) -> dict:
+        r = httpx.get(
+            f"{gateway.base_url}/v1/account/usage",
+            params={"group_by": by},
+            headers={"authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        return {g[by]: g for g in r.json()["data"]}
+
+    def all_recorded() -> dict | None:
+        groups = grouped("device")
+        return groups if sum(g["requests"] for g in groups.values()) == 6 else None
+
+    by_device = wait_until(all_recorded, 5, 0.1, "usage by device")
+    assert {s: g["requests"] for s, g in by_device.items()} == {
+        maker.serials[0]: 2,
+        maker.serials[1]: 3,
+        None: 1,
+    }
+    assert by_device[maker.serials[0]]["completion_tokens"] == 40
+    by_product = grouped("product")
+    assert sorted(g["requests"] for g in by_product.values()) == [1, 5]
+    assert next(p for p in by_product if p is not None).startswith("prd_")

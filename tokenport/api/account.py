@@ -26,7 +26,7 @@ from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.money import nano_to_usd
 from tokenport.tenancy.service import InvalidInput, NotFound
 
-GROUPS = ("day", "model", "key")
+GROUPS = ("day", "model", "key", "device", "product")
 TOTALS = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_nano_usd")
 # Facility energy (x PUE), the IT energy at the node, green energy (millijoules); carbon (ug CO2e).
 MAX_LIMIT = 100_000  # groups per answer

@@ -199,7 +199,14 @@ def _day(dialect: str):
 
 
 def group_key(dialect: str, group_by: str):
-    return {"day": _day(dialect), "model": usage.c.model, "key": usage.c.key_id}[group_by].label(group_by)
+    columns = {
+        "day": _day(dialect),
+        "model": usage.c.model,
+        "key": usage.c.key_id,
+        "device": usage.c.device_serial,  # a fleet's device (null: not a device's request)
+        "product": usage.c.product_id,
+    }
+    return columns[group_by].label(group_by)
 
 
 def month(dialect: str):

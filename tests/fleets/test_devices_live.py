@@ -226,3 +226,35 @@ def test_usage_grouped_by_device_and_product(gateway: LiveServer):
     by_product = grouped("product")
     assert sorted(g["requests"] for g in by_product.values()) == [1, 5]
     assert next(p for p in by_product if p is not None).startswith("prd_")
+
+
+def test_the_invoice_has_a_line_per_product(gateway: LiveServer):
+    maker = Maker(gateway, "pigs", models=(MODEL, PAID))
+    token = maker.activate(maker.serials[0])["device_token"]
+    maker.activate(maker.serials[1])
+    maker.activate(maker.serials[0])  # again: no second fee
+    for _ in range(2):
+        assert chat(gateway.base_url, token).status_code == 200
+    paid = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": PAID, "messages": [{"role": "user", "content": "hi"}], "mock_chunk_delay_ms": 0},
+        timeout=30,
+    )
+    assert paid.status_code == 200, paid.text
+    gateway.record(paid.headers["x-request-id"])
+
+    doc = gateway.cli_json("invoices", "preview", "--tenant", "pigs")
+    (product,) = doc["products"]
+    assert product["sku"] == "BEAR" and product["devices_activated"] == 2
+    assert (product["package_fees_nano_usd"], product["package_fees_usd"]) == (3_000_000_000, "3.000000000")
+    assert product["by_model"] == {
+        MODEL: {"requests": 2, "input_tokens": 20, "output_tokens": 40},
+        PAID: {"requests": 1, "input_tokens": 10, "output_tokens": 20},
+    }
+    usage_total = sum(line["amount_nano_usd"] for line in doc["lines"])
+    assert usage_total > 0  # the paid model's request
+    assert doc["total_nano_usd"] == usage_total + 3_000_000_000
+    assert doc["payments"]["amount_due"]["nano_usd"] == 3_000_000_000  # usage came from credit
+    csv_text = gateway.cli("invoices", "preview", "--tenant", "pigs", "--format", "csv").stdout
+    assert "packages: BEAR (2 activated)" in csv_text and "3.000000000" in csv_text

@@ -362,7 +362,10 @@ def test_the_store_refuses_a_change_made_stale_by_another_process(
     svc.set_state("SN-2", QUARANTINED)
     assert store.activate(store.device("SN-2"), T0, T0 + timedelta(days=1), None) is False
     assert store.set_state("SN-2", IMPORTED, "", T0) is True
-    assert store.activate(store.device("SN-2"), T0, T0 + timedelta(days=1), None) is True
+    fee = package_tx(
+        package_tx_id("SN-2", fleet.id), fleet.tenant_id, USD, T0
+    )  # its product's, as the service posts it
+    assert store.activate(store.device("SN-2"), T0, T0 + timedelta(days=1), fee) is True
     assert store.device("SN-2").state == ACTIVE
 
 

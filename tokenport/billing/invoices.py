@@ -53,6 +53,7 @@ def build_invoice(
     lots: dict[str, Lot],
     issued_at: datetime,
     plan_fees: list[tuple[str, int]] = (),
+    products: list[dict] = (),
 ) -> dict:
     """The document. Lines group billed requests by model and price; each line's amount is the sum
     of what was charged (rounded once per request, as the ledger holds it), beside the exact
@@ -111,8 +112,9 @@ def build_invoice(
                 paid["amount_due"] -= e.amount
     fees = [{"plan": name, "amount_nano_usd": fee, "amount_usd": nano_to_usd(fee)} for name, fee in plan_fees]
     fee_total = sum(f["amount_nano_usd"] for f in fees)
-    paid["amount_due"] += fee_total  # plan fees are billed, not taken from credit
-    total = sum(line["amount_nano_usd"] for line in out_lines) + fee_total
+    package_total = sum(p["package_fees_nano_usd"] for p in products)
+    paid["amount_due"] += fee_total + package_total  # fees are billed, not taken from credit
+    total = sum(line["amount_nano_usd"] for line in out_lines) + fee_total + package_total
     return {
         "object": "invoice",
         "id": invoice_id,
@@ -123,6 +125,7 @@ def build_invoice(
         "issued_at": issued_at.isoformat(),
         "lines": out_lines,
         "plan_fees": fees,
+        **({"products": list(products)} if products else {}),
         "rejected_requests": rejected,
         "payments": {
             k: {"nano_usd": paid.get(k, 0), "usd": nano_to_usd(paid.get(k, 0))}
@@ -131,6 +134,40 @@ def build_invoice(
         "total_nano_usd": total,
         "total_usd": nano_to_usd(total),
     }
+
+
+def product_lines(skus: dict[str, str], activations: list[tuple[str, int]], rows: list[dict]) -> list[dict]:
+    """Per product (SKU): devices first activated in the period and their package fees, and
+    the requests and tokens its devices used, by model (their cost is in the model lines)."""
+    out: dict[str, dict] = {}
+
+    def line(product_id: str) -> dict:
+        return out.setdefault(
+            product_id,
+            {
+                "sku": skus.get(product_id, product_id),
+                "devices_activated": 0,
+                "package_fees_nano_usd": 0,
+                "by_model": {},
+            },
+        )
+
+    for product_id, fee in activations:
+        p = line(product_id)
+        p["devices_activated"] += 1
+        p["package_fees_nano_usd"] += fee
+    for row in rows:
+        if row.get("product_id") is None or row.get("model") is None:
+            continue
+        m = line(row["product_id"])["by_model"].setdefault(
+            row["model"], {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+        )
+        m["requests"] += 1
+        m["input_tokens"] += row["prompt_tokens"]
+        m["output_tokens"] += row["completion_tokens"]
+    for p in out.values():
+        p["package_fees_usd"] = nano_to_usd(p["package_fees_nano_usd"])
+    return sorted(out.values(), key=lambda p: p["sku"])
 
 
 REJECTED = "rejected requests (not billed)"
@@ -156,6 +193,11 @@ def render_csv(doc: dict) -> str:
         w.writerow(
             [f"plan fee: {fee['plan']}", "", "", "", "", "", fee["amount_usd"], fee["amount_nano_usd"]]
         )
+    for p in doc.get("products", []):
+        fee, fee_nano = p["package_fees_usd"], p["package_fees_nano_usd"]
+        w.writerow(
+            [f"packages: {p['sku']} ({p['devices_activated']} activated)", "", "", "", "", "", fee, fee_nano]
+        )
     if doc.get("rejected_requests"):
         w.writerow([REJECTED, "", doc["rejected_requests"], "", "", "", "0.000000000", 0])
     w.writerow(["total", "", "", "", "", "", doc["total_usd"], doc["total_nano_usd"]])
@@ -173,6 +215,11 @@ def render_html(doc: dict) -> str:
     rows += "".join(
         f"<tr><td colspan=5>Plan fee: {e(fee['plan'])}</td><td class=n>{e(fee['amount_usd'])}</td></tr>"
         for fee in doc.get("plan_fees", [])
+    )
+    rows += "".join(
+        f"<tr><td colspan=5>Packages: {e(p['sku'])} ({p['devices_activated']} devices activated)</td>"
+        f"<td class=n>{e(p['package_fees_usd'])}</td></tr>"
+        for p in doc.get("products", [])
     )
     if doc.get("rejected_requests"):
         n = doc["rejected_requests"]

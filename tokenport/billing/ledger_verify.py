@@ -106,3 +106,23 @@ def cache_problems(transactions: list[Transaction], cached: dict[str, int]) -> l
         for account, value in sorted(cached.items())
         if value != sums.get(account, 0)
     ]
+
+
+def package_problems(transactions: list[Transaction], expected: dict[str, tuple[str, int]]) -> list[str]:
+    """Each device's package fee once, as its product says (`expected`: transaction id -> (tenant,
+    fee) of every device activated with a fee), and no package transaction without a device."""
+    posted = {tx.id: tx for tx in transactions if tx.kind == "package"}
+    problems = [
+        f"package fee {tx_id} of an activated device is missing" for tx_id in expected.keys() - posted.keys()
+    ]
+    for tx_id, tx in sorted(posted.items()):
+        if tx_id not in expected:
+            problems.append(f"package transaction {tx_id} belongs to no activated device")
+            continue
+        tenant_id, fee = expected[tx_id]
+        charged = -sum(e.amount for e in tx.entries if e.account.startswith("receivable:"))
+        if (tx.tenant_id, charged) != (tenant_id, fee):
+            problems.append(
+                f"package transaction {tx_id} charges {charged} to {tx.tenant_id}, not {fee} to {tenant_id}"
+            )
+    return problems

@@ -82,9 +82,26 @@ class UsageReader(Protocol):
     ) -> list[dict]: ...
 
 
+class PackageReader(Protocol):
+    """A maker's device packages (docs/fleets.md), for its invoice's product lines."""
+
+    def product_skus(self, tenant_id: str) -> dict[str, str]:
+        """product id -> SKU, for every product of the tenant's fleets."""
+        ...
+
+    def activations(self, tenant_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
+        """(product id, package fee in nano-USD) of each device first activated in [start, end)."""
+        ...
+
+    def package_fees(self) -> dict[str, tuple[str, int]]:
+        """Transaction id -> (tenant id, fee) of the package fee of every device activated with one."""
+        ...
+
+
 @dataclass(frozen=True)
 class BillingRepositories:
     ledger: LedgerRepository
     invoices: InvoiceRepository
     plans: PlanRepository
     usage: UsageReader
+    packages: PackageReader | None = None  # a tenant's device packages (fleets)

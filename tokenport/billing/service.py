@@ -7,9 +7,16 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from tokenport.billing.invoices import InvoiceConflict, InvoiceError, build_invoice, canonical, period_bounds
+from tokenport.billing.invoices import (
+    InvoiceConflict,
+    InvoiceError,
+    build_invoice,
+    canonical,
+    period_bounds,
+    product_lines,
+)
 from tokenport.billing.ledger import Ledger, LedgerError, Lot, fee_tx, fee_tx_id, grant_tx, lot_account
-from tokenport.billing.ledger_verify import cache_problems, verify
+from tokenport.billing.ledger_verify import cache_problems, package_problems, verify
 from tokenport.billing.plans import OVERAGE, UNITS, Plan, PlanConflict, parse_multipliers
 from tokenport.billing.ports import BillingRepositories
 from tokenport.billing.prices import Price, PriceBook
@@ -50,6 +57,7 @@ class BillingService:
         self.invoices = repos.invoices
         self.plan_store = repos.plans
         self.usage = repos.usage
+        self.packages = repos.packages
         self.tenancy = tenancy
         self.clock = clock or SystemClock()
 
@@ -269,6 +277,7 @@ class BillingService:
             lots=lots,
             issued_at=now,
             plan_fees=self._plan_fees(tenant.id, start, end),
+            products=self._products(tenant.id, rows, start, end),
         )
         for fee in doc["plan_fees"]:  # each fee is posted once, whatever the generation
             fee["ledger_tx"] = fee_tx_id(tenant.id, period, fee["plan"])
@@ -279,6 +288,14 @@ class BillingService:
                 "total_cny": nano_usd_to_cny(doc["total_nano_usd"], rate),
             }
         return doc
+
+    def _products(self, tenant_id: str, rows: list[dict], start: datetime, end: datetime) -> list[dict]:
+        """A maker's product lines: devices first activated in the month and their package fees
+        (posted at activation), and the tokens its devices used, by model."""
+        if self.packages is None:
+            return []
+        skus = self.packages.product_skus(tenant_id)
+        return product_lines(skus, self.packages.activations(tenant_id, start, end), rows)
 
     def _plan_fees(self, tenant_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
         """Each plan the tenant was on during the period, at its full monthly fee (no proration)."""
@@ -310,6 +327,8 @@ class BillingService:
         problems = [f"transaction {t} has no entries" for t in self.store.orphans()]
         transactions = self.store.load_transactions()
         problems += verify(transactions, self.store.load_lots())
+        if self.packages is not None:
+            problems += package_problems(transactions, self.packages.package_fees())
         return problems + cache_problems(transactions, self.store.cached_remaining())
 
     def ledger(self) -> Ledger:

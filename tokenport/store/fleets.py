@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, Row, and_, bindparam, delete, func, i
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tokenport.audit.entries import admin_entry, canonical
-from tokenport.billing.ledger import LedgerError, Transaction
+from tokenport.billing.ledger import LedgerError, Transaction, package_tx_id
 from tokenport.fleets.records import ACTIVE, IMPORTED, QUARANTINED, REVOKED, Batch, Device, Fleet, Product
 from tokenport.store.audit import append as audit_append
 from tokenport.store.audit import lock_zone
@@ -440,3 +440,39 @@ class FleetStore:
         )
         with self.engine.connect() as conn:
             return {state: int(n) for state, n in conn.execute(q)}
+
+    # --- for invoices (billing.ports.PackageReader) ---
+
+    def product_skus(self, tenant_id: str) -> dict[str, str]:
+        q = (
+            select(products.c.id, products.c.sku)
+            .join(fleets, fleets.c.id == products.c.fleet_id)
+            .where(fleets.c.tenant_id == tenant_id)
+        )
+        with self.engine.connect() as conn:
+            return {r.id: r.sku for r in conn.execute(q)}
+
+    def activations(self, tenant_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
+        d = devices.c
+        q = (
+            select(d.product_id, products.c.package_fee_nano)
+            .join(products, products.c.id == d.product_id)
+            .join(fleets, fleets.c.id == d.fleet_id)
+            .where(fleets.c.tenant_id == tenant_id, d.activated_at >= start, d.activated_at < end)
+        )
+        with self.engine.connect() as conn:
+            return [(r.product_id, int(r.package_fee_nano)) for r in conn.execute(q)]
+
+    def package_fees(self) -> dict[str, tuple[str, int]]:
+        d = devices.c
+        q = (
+            select(d.serial, d.fleet_id, fleets.c.tenant_id, products.c.package_fee_nano)
+            .join(products, products.c.id == d.product_id)
+            .join(fleets, fleets.c.id == d.fleet_id)
+            .where(d.activated_at.is_not(None), products.c.package_fee_nano > 0)
+        )
+        with self.engine.connect() as conn:
+            return {
+                package_tx_id(r.serial, r.fleet_id): (r.tenant_id, int(r.package_fee_nano))
+                for r in conn.execute(q)
+            }

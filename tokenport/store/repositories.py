@@ -6,13 +6,15 @@ from sqlalchemy import Engine
 
 from tokenport.billing.ports import BillingRepositories
 from tokenport.store.billing import BillingStore
+from tokenport.store.fleets import FleetStore
 from tokenport.store.invoices import InvoiceStore
 from tokenport.store.plans import PlanStore
 from tokenport.store.usage import UsageStore
 
 
 def billing_repositories(engine: Engine) -> BillingRepositories:
-    """What the billing service works on: the ledger, invoices, plans and usage records."""
+    """What the billing service works on: the ledger, invoices, plans, usage records and the
+    device packages of a maker's fleets."""
     return BillingRepositories(
-        BillingStore(engine), InvoiceStore(engine), PlanStore(engine), UsageStore(engine)
+        BillingStore(engine), InvoiceStore(engine), PlanStore(engine), UsageStore(engine), FleetStore(engine)
     )

@@ -83,6 +83,12 @@ def test_a_toy_activates_and_talks_with_its_own_token(gateway: LiveServer, mock_
     record = gateway.record(raw.headers["x-request-id"])
     assert record["device_serial"] == serial and record["device_units"] == 30
     assert record["product_id"].startswith("prd_") and record["key_id"].startswith("flt_")
+    receipt = httpx.get(  # the signed receipt names the device (read with a key of the maker's)
+        f"{gateway.base_url}/v1/receipts/{raw.headers['x-request-id']}",
+        headers={"authorization": f"Bearer {gateway.new_key('bears')[1]}"},
+        timeout=10,
+    ).json()
+    assert receipt["record"]["device_serial"] == serial and receipt["record"]["device_units"] == 30
 
     # activating again: a new token, the entitlement unchanged, the package fee posted once
     again = maker.activate(serial)

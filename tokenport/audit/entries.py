@@ -33,6 +33,7 @@ REQUEST_FIELDS = (
     "response_sha256",
     "retention",
 )
+DEVICE_FIELDS = ("device_serial", "product_id", "device_units")
 
 
 def canonical(entry: dict) -> bytes:
@@ -44,6 +45,8 @@ def request_entry(record: dict) -> dict:
     entry = {"type": "request", **{k: record.get(k) for k in REQUEST_FIELDS}}
     entry["started_at"] = _iso(record["started_at"])
     entry["finished_at"] = _iso(record["finished_at"])
+    if record.get("device_serial") is not None:  # a fleet's device: named in the log and receipt
+        entry.update({k: record.get(k) for k in DEVICE_FIELDS})
     return entry
 
 

@@ -264,3 +264,76 @@ def test_the_invoice_has_a_line_per_product(gateway: LiveServer):
     assert doc["payments"]["amount_due"]["nano_usd"] == 3_000_000_000  # usage came from credit
     csv_text = gateway.cli("invoices", "preview", "--tenant", "pigs", "--format", "csv").stdout
     assert "packages: BEAR (2 activated)" in csv_text and "3.000000000" in csv_text
+
+
+def test_the_fleet_report_agrees_with_the_usage_records_and_the_ledger(gateway: LiveServer):
+    maker = Maker(gateway, "cows", models=(MODEL, PAID), daily=2000)
+    tokens = [maker.activate(s)["device_token"] for s in maker.serials[:3]]
+    for token, n in zip(tokens, (1, 2, 3), strict=True):
+        for _ in range(n):
+            r = httpx.post(
+                gateway.base_url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {token}"},
+                json={
+                    "model": PAID,
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "mock_chunk_delay_ms": 0,
+                },
+                timeout=30,
+            )
+            assert r.status_code == 200, r.text
+    for _ in range(100):  # the third device runs into its cap
+        if chat(gateway.base_url, tokens[2]).status_code != 200:
+            break
+    refused = chat(gateway.base_url, tokens[2])
+    assert refused.json()["error"]["code"] == "device_quota_exceeded"
+
+    def recorded() -> list[dict] | None:
+        data = gateway.usage("cows")["data"]
+        return data if sum(r["error_code"] == "device_quota_exceeded" for r in data) >= 2 else None
+
+    records = wait_until(recorded, 5, 0.1, "usage records")
+    served = [r for r in records if r["status"] == 200]
+    period = datetime.now(UTC).strftime("%Y-%m")
+    doc = gateway.cli_json("fleets", "report", maker.fleet, "--period", period)
+    (product,) = doc["products"]
+    assert (product["imported"], product["activated"], product["active_7d"]) == (4, 3, 3)
+    assert product["at_cap_today"] == 1
+    assert product["requests"] == len(served) + sum(r["status"] != 200 for r in records)
+    assert product["tokens"] == sum(r["prompt_tokens"] + r["completion_tokens"] for r in records)
+    cost = sum(r["cost_nano_usd"] or 0 for r in records)
+    assert product["cost_usd"] == f"{cost / 1e9:.9f}" and cost > 0
+    assert product["cost_per_active_device_usd"] == f"{cost // 3 / 1e9:.9f}"
+    per_device = {}
+    for r in records:
+        per_device[r["device_serial"]] = (
+            per_device.get(r["device_serial"], 0) + r["prompt_tokens"] + r["completion_tokens"]
+        )
+    assert [d["serial"] for d in doc["top_devices"]] == sorted(per_device, key=lambda s: -per_device[s])
+    assert {d["serial"]: d["tokens"] for d in doc["top_devices"]} == per_device
+    days = doc["tokens_per_device_day"]
+    assert days["device_days"] == 3 and days["p50"] == sorted(per_device.values())[1]
+    assert days["p99"] == max(per_device.values())
+    balance = gateway.cli_json("balance", "cows")
+    pool = doc["pool"]
+    assert pool["available_usd"] == balance["available_usd"]
+    spent = cost + 3 * 1_500_000_000  # the requests and three package fees, all in the last 7 days
+    assert pool["burn_usd_per_day"] == f"{spent // 7 / 1e9:.9f}"
+    assert pool["runway_days"] == int(balance["available_usd"].replace(".", "")) // (spent // 7)
+    _, key = gateway.new_key("cows")
+    api = httpx.get(
+        f"{gateway.base_url}/v1/account/fleets/{maker.fleet}/report",
+        params={"period": period},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=10,
+    ).json()
+    assert api["products"] == doc["products"] and api["top_devices"] == doc["top_devices"]
+    _, stranger = gateway.new_key("strangers")
+    other = httpx.get(
+        f"{gateway.base_url}/v1/account/fleets/{maker.fleet}/report",
+        headers={"authorization": f"Bearer {stranger}"},
+        timeout=10,
+    )
+    assert other.status_code == 404
+    html = gateway.cli("fleets", "report", maker.fleet, "--period", period, "--format", "html").stdout
+    assert "<h1>Fleet cows-fleet" in html and maker.serials[2] in html

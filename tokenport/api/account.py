@@ -3,6 +3,7 @@ A key sees its own tenant only. Reads run in a thread (they touch the database).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tokenport.tenancy.keys import KeyRecord
@@ -22,6 +23,7 @@ from tokenport.api.views import balance_view
 from tokenport.billing.invoices import render_csv, render_html
 from tokenport.energy.reports import green_csv, green_html
 from tokenport.energy.units import EnergyInputError, period_of
+from tokenport.fleets.report import report_csv, report_html
 from tokenport.gateway.errors import ApiError, bad_request
 from tokenport.money import nano_to_usd
 from tokenport.tenancy.service import InvalidInput, NotFound
@@ -79,11 +81,17 @@ def _limit(raw: str | None) -> int | None:
     return int(raw)
 
 
-def _rendered(doc: dict, fmt: str) -> Response:
+def _rendered(
+    doc: dict,
+    fmt: str,
+    to_csv: Callable[[dict], str] = render_csv,
+    to_html: Callable[[dict], str] = render_html,
+) -> Response:
+    """A document (an invoice by default) as JSON, CSV or HTML."""
     if fmt == "csv":
-        return Response(render_csv(doc), media_type="text/csv")
+        return Response(to_csv(doc), media_type="text/csv")
     if fmt == "html":
-        return Response(render_html(doc), media_type="text/html")
+        return Response(to_html(doc), media_type="text/html")
     return Response(orjson.dumps(doc), media_type="application/json")
 
 
@@ -144,24 +152,40 @@ async def retained(request: Request, svc: AccountServices, key: KeyRecord) -> Re
 async def green(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
     """The tenant's green report for a month (`?period=YYYY-MM`, `&format=json|csv|html`)."""
     period = request.query_params.get("period") or period_of(svc.clock.now())
-    fmt = request.query_params.get("format", "json")
-    if fmt not in ("json", "csv", "html"):
-        raise bad_request("'format' must be json, csv or html", param="format")
+    fmt = _format(request)
     try:
         doc = await run_in_threadpool(
             svc.energy.green_report, key.tenant_id, key.tenant_name, key.zone, period
         )
     except EnergyInputError as exc:
         raise bad_request(str(exc), param="period") from None
-    if fmt == "csv":
-        return Response(green_csv(doc), media_type="text/csv")
-    if fmt == "html":
-        return Response(green_html(doc), media_type="text/html")
-    return Response(orjson.dumps(doc), media_type="application/json")
+    return _rendered(doc, fmt, green_csv, green_html)
+
+
+@keyed
+async def fleet_report(request: Request, svc: AccountServices, key: KeyRecord) -> Response:
+    """One of the tenant's fleets, its month (`?period=YYYY-MM`, default this one;
+    `&format=json|csv|html`): docs/fleets.md, "Fleet report"."""
+    period = request.query_params.get("period") or period_of(svc.clock.now())
+    fmt = _format(request)
+
+    def build() -> dict:
+        fleet = svc.fleets.store.fleet(request.path_params["fleet"])
+        if fleet is None or fleet.tenant_id != key.tenant_id:  # another's fleet is as missing as none
+            raise ApiError(404, "No such fleet", "invalid_request_error", "not_found")
+        available = svc.billing_service.balance(key.tenant_name).available
+        return svc.fleets.report(fleet.name, period, available)
+
+    try:
+        doc = await run_in_threadpool(build)
+    except InvalidInput as exc:
+        raise bad_request(str(exc), param="period") from None
+    return _rendered(doc, fmt, report_csv, report_html)
 
 
 routes = [
     Route("/v1/account/green", green, methods=["GET"]),
+    Route("/v1/account/fleets/{fleet}/report", fleet_report, methods=["GET"]),
     Route("/v1/retained/{request_id}", retained, methods=["GET"]),
     Route("/v1/account/invoices", invoices, methods=["GET"]),
     Route("/v1/account/invoices/upcoming", upcoming, methods=["GET"]),  # before {invoice_id}

@@ -47,6 +47,7 @@ class AccountServices(Keyed, Protocol):
     energy: EnergyService
     request_energy: RequestFigures
     vault: Vault
+    fleets: FleetService
 
 
 class AuditServices(Keyed, Protocol):

@@ -132,6 +132,23 @@ def cmd_fleets_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleets_report(args: argparse.Namespace) -> int:
+    from tokenport.cli.common import _billing
+    from tokenport.fleets.report import report_csv, report_html
+
+    svc = _fleets(args)
+    fleet = svc.fleet(args.fleet)
+    tenant = next(t for t in svc.tenancy.list_tenants() if t.id == fleet.tenant_id)
+    available = _billing(args).balance(tenant.name).available
+    doc = svc.report(args.fleet, args.period, available)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        _print(doc, True, [])
+    else:
+        print(report_csv(doc) if fmt == "csv" else report_html(doc), end="")
+    return 0
+
+
 def cmd_products_create(args: argparse.Namespace) -> int:
     models = [m.strip() for m in (args.models or "").split(",") if m.strip()]
     p = _fleets(args).create_product(
@@ -414,6 +431,17 @@ def _register_fleets(sub: Any, command: Callable[..., argparse.ArgumentParser]) 
     c.add_argument("--json", action="store_true")
     c = command(fleets, "list", cmd_fleets_list, "list fleets")
     c.add_argument("--tenant")
+    c.add_argument("--json", action="store_true")
+    _register_fleet_report(fleets, command)
+
+
+def _register_fleet_report(fleets: Any, command: Callable[..., argparse.ArgumentParser]) -> None:
+    c = command(
+        fleets, "report", cmd_fleets_report, "a fleet's month: funnel, tokens per device, pool, top devices"
+    )
+    c.add_argument("fleet")
+    c.add_argument("--period", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=("json", "csv", "html"), default="json")
     c.add_argument("--json", action="store_true")
 
 

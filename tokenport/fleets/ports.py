@@ -63,3 +63,26 @@ class FleetRepository(Protocol):
         """Weighted tokens the device used on its local `day` (YYYY-MM-DD) and from its local
         month's first day (`month_first`, YYYY-MM-01) through `day`."""
         ...
+
+    # --- the fleet report ---
+
+    def product_counts(
+        self, fleet_id: str, end: datetime, active_since: datetime
+    ) -> dict[str, tuple[int, int, int]]:
+        """product id -> (imported before `end`, activated before `end`, active (a request) in
+        [active_since, end))."""
+        ...
+
+    def device_usage(
+        self, fleet_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, str, str, int, int, int]]:
+        """(serial, product id, local day, requests, tokens, cost nano-USD) per device and day."""
+        ...
+
+    def at_cap(self, product_id: str, start: datetime, end: datetime) -> int:
+        """Devices of the product refused for their quota (`device_quota_exceeded`) in [start, end)."""
+        ...
+
+    def spent_since(self, tenant_id: str, since: datetime) -> int:
+        """What the tenant spent since then: its requests' cost and its devices' package fees."""
+        ...

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from tokenport.billing.invoices import InvoiceError, period_bounds
 from tokenport.billing.ledger import package_tx, package_tx_id
 from tokenport.billing.plans import parse_multipliers
 from tokenport.clock import Clock, SystemClock
@@ -23,8 +24,9 @@ from tokenport.fleets.identity import (
     seal_batch_key,
 )
 from tokenport.fleets.ports import FleetRepository
-from tokenport.fleets.quotas import local_day
+from tokenport.fleets.quotas import DAY, local_day, window_bounds
 from tokenport.fleets.records import ACTIVE, IMPORTED, QUARANTINED, REVOKED, Batch, Device, Fleet, Product
+from tokenport.fleets.report import FleetReportInputs, ProductFigures, build_report
 from tokenport.money import MoneyError, usd_to_nano
 from tokenport.tenancy.keys import NAME_RE, new_id
 from tokenport.tenancy.records import Conflict, KeyInfo
@@ -374,3 +376,43 @@ class FleetService:
             assert activated is not None
             return activated
         return replace(device, state=ACTIVE, activated_at=now, entitlement_ends_at=ends)
+
+    # --- the fleet report ---
+
+    def report(self, fleet_name: str, period: str, available_nano: int) -> dict:
+        """The fleet's month (`fleets/report.py`); `available_nano`: the maker's credit now."""
+        fleet = self.fleet(fleet_name)
+        try:
+            start, end = period_bounds(period)
+        except InvoiceError as exc:
+            raise InvalidInput(str(exc)) from None
+        now = self.clock.now()
+        until = min(end, now)
+        products = self.store.products(fleet.id)
+        counts = self.store.product_counts(fleet.id, until, until - timedelta(days=7))
+        figures = {
+            p.id: ProductFigures(p.id, p.sku, p.package_fee_nano, *counts.get(p.id, (0, 0, 0)))
+            for p in products
+        }
+        for p in products:  # "today" is each product's own local day
+            figures[p.id].at_cap_today = self.store.at_cap(p.id, *window_bounds(DAY, now, p.reset_tz))
+        per_device: dict[str, list] = {}
+        device_days = []
+        for serial, product_id, day, requests, tokens, cost in self.store.device_usage(fleet.id, start, end):
+            if day is not None:  # refused before any quota was held: no device-day
+                device_days.append(tokens)
+            f = figures[product_id]
+            f.requests, f.tokens, f.cost_nano = f.requests + requests, f.tokens + tokens, f.cost_nano + cost
+            d = per_device.setdefault(serial, [product_id, 0, 0, 0])
+            d[1], d[2], d[3] = d[1] + requests, d[2] + tokens, d[3] + cost
+        inputs = FleetReportInputs(
+            fleet.name,
+            period,
+            now.isoformat().replace("+00:00", "Z"),
+            list(figures.values()),
+            device_days,
+            [(s, d[0], d[1], d[2], d[3]) for s, d in per_device.items()],
+            available_nano,
+            self.store.spent_since(fleet.tenant_id, now - timedelta(days=7)),
+        )
+        return build_report(inputs)

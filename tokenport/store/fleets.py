@@ -30,6 +30,7 @@ from tokenport.store.schema import (
     devices,
     fleets,
     products,
+    usage,
 )
 from tokenport.tenancy.records import Conflict
 
@@ -476,3 +477,77 @@ class FleetStore:
                 package_tx_id(r.serial, r.fleet_id): (r.tenant_id, int(r.package_fee_nano))
                 for r in conn.execute(q)
             }
+
+    # --- the fleet report ---
+
+    def product_counts(
+        self, fleet_id: str, end: datetime, active_since: datetime
+    ) -> dict[str, tuple[int, int, int]]:
+        d = devices.c
+        counts = (
+            select(
+                d.product_id,
+                func.count().filter(d.created_at < end),
+                func.count().filter(d.activated_at < end),
+            )
+            .where(d.fleet_id == fleet_id)
+            .group_by(d.product_id)
+        )
+        fleet_products = select(products.c.id).where(products.c.fleet_id == fleet_id)
+        active = (
+            select(usage.c.product_id, func.count(func.distinct(usage.c.device_serial)))
+            .where(
+                usage.c.product_id.in_(fleet_products),
+                usage.c.started_at >= active_since,
+                usage.c.started_at < end,
+                usage.c.status == 200,
+            )
+            .group_by(usage.c.product_id)
+        )
+        with self.engine.connect() as conn:
+            seen = {p: int(n) for p, n in conn.execute(active)}
+            return {p: (int(i), int(a), seen.get(p, 0)) for p, i, a in conn.execute(counts)}
+
+    def device_usage(
+        self, fleet_id: str, start: datetime, end: datetime
+    ) -> list[tuple[str, str, str, int, int, int]]:
+        u = usage.c
+        fleet_products = select(products.c.id).where(products.c.fleet_id == fleet_id)
+        q = (
+            select(
+                u.device_serial,
+                u.product_id,
+                u.device_day,
+                func.count(),
+                func.coalesce(func.sum(u.prompt_tokens + u.completion_tokens), 0),
+                func.coalesce(func.sum(u.cost_nano_usd), 0),
+            )
+            .where(u.product_id.in_(fleet_products), u.started_at >= start, u.started_at < end)
+            .group_by(u.device_serial, u.product_id, u.device_day)
+        )
+        with self.engine.connect() as conn:
+            return [(s, p, day, int(r), int(t), int(c)) for s, p, day, r, t, c in conn.execute(q)]
+
+    def at_cap(self, product_id: str, start: datetime, end: datetime) -> int:
+        u = usage.c
+        q = select(func.count(func.distinct(u.device_serial))).where(
+            u.product_id == product_id,
+            u.error_code == "device_quota_exceeded",
+            u.started_at >= start,
+            u.started_at < end,
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def spent_since(self, tenant_id: str, since: datetime) -> int:
+        cost = select(func.coalesce(func.sum(usage.c.cost_nano_usd), 0)).where(
+            usage.c.tenant_id == tenant_id, usage.c.started_at >= since
+        )
+        fees = (
+            select(func.coalesce(func.sum(products.c.package_fee_nano), 0))
+            .select_from(devices.join(products, products.c.id == devices.c.product_id))
+            .join(fleets, fleets.c.id == devices.c.fleet_id)
+            .where(fleets.c.tenant_id == tenant_id, devices.c.activated_at >= since)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(cost).scalar_one()) + int(conn.execute(fees).scalar_one())

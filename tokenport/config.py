@@ -98,6 +98,7 @@ class Settings:
     admin_token: str | None = None
     default_rpm: int = 0  # per-key requests per minute; 0 = unlimited
     auth_failures_per_minute: int = 30  # per client address, then 429; 0 = no throttling
+    device_challenges_per_minute: int = 600  # per client address (a factory's line), then 429; 0 = off
     usage_flush_ms: int = 200
     usage_batch_size: int = 500
     journal_fsync_ms: int = 200  # a machine crash loses at most this much of the journal
@@ -184,6 +185,7 @@ def settings_from_dict(data: dict, home: Path) -> Settings:
         waits=waits,
         client_bounds=_client_bounds(server),
         auth_failures_per_minute=int(limits.get("auth_failures_per_minute", 30)),
+        device_challenges_per_minute=int(limits.get("device_challenges_per_minute", 600)),
         usage_flush_ms=int(metering.get("flush_interval_ms", 200)),
         usage_batch_size=int(metering.get("batch_size", 500)),
         journal_fsync_ms=max(1, int(metering.get("journal_fsync_ms", 200))),

@@ -122,7 +122,11 @@ class Runtime:
         if self.redis is not None:
             self.feed.subscribers.append(MirrorReloads(self.redis, BillingStore(self.db), self.clock))
             self._unannounce = announce_changes(self.db, settings.redis_url)
-        self.charging = charging_for(self.billing, self.shared, settings.default_rpm, self.redis)
+        # Devices' quotas: in this process's memory (read by the device step too), or shared.
+        self.device_quotas = None if settings.shared else DeviceQuotas()
+        self.charging = charging_for(
+            self.billing, self.shared, settings.default_rpm, self.redis, self.device_quotas
+        )
 
     def _settlement(self) -> None:
         """The journal, the batched writer and its process; audit and retention."""
@@ -164,10 +168,19 @@ class Runtime:
             self.tenant_store.tenant_by_id,
             token_key,
             self.clock,
-            usage_of=self._device_usage,
+            # one process: what a device used before it counted (shared mode reads it per admission)
+            usage_of=None if self.settings.shared else self._device_usage,
             on_load=lambda entry, used: self.device_gate and self.device_gate.restore(entry, used),
         )
         self.feed.subscribers.append(self.devices)
+        # Activation is throttled per client address: wrong answers as failed authentications,
+        # and challenges (each stores a nonce) beyond `limits.device_challenges_per_minute`.
+        self.activation_throttle = self.keys.throttle or AuthThrottle(
+            0, self.clock.monotonic, lambda over: None
+        )
+        self.challenge_throttle = AuthThrottle(
+            self.settings.device_challenges_per_minute, self.clock.monotonic, lambda over: None
+        )
 
     def _device_usage(self, entry: DeviceEntry) -> tuple[int, int]:
         """What a device used on its local day and month so far, from the database's counters."""
@@ -218,7 +231,7 @@ class Runtime:
         )
         relay = Relay(self.upstream, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
-        self.device_gate = DeviceGate(DeviceQuotas(), limiter, self.clock)
+        self.device_gate = DeviceGate(self.device_quotas, limiter, self.clock)
         settler = Settler(
             self.writer,
             self.metrics,
@@ -227,7 +240,6 @@ class Runtime:
             limiter,
             self.vault,
             self.meter,
-            self.device_gate,
         )
         window = ContextWindow(partial(count_request_tokens, self.session))
         self.gateway = Gateway(

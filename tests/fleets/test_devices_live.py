@@ -287,6 +287,7 @@ def test_the_fleet_report_agrees_with_the_usage_records_and_the_ledger(gateway: 
             break
     refused = chat(gateway.base_url, tokens[2])
     assert refused.json()["error"]["code"] == "device_quota_exceeded"
+    assert "daily quota of 2000 tokens" in refused.json()["error"]["message"]
 
     def recorded() -> list[dict] | None:
         data = gateway.usage("cows")["data"]
@@ -337,3 +338,25 @@ def test_the_fleet_report_agrees_with_the_usage_records_and_the_ledger(gateway: 
     assert other.status_code == 404
     html = gateway.cli("fleets", "report", maker.fleet, "--period", period, "--format", "html").stdout
     assert "<h1>Fleet cows-fleet" in html and maker.serials[2] in html
+
+
+def test_activation_is_throttled_per_address(tmp_path: Path, mock_engine: MockProcess):
+    cfg = mock_config(mock_engine.url)
+    cfg["limits"] = {"device_challenges_per_minute": 3, "auth_failures_per_minute": 2}
+    server = start_server(tmp_path / "home", cfg)
+    try:
+        http = httpx.Client(base_url=server.base_url, timeout=10)
+        nonces = [http.post("/v1/devices/challenge", json={"serial": f"T-{i}"}) for i in range(4)]
+        assert [r.status_code for r in nonces] == [200, 200, 200, 429]
+        assert nonces[3].json()["error"]["code"] == "too_many_auth_failures"
+        assert int(nonces[3].headers["retry-after"]) >= 1
+        wrong = [
+            http.post(
+                "/v1/devices/activate",
+                json={"serial": f"T-{i}", "nonce": nonces[i].json()["nonce"], "mac": "0"},
+            )
+            for i in range(3)
+        ]
+        assert [r.status_code for r in wrong] == [401, 401, 429]
+    finally:
+        server.stop()

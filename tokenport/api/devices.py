@@ -43,10 +43,20 @@ async def _body(request: Request) -> dict:
     return body
 
 
-def _device_call(work: Callable[[DeviceServices, dict], dict]) -> Callable[[Request], Any]:
+def _refusal(exc: ActivationRefused) -> ApiError:
+    kinds = {401: "authentication_error", 403: "permission_error"}
+    return ApiError(exc.status, str(exc), kinds.get(exc.status, "invalid_request_error"), exc.code)
+
+
+def _device_call(
+    work: Callable[[DeviceServices, dict], dict], challenge: bool = False
+) -> Callable[[Request], Any]:
     async def endpoint(request: Request) -> Response:
         svc: DeviceServices = request.app.state.services
+        address = request.client.host if request.client else None
         try:
+            if challenge and (over := svc.challenge_throttle.count(address)) is not None:
+                raise over  # each challenge stores a nonce: a flood is refused
             body = await _body(request)
             result = await run_in_threadpool(work, svc, body)
         except ApiError as err:
@@ -54,10 +64,8 @@ def _device_call(work: Callable[[DeviceServices, dict], dict]) -> Callable[[Requ
         except InvalidInput as exc:
             return _error(bad_request(str(exc)))
         except ActivationRefused as exc:
-            type_ = {401: "authentication_error", 403: "permission_error"}.get(
-                exc.status, "invalid_request_error"
-            )
-            return _error(ApiError(exc.status, str(exc), type_, exc.code))
+            err = _refusal(exc)  # a wrong answer counts as a failed authentication
+            return _error(svc.activation_throttle.failed(address, err) if exc.status == 401 else err)
         return Response(orjson.dumps(result), media_type="application/json")
 
     return endpoint
@@ -72,6 +80,6 @@ def activate(svc: DeviceServices, body: dict) -> dict:
 
 
 routes = [
-    Route("/v1/devices/challenge", _device_call(challenge), methods=["POST"]),
+    Route("/v1/devices/challenge", _device_call(challenge, challenge=True), methods=["POST"]),
     Route("/v1/devices/activate", _device_call(activate), methods=["POST"]),
 ]

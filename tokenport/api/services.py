@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tokenport.engines.embedded import EmbeddedEngine
     from tokenport.fleets.service import FleetService
     from tokenport.gateway.auth import KeyCache
+    from tokenport.gateway.auth_throttle import AuthThrottle
     from tokenport.gateway.backends import BackendPool
     from tokenport.gateway.charging import Charging
     from tokenport.gateway.lifecycle import Gateway
@@ -88,6 +89,8 @@ class CountingServices(Protocol):
 
 
 class DeviceServices(Protocol):
-    """`/v1/devices/*`: a device's challenge and activation."""
+    """`/v1/devices/*`: a device's challenge and activation, each throttled per address."""
 
     fleets: FleetService
+    challenge_throttle: AuthThrottle  # challenges (each stores a nonce)
+    activation_throttle: AuthThrottle  # wrong answers, as failed authentications

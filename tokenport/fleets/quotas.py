@@ -1,8 +1,11 @@
 """Per-device token quotas: a local day and a local month in the product's time zone, reserved
-at admission (the most a request can cost) and settled on what it used, as key budgets are.
+at admission (the most a request can cost) and settled on what it used, as key budgets are; and
+the device's streams at once.
 
-Plain Python; in memory for one gateway process (shared mode keeps the same counters in the
-database or Redis)."""
+Plain Python. What one admission asks of a device (`device_ask`, a `billing.admission.DeviceAsk`)
+and the rules (`check_device`, `device_left`) are every admission strategy's; the counters here
+(`DeviceQuotas`) are one gateway process's (shared mode keeps them in the database or Redis:
+`store/shared.py`, `store/redis_state.py`)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from tokenport.billing.admission import DeviceAsk
+
 DAY, MONTH = "day", "month"
+NO_LIMIT = 2**62  # a window without a quota
 
 
 def window_bounds(window: str, at: datetime, tz: str) -> tuple[datetime, datetime]:
@@ -32,6 +38,35 @@ def window_bounds(window: str, at: datetime, tz: str) -> tuple[datetime, datetim
 def local_day(at: datetime, tz: str) -> str:
     """The local date (YYYY-MM-DD) of `at` in `tz`: the day a request counts against."""
     return at.astimezone(ZoneInfo(tz)).date().isoformat()
+
+
+def device_ask(
+    serial: str,
+    units_most: int,
+    day_limit: int,
+    month_limit: int,
+    at: datetime,
+    tz: str,
+    concurrency: int | None = None,
+    rpm: int | None = None,
+) -> DeviceAsk:
+    day_start, day_end = window_bounds(DAY, at, tz)
+    month_start, month_end = window_bounds(MONTH, at, tz)
+    day = local_day(at, tz)
+    return DeviceAsk(
+        serial,
+        units_most,
+        day_limit,
+        month_limit,
+        day,
+        day[:8] + "01",
+        day_start,
+        day_end,
+        month_start,
+        month_end,
+        concurrency,
+        rpm,
+    )
 
 
 class DeviceQuotaExceeded(Exception):
@@ -58,11 +93,38 @@ class _DeviceUse:
     holds: dict[str, tuple[int, datetime, datetime]] = field(default_factory=dict)
 
 
+class DeviceBusy(Exception):
+    """The device has as many requests in flight as its product allows."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"device has {limit} requests in flight")
+
+
 def check_quota(window: str, limit: int, used: int, amount: int, resets_at: datetime) -> None:
     """The one rule, for every admission strategy: what is used and held plus this request's most
     stays within the quota."""
     if used + amount > limit:
         raise DeviceQuotaExceeded(window, limit, used, resets_at)
+
+
+def check_streams(concurrency: int | None, streams: int) -> None:
+    if concurrency and streams >= concurrency:
+        raise DeviceBusy(concurrency)
+
+
+def check_device(ask: DeviceAsk, day_used: int, month_used: int, streams: int) -> None:
+    """The device's part of an admission, in every strategy: its day, then its month (used: settled
+    and held), then its streams at once (requests holding)."""
+    check_quota(DAY, ask.day_limit, day_used, ask.units_most, ask.day_resets_at)
+    check_quota(MONTH, ask.month_limit, month_used, ask.units_most, ask.month_resets_at)
+    check_streams(ask.concurrency, streams)
+
+
+def device_left(ask: DeviceAsk, day_used: int, month_used: int) -> int:
+    """What the device has left once this request's hold is counted (the tighter window)."""
+    held = ask.units_most
+    return max(0, min(ask.day_limit - day_used - held, ask.month_limit - month_used - held))
 
 
 class DeviceQuotas:
@@ -101,15 +163,33 @@ class DeviceQuotas:
         self, request_id: str, serial: str, amount: int, limits: dict[str, int], at: datetime, tz: str
     ) -> None:
         """Hold `amount` in each window, or raise DeviceQuotaExceeded for the first one short."""
-        use = self._use.setdefault(serial, _DeviceUse())
-        bounds = {w: window_bounds(w, at, tz) for w in limits}
-        counters = {w: self._counter(use, w, bounds[w][0]) for w in limits}
-        for window, limit in limits.items():
-            c = counters[window]
-            check_quota(window, limit, c.used + c.held, amount, bounds[window][1])
-        for c in counters.values():
-            c.held += amount
-        use.holds[request_id] = (amount, bounds.get(DAY, (at,))[0], bounds.get(MONTH, (at,))[0])
+        ask = device_ask(serial, amount, limits.get(DAY, NO_LIMIT), limits.get(MONTH, NO_LIMIT), at, tz)
+        self.hold(request_id, ask)
+
+    def hold(self, request_id: str, ask: DeviceAsk) -> None:
+        """Hold the ask's most in its day and month and count one stream more, or raise
+        (`check_device`: DeviceQuotaExceeded, DeviceBusy) holding nothing."""
+        use = self._use.setdefault(ask.serial, _DeviceUse())
+        day = self._counter(use, DAY, ask.day_starts_at)
+        month = self._counter(use, MONTH, ask.month_starts_at)
+        check_device(ask, day.used + day.held, month.used + month.held, len(use.holds))
+        day.held += ask.units_most
+        month.held += ask.units_most
+        use.holds[request_id] = (ask.units_most, ask.day_starts_at, ask.month_starts_at)
+
+    def left(self, ask: DeviceAsk) -> int:
+        """What the device has left in the ask's windows, its holds (this one's too) counted."""
+        use = self._use.get(ask.serial) or _DeviceUse()
+        spent = []
+        for window, start in ((DAY, ask.day_starts_at), (MONTH, ask.month_starts_at)):
+            c = getattr(use, window)
+            spent.append(c.used + c.held if c is not None and c.start == start else 0)
+        return max(0, min(ask.day_limit - spent[0], ask.month_limit - spent[1]))
+
+    def streams(self, serial: str) -> int:
+        """The device's requests holding (in flight)."""
+        use = self._use.get(serial)
+        return len(use.holds) if use is not None else 0
 
     def settle(self, request_id: str, serial: str, used: int) -> None:
         """Release the hold and count what the request used, in the windows it was admitted in."""

@@ -84,7 +84,7 @@ class AdmissionQueue:
                 orphans = []
                 for (ask, _, fut), result in zip(batch, results, strict=True):
                     if fut.done():  # the request went away while it was being admitted
-                        if isinstance(result, Grant) and result.hold > 0:
+                        if isinstance(result, Grant) and result.holds:  # money or a device's
                             orphans.append(ask.request_id)
                     elif isinstance(result, Exception):
                         fut.set_exception(result)

@@ -38,9 +38,14 @@ class AuthThrottle:
 
     def failed(self, address: str | None, err: ApiError) -> ApiError:
         """The answer to a failed authentication from `address`: `err`, or 429 over the limit."""
+        return self.count(address) or err
+
+    def count(self, address: str | None) -> ApiError | None:
+        """Count one event from `address` (a failure, or a device's challenge): the 429 once the
+        address is over the limit, else None."""
         if not self.per_minute or address is None:
             self.counted(False)
-            return err
+            return None
         now = self.mono()
         start, n = self._failures.get(address, (now, 0))
         if now - start >= WINDOW_S:
@@ -50,7 +55,7 @@ class AuthThrottle:
         self._failures[address] = (start, n + 1)
         over = n + 1 > self.per_minute
         self.counted(over)
-        return throttled(max(1, math.ceil(start + WINDOW_S - now))) if over else err
+        return throttled(max(1, math.ceil(start + WINDOW_S - now))) if over else None
 
     def _forget(self, now: float) -> None:
         self._failures = {a: v for a, v in self._failures.items() if now - v[0] < WINDOW_S}

@@ -16,6 +16,12 @@ tenant's credit `billing.accountant.check_credit`):
   (`store/shared.py`), or in Redis when one is configured (`store/redis_state.py`, no database
   round trip); settlement posts the charge against the lots as they are then, in the usage
   writer's transaction.
+
+A fleet's device adds its part to the same admission (`DeviceAsk`, from `gateway/device_gate.py`):
+its local day and month quotas, its streams at once and (shared mode) its requests per minute, by
+the rules of `fleets.quotas.check_device`, before the money; held with the money or not at all.
+One process holds it in memory (`DeviceQuotas`); shared mode reads the device's settled units
+(`device_days`) and holds in the admission's transaction and writes its hold there.
 """
 
 from __future__ import annotations
@@ -23,16 +29,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from tokenport.billing.accountant import InsufficientQuota, ModelNotPriced, check_credit, max_cost
-from tokenport.billing.admission import Ask, Charge, Grant, Unavailable, View
+from tokenport.billing.admission import Ask, Charge, DeviceAsk, Grant, Unavailable, View
 from tokenport.billing.budgets import BudgetExceeded, check_budget, period_start
 from tokenport.billing.ledger import Ledger, Transaction
 from tokenport.billing.plans import Plan, PlanUsage, Window, ratelimit_headers, retry_after
 from tokenport.billing.prices import BillableTokens, Cost, Price, cost_of
+from tokenport.fleets.quotas import (
+    DeviceBusy,
+    DeviceQuotaExceeded,
+    DeviceQuotas,
+    check_device,
+    device_left,
+)
 from tokenport.gateway.admission_queue import AdmissionQueue, AdmissionStore, ThreadedStore
 from tokenport.gateway.billing import BillingState
+from tokenport.gateway.device_gate import device_refusal
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.ratelimit import check_tokens, take_request
 from tokenport.gateway.sse import Counts
@@ -126,9 +141,12 @@ class Charging:
         prompt_bound: int,
         context: int,
         at: datetime,
-    ) -> tuple[Price, Plan | None]:
-        """The price, and the plan when the tenant's plan covers the request (nothing is held then).
-        `prompt_bound`: the most prompt tokens it can bill (counted, or the body's size in bytes)."""
+        device: DeviceAsk | None = None,
+    ) -> tuple[Price, Plan | None, int | None]:
+        """The price; the plan when the tenant's plan covers the request (no money is held then);
+        and, for a device, what it has left once this request's hold is counted. `prompt_bound`:
+        the most prompt tokens it can bill (counted, or the body's size in bytes). The device's
+        hold and the money's are taken together or not at all."""
         try:
             price = self.state.accountant.quote(model, at)
         except ModelNotPriced:
@@ -138,8 +156,8 @@ class Charging:
         # counted; output at most what the request allows (`max_output`; None: the context).
         max_out = context if max_output is None else max_output
         amount = max_cost(price, min(prompt_bound, context), min(max_out, context))
-        covered = await self.hold(request_id, key, plan, amount, at)
-        return price, plan if covered else None
+        covered, left = await self.hold(request_id, key, plan, amount, at, device)
+        return price, plan if covered else None, left
 
     @staticmethod
     def usage_fields(price: Price, counts: Counts) -> dict:
@@ -150,10 +168,17 @@ class Charging:
     # --- each mode ---
 
     async def hold(
-        self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
-    ) -> bool:
-        """Hold `amount` against the key's budget and the tenant's credit, or raise the refusal;
-        True (nothing held) when the plan covers the request."""
+        self,
+        request_id: str,
+        key: KeyRecord,
+        plan: Plan | None,
+        amount: int,
+        at: datetime,
+        device: DeviceAsk | None = None,
+    ) -> tuple[bool, int | None]:
+        """Hold the device's ask, then `amount` against the key's budget and the tenant's credit,
+        or raise the refusal holding nothing; (True when the plan covers the request and no money
+        is held, what the device has left)."""
         raise NotImplementedError
 
     def settle_plan(self, key: KeyRecord, plan: Plan, model: str, counts: Counts | None, at: datetime) -> int:
@@ -181,9 +206,19 @@ class Charging:
         counts: Counts | None,
         started_at: datetime,
         at: datetime,
+        device: str | None = None,
     ) -> Charge | None:
-        """What the usage writer does with the shared state for this request, if anything."""
+        """What the usage writer does with the shared state for this request, if anything;
+        `device`: the serial whose hold the request has (its units are on the usage record)."""
         return None
+
+    def settle_device(self, request_id: str, serial: str, units: int) -> None:
+        """Count what a device's request used and release its hold, where this mode does it here
+        (shared mode: with the usage record, `charge`)."""
+
+    def release_device(self, request_id: str, key: KeyRecord, serial: str) -> None:
+        """Drop a device's hold without counting (its settlement failed)."""
+        raise NotImplementedError
 
     def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
         """Drop the request's holds without charging (its settlement failed)."""
@@ -198,9 +233,36 @@ class Charging:
 
 
 class LocalCharging(Charging):
-    """One process: holds, budgets and plan windows in memory, no round trip."""
+    """One process: holds, budgets, plan windows and devices' quotas in memory, no round trip.
+    A device's requests per minute are the rate limiter's, in the device step (as a key's are)."""
+
+    def __init__(self, state: BillingState, quotas: DeviceQuotas | None = None) -> None:
+        super().__init__(state)
+        self.quotas = quotas if quotas is not None else DeviceQuotas()
 
     async def hold(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        plan: Plan | None,
+        amount: int,
+        at: datetime,
+        device: DeviceAsk | None = None,
+    ) -> tuple[bool, int | None]:
+        if device is None:
+            return self._hold_money(request_id, key, plan, amount, at), None
+        try:
+            self.quotas.hold(request_id, device)
+        except (DeviceQuotaExceeded, DeviceBusy) as exc:
+            raise device_refusal(exc, at) from None
+        try:
+            covered = self._hold_money(request_id, key, plan, amount, at)
+        except BaseException:
+            self.quotas.settle(request_id, device.serial, 0)  # the money refused: no device hold
+            raise
+        return covered, self.quotas.left(device)
+
+    def _hold_money(
         self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
     ) -> bool:
         if plan is not None and plan_covers(plan, self.state.plan_usage.windows(plan, key.tenant_id, at), at):
@@ -246,6 +308,12 @@ class LocalCharging(Charging):
         self.state.accountant.release(request_id)
         self.state.budgets.settle(key.id, request_id, key.budget_period, 0, started_at)
 
+    def settle_device(self, request_id: str, serial: str, units: int) -> None:
+        self.quotas.settle(request_id, serial, units)
+
+    def release_device(self, request_id: str, key: KeyRecord, serial: str) -> None:
+        self.quotas.settle(request_id, serial, 0)
+
     def held(self, tenant_id: str, at: datetime) -> int:
         return self.state.accountant.held(tenant_id)
 
@@ -264,8 +332,14 @@ class SharedCharging(Charging):
         self._releasing: set[asyncio.Task] = set()
 
     async def hold(
-        self, request_id: str, key: KeyRecord, plan: Plan | None, amount: int, at: datetime
-    ) -> bool:
+        self,
+        request_id: str,
+        key: KeyRecord,
+        plan: Plan | None,
+        amount: int,
+        at: datetime,
+        device: DeviceAsk | None = None,
+    ) -> tuple[bool, int | None]:
         rpm = key.rpm_limit or self.default_rpm
         budget = bool(key.budget_nano_usd and key.budget_period and amount > 0)
         ask = Ask(
@@ -278,18 +352,19 @@ class SharedCharging(Charging):
             rpm=rpm > 0,
             tpm=bool(key.tpm_limit),
             plan=plan is not None,
+            device=device,
         )
-        if not (ask.money or ask.rpm or ask.tpm or ask.plan):
-            return False  # nothing to hold or count: no round trip
+        if not (ask.money or ask.rpm or ask.tpm or ask.plan or device is not None):
+            return False, None  # nothing to hold or count: no round trip
 
         def decide(view: View) -> Grant:
-            return _decide(view, key, plan, amount, at, rpm, budget)
+            return _decide(view, key, plan, amount, at, rpm, budget, device)
 
         try:
             grant = await self._queue.admit(ask, decide)
         except Unavailable:
             raise unavailable() from None
-        return grant.covered
+        return grant.covered, grant.device_left
 
     def settle(
         self,
@@ -314,11 +389,13 @@ class SharedCharging(Charging):
         counts: Counts | None,
         started_at: datetime,
         at: datetime,
+        device: str | None = None,
     ) -> Charge | None:
-        """Post the charge, release the hold, count the tokens: in the usage writer's transaction."""
+        """Post the charge, release the holds (money, the device's), count the tokens: in the
+        usage writer's transaction."""
         held = price is not None and not price.free  # admitted on money: a hold may exist
         tokens = counts.prompt + counts.completion if counts is not None and key.tpm_limit else 0
-        if not held and not tokens:
+        if not held and not tokens and device is None:
             return None
         return Charge(
             request_id,
@@ -329,13 +406,22 @@ class SharedCharging(Charging):
             cost=cost.nano if cost is not None else 0,
             started_at=started_at,
             tokens=tokens,
+            device_serial=device,
         )
 
     def release(self, request_id: str, key: KeyRecord, started_at: datetime) -> None:
-        """In the background, on the event loop (what fails there expires after `HOLD_TTL`)."""
-        task = asyncio.get_running_loop().create_task(self._release(key.tenant_id, request_id))
+        """In the background, on the event loop (what fails there expires after `HOLD_TTL`); the
+        device's hold of the request, if any, goes with it."""
+        self._spawn_release(key.tenant_id, request_id)
+
+    def _spawn_release(self, tenant_id: str, request_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(tenant_id, request_id))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+
+    def release_device(self, request_id: str, key: KeyRecord, serial: str) -> None:
+        """The store drops a request's holds together, the money's and the device's."""
+        self._spawn_release(key.tenant_id, request_id)
 
     async def _release(self, tenant_id: str, request_id: str) -> None:
         try:
@@ -351,9 +437,46 @@ class SharedCharging(Charging):
 
 
 def _decide(
+    view: View,
+    key: KeyRecord,
+    plan: Plan | None,
+    amount: int,
+    at: datetime,
+    rpm: int,
+    budget: bool,
+    device: DeviceAsk | None = None,
+) -> Grant:
+    """The same rules as one process's, on the shared state as the transaction read it: the
+    device's part first (its day, month, streams, rate), then the key's and the money's. Refused
+    anywhere, nothing is written; granted, both holds are."""
+    if device is None:
+        return _decide_money(view, key, plan, amount, at, rpm, budget)
+    device_bucket, left = _decide_device(view, device, at)
+    grant = _decide_money(view, key, plan, amount, at, rpm, budget)
+    return replace(
+        grant,
+        expires_at=grant.expires_at or at + HOLD_TTL,
+        device_hold=device.units_most,
+        device_bucket=device_bucket,
+        device_left=left,
+    )
+
+
+def _decide_device(view: View, device: DeviceAsk, at: datetime) -> tuple[tuple[int, int] | None, int]:
+    """The device's part (`fleets.quotas.check_device`, then its requests per minute): its new
+    rate bucket and what it has left once this request's hold is counted; or the refusal."""
+    try:
+        check_device(device, view.device_day_used, view.device_month_used, view.device_streams)
+    except (DeviceQuotaExceeded, DeviceBusy) as exc:
+        raise device_refusal(exc, at) from None
+    bucket = take_request(view.device_bucket, _us(at), device.rpm) if device.rpm else None
+    return bucket, device_left(device, view.device_day_used, view.device_month_used)
+
+
+def _decide_money(
     view: View, key: KeyRecord, plan: Plan | None, amount: int, at: datetime, rpm: int, budget: bool
 ) -> Grant:
-    """The same rules as one process's, on the shared state as the transaction read it."""
+    """The key's rate limits, the plan, the key's budget and the tenant's credit."""
     bucket = take_request(view.bucket, _us(at), rpm) if rpm > 0 else None
     if key.tpm_limit:
         check_tokens(view.tokens, int(at.timestamp()), key.tpm_limit)
@@ -387,11 +510,13 @@ def charging_for(
     shared: SharedStore | None = None,
     default_rpm: int = 0,
     fast: AdmissionStore | None = None,
+    quotas: DeviceQuotas | None = None,
 ) -> Charging:
-    """One process (`shared` None), or shared mode: admission in the database (`shared`), or in
-    Redis (`fast`, with the database as the ledger)."""
+    """One process (`shared` None; devices' quotas in `quotas`, which the device step reads too),
+    or shared mode: admission in the database (`shared`), or in Redis (`fast`, with the database
+    as the ledger)."""
     if shared is None:
-        return LocalCharging(state)
+        return LocalCharging(state, quotas)
     return SharedCharging(state, fast or ThreadedStore(shared, ADMISSION_THREADS), default_rpm)
 
 

@@ -16,6 +16,7 @@ import asyncio
 from collections.abc import Callable
 from functools import partial
 
+from tokenport.billing.admission import DeviceAsk
 from tokenport.billing.prices import Price
 from tokenport.config import Waits
 from tokenport.energy.meter import EnergyMeter
@@ -276,9 +277,9 @@ class Gateway:
         )
         ctx.backend = backend.name  # 4 route
         fit = await self.window.fit(req, backend, body_size)  # fit the context
-        if device is not None:  # admit: the most the request can count against the device
-            self._hold_device(ctx, device, req, fit, backend.config.context, sink)
-        ctx.price, ctx.plan = price, plan = await self.charging.admit(  # admit: money
+        # admit: the most the request can count against the device, and the money, together
+        ask = None if device is None else self._device_ask(device, req, fit, backend.config.context, ctx)
+        price, plan, left = await self.charging.admit(
             ctx.request_id,
             key,
             req.model,
@@ -286,7 +287,12 @@ class Gateway:
             fit.prompt_bound,
             backend.config.context,
             ctx.started_at,
+            ask,
         )
+        ctx.price, ctx.plan = price, plan
+        if ask is not None:
+            ctx.device_held = True  # settled with the request
+            sink.header(REMAINING_HEADER.encode(), str(left).encode())
         usage_fields = _usage_fields(None if price.free or plan else price, fit)
         await self._serve(ctx, req, backend, affinity, usage_fields, fit, sink, out)  # 5 stream
 
@@ -294,20 +300,13 @@ class Gateway:
         assert self.device_gate is not None, "a device was identified: the gate is wired with the directory"
         return self.device_gate
 
-    def _hold_device(
-        self,
-        ctx: RequestContext,
-        device: DeviceEntry,
-        req: ParsedRequest,
-        fit: Fit,
-        context: int,
-        sink: ClientSink,
-    ) -> None:
+    def _device_ask(
+        self, device: DeviceEntry, req: ParsedRequest, fit: Fit, context: int, ctx: RequestContext
+    ) -> DeviceAsk:
+        """The most the request can count against its device (its prompt's bound and its output
+        limit), held by admission with the money."""
         most = fit.prompt_bound + TEMPLATE_SLACK + (fit.max_output if fit.max_output is not None else context)
-        gate = self._device_gate()
-        gate.reserve(ctx.request_id, device, req.model, most, ctx.started_at)
-        ctx.device_held = True
-        sink.header(REMAINING_HEADER.encode(), str(gate.remaining(device, ctx.started_at)).encode())
+        return self._device_gate().ask(device, req.model, most, ctx.started_at)
 
     async def _serve(
         self,

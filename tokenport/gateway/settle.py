@@ -11,7 +11,7 @@ from tokenport.energy.allocation import Span
 from tokenport.energy.meter import EnergyMeter, RequestMeta
 from tokenport.gateway.charging import Charging
 from tokenport.gateway.context import RequestContext
-from tokenport.gateway.device_gate import DeviceGate
+from tokenport.gateway.device_gate import counted
 from tokenport.gateway.metrics import Metrics
 from tokenport.gateway.ratelimit import RateLimiter
 from tokenport.gateway.relay import Outcome
@@ -33,10 +33,8 @@ class Settler:
         limiter: RateLimiter,
         vault: Vault | None = None,
         energy: EnergyMeter | None = None,
-        device_gate: DeviceGate | None = None,
     ) -> None:
         self.writer = writer
-        self.device_gate = device_gate
         self.energy = energy
         self.vault = vault
         self.charging = charging
@@ -57,17 +55,30 @@ class Settler:
                     self.charging.release(ctx.request_id, ctx.key, ctx.started_at)
                 except Exception:
                     log.exception("releasing the holds of %s failed", ctx.request_id)
-            if ctx.device_held:
-                self._device_counts(ctx, None)
+            self._release_device(ctx)
             return None
 
+    def _release_device(self, ctx: RequestContext) -> None:
+        """A failed settlement's device hold, dropped uncounted (not left to expire); also when it
+        failed after counting it here, before the usage writer had it (a release is idempotent)."""
+        if ctx.device is None or ctx.key is None or ctx.price is None:  # not admitted: no hold
+            return
+        ctx.device_held = False
+        try:
+            self.charging.release_device(ctx.request_id, ctx.key, ctx.device.device.serial)
+        except Exception:
+            log.exception("releasing the device hold of %s failed", ctx.request_id)
+
     def _device_counts(self, ctx: RequestContext, counts: Counts | None) -> tuple[int | None, str | None]:
-        """A device's quota hold settled on what was used: (weighted units, local day), once."""
-        if not ctx.device_held or ctx.device is None or self.device_gate is None:
+        """A device's quota hold settled on what was used: (weighted units, local day), once (this
+        mode counts them here, or with the usage record: the charge names the device)."""
+        if not ctx.device_held or ctx.device is None:
             return None, None
         ctx.device_held = False
         tokens = counts.prompt + counts.completion if counts is not None else 0
-        return self.device_gate.settle(ctx.request_id, ctx.device, ctx.model, tokens, ctx.started_at)
+        units, day = counted(ctx.device, ctx.model, tokens, ctx.started_at)
+        self.charging.settle_device(ctx.request_id, ctx.device.device.serial, units)
+        return units, day
 
     def _settle(self, ctx: RequestContext, out: Outcome) -> UsageRecord | None:
         now = self.clock.monotonic()
@@ -101,8 +112,9 @@ class Settler:
             cost, tx = self.charging.settle(
                 ctx.request_id, ctx.key, money, counts, ctx.started_at, finished_at
             )
+        device = ctx.device.device.serial if ctx.device is not None and ctx.device_held else None
         charge = self.charging.charge(
-            ctx.request_id, ctx.key, money, cost, counts, ctx.started_at, finished_at
+            ctx.request_id, ctx.key, money, cost, counts, ctx.started_at, finished_at, device
         )
         if self.energy is not None:  # the span of engine work this request asked for
             span = None

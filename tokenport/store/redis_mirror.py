@@ -1,6 +1,7 @@
 """The database-to-Redis mirror: what the database says of a tenant's counters (its lots'
 balances, each key's spend per budget period, the plan's units per minute, each key's tokens per
-second), read under the tenant's lock, and written into its Redis keys as absolute values."""
+second; its devices' units per local day and month), read under the tenant's lock, and written
+into its Redis keys as absolute values."""
 
 from __future__ import annotations
 
@@ -13,8 +14,17 @@ from tokenport.billing.budgets import period_start
 from tokenport.billing.ledger import Lot
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import LOT_COLUMNS
-from tokenport.store.redis_keys import PLAN_TTL_S, TOKENS_TTL_S, Keys, lot_value, spend_field, ts
-from tokenport.store.schema import api_keys, credit_lots, key_spend, plan_minutes, token_seconds
+from tokenport.store.redis_keys import (
+    DEVICE_TTL_S,
+    PLAN_TTL_S,
+    TOKENS_TTL_S,
+    Keys,
+    device_fields,
+    lot_value,
+    spend_field,
+    ts,
+)
+from tokenport.store.schema import api_keys, credit_lots, device_days, key_spend, plan_minutes, token_seconds
 
 
 def write_mirror(
@@ -108,3 +118,39 @@ def tokens_of(conn: Connection, wanted: set[tuple[str, int]]) -> dict[tuple[str,
     t = token_seconds
     q = select(t.c.key_id, t.c.second, t.c.tokens).where(tuple_(t.c.key_id, t.c.second).in_(sorted(wanted)))
     return {(k, int(s)): int(n) for k, s, n in conn.execute(q)}
+
+
+def device_usage(conn: Connection, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(serial, local day) -> (units settled that day, units settled in its month), from
+    `device_days` (the usage writer's counter)."""
+    if not wanted:
+        return {}
+    d = device_days.c
+    months = {day[:7] for _, day in wanted}
+    q = select(d.serial, d.day, d.units).where(
+        d.serial.in_(sorted({serial for serial, _ in wanted})),
+        d.day.between(min(months) + "-01", max(months) + "-31"),
+    )
+    days: dict[tuple[str, str], int] = {}
+    month: dict[tuple[str, str], int] = {}
+    for serial, day, units in conn.execute(q):
+        days[(serial, day)] = int(units)
+        month[(serial, day[:7])] = month.get((serial, day[:7]), 0) + int(units)
+    return {(s, day): (days.get((s, day), 0), month.get((s, day[:7]), 0)) for s, day in wanted}
+
+
+def write_device(
+    pipe: Pipeline, keys: Keys, serial: str, usage: dict[str, tuple[int, int]], loaded: bool
+) -> None:
+    """A device's units per local day (`usage`: day -> (day's units, month's units)); `loaded`:
+    those days are now complete in Redis (a load), else only their counters are brought up to
+    date (a settlement)."""
+    mapping: dict[str, int | str] = {}
+    for day, (day_units, month_units) in usage.items():
+        flag, units_field, month_field = device_fields(day)
+        mapping[units_field], mapping[month_field] = day_units, month_units
+        if loaded:
+            mapping[flag] = "1"
+    key = keys.device(serial)
+    pipe.hset(key, mapping=mapping)
+    pipe.expire(key, DEVICE_TTL_S)

@@ -5,7 +5,10 @@ Redis round trips and no database transaction:
 
 - the holds of requests in flight and each key's requests-per-minute bucket: in Redis only;
 - a mirror of the database's counters: the credit lots' balances, each key's spend in its budget
-  periods, the plan units per minute and each key's tokens per second (tokens per minute).
+  periods, the plan units per minute and each key's tokens per second (tokens per minute);
+- for a fleet's devices: their quota holds and rate buckets (Redis only), and a mirror of each
+  device's `device_days` for its local day and month, loaded on the device's first request of a
+  local day (a load per device, not per tenant: a maker may have a million devices).
 
 The mirror is written with absolute values read from the database under the tenant's lock (the
 usage writer's transaction, or a load), so it is never ahead of or behind the database by more
@@ -16,7 +19,8 @@ is counted twice (held and spent), never zero times.
 Admission reads a tenant's state and its version in one script, decides each request with the
 same rules as every other mode (`gateway/charging.py`), and writes the holds and buckets in a
 second script only if the version has not moved (every writer of the tenant's state bumps it);
-otherwise it reads and decides again. A tenant not in Redis yet is loaded first.
+otherwise it reads and decides again. A tenant not in Redis yet is loaded first, and so is a
+device (its day) not in Redis yet; state lost with Redis is loaded again the same way.
 
 The keys and their encodings: `redis_keys.py`; the mirror's reads of the database:
 `redis_mirror.py`.
@@ -40,8 +44,30 @@ from tokenport.billing.budgets import period_start
 from tokenport.billing.ledger import Lot
 from tokenport.billing.plans import SEVEN_DAYS, minute_of
 from tokenport.store.billing import lock_tenants
-from tokenport.store.redis_keys import PLAN_TTL_S, TOKENS_TTL_S, Keys, from_us, lot_value, spend_field, ts, us
-from tokenport.store.redis_mirror import lots_of, plan_of, read_tenant, spend_of, tokens_of, write_mirror
+from tokenport.store.redis_keys import (
+    DEVICE_RPM_TTL_S,
+    PLAN_TTL_S,
+    TOKENS_TTL_S,
+    Keys,
+    device_fields,
+    device_hold_value,
+    from_us,
+    lot_value,
+    parse_device_hold,
+    spend_field,
+    ts,
+    us,
+)
+from tokenport.store.redis_mirror import (
+    device_usage,
+    lots_of,
+    plan_of,
+    read_tenant,
+    spend_of,
+    tokens_of,
+    write_device,
+    write_mirror,
+)
 
 log = logging.getLogger("tokenport.redis")
 
@@ -53,31 +79,42 @@ class Busy(Unavailable):
     """A tenant's state kept changing between admission's read and its write."""
 
 
-# Admission's read: the version and the hashes the batch needs (ARGV[1]: a 0/1 flag for each,
-# in `Keys.read` order after the version and the loaded flag), in one round trip, from one instant.
+# Admission's read: the version and the keys the batch needs (ARGV[1]: a flag for each, in
+# `Keys.read` order after the version and the loaded flag, then two per device: 0 skip, 1 a hash,
+# 2 a string), in one round trip, from one instant.
 READ = """
 local out = {redis.call('GET', KEYS[1]) or false, redis.call('GET', KEYS[2]) or false}
 for i = 3, #KEYS do
+    local flag = string.sub(ARGV[1], i - 2, i - 2)
     out[i] = {}
-    if string.sub(ARGV[1], i - 2, i - 2) == '1' then out[i] = redis.call('HGETALL', KEYS[i]) end
+    if flag == '1' then out[i] = redis.call('HGETALL', KEYS[i])
+    elseif flag == '2' then out[i] = redis.call('GET', KEYS[i]) or false end
 end
 return out
 """
 
-# Admission's write, if nothing moved since the read: ARGV = version, n, n hold pairs, m, m bucket
-# pairs, then the expired holds to drop.
+# Admission's write, if nothing moved since the read. KEYS = version, holds, buckets, device
+# holds, then the devices' rate buckets to set; ARGV = version, then for each of the three hashes
+# n and n (field, value) pairs, then a value per device bucket, then e and the e expired holds to
+# drop, then the expired device holds to drop.
 WRITE = """
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
 local i = 2
-local n = tonumber(ARGV[i])
-for j = 1, n do redis.call('HSET', KEYS[2], ARGV[i + 2 * j - 1], ARGV[i + 2 * j]) end
-i = i + 2 * n + 1
-local m = tonumber(ARGV[i])
-for j = 1, m do redis.call('HSET', KEYS[3], ARGV[i + 2 * j - 1], ARGV[i + 2 * j]) end
-for j = i + 2 * m + 1, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
+for k = 2, 4 do
+    local n = tonumber(ARGV[i])
+    for j = 1, n do redis.call('HSET', KEYS[k], ARGV[i + 2 * j - 1], ARGV[i + 2 * j]) end
+    i = i + 2 * n + 1
+end
+for k = 5, #KEYS do
+    redis.call('SET', KEYS[k], ARGV[i], 'EX', RPM_TTL)
+    i = i + 1
+end
+local e = tonumber(ARGV[i])
+for j = i + 1, i + e do redis.call('HDEL', KEYS[2], ARGV[j]) end
+for j = i + e + 1, #ARGV do redis.call('HDEL', KEYS[4], ARGV[j]) end
 redis.call('INCR', KEYS[1])
 return 1
-"""
+""".replace("RPM_TTL", str(DEVICE_RPM_TTL_S))
 
 
 # --- encodings ---
@@ -100,10 +137,12 @@ def _pairs(flat: list) -> list[tuple[bytes, bytes]]:
 
 
 class Snapshot:
-    """One tenant's state as read under WATCH, updated by the grants of a batch as it goes."""
+    """One tenant's state as read by READ, updated by the grants of a batch as it goes.
+    `serials`: the devices of the batch, whose two keys each follow the tenant's in `raw`."""
 
-    def __init__(self, tenant_id: str, raw: list) -> None:
-        _, lots, spend, plan, tokens, holds, buckets = (raw[0], *(_pairs(h) for h in raw[1:]))
+    def __init__(self, tenant_id: str, raw: list, serials: list[str] | None = None) -> None:
+        fixed, per_device = raw[:8], raw[8:]
+        _, lots, spend, plan, tokens, holds, buckets, dholds = (fixed[0], *(_pairs(h) for h in fixed[1:]))
         self.lots = [_lot(tenant_id, k, v) for k, v in lots]
         self.holds: list[tuple[str, int, str, str, str, int]] = []  # (rid, amount, key, period, start, exp)
         for rid, v in holds:
@@ -119,6 +158,28 @@ class Snapshot:
         for k, v in buckets:
             micro, at_us = v.decode().split("|")
             self.buckets[k.decode()] = (int(micro), int(at_us))
+        # the devices': (rid, serial, units, day, expires µs); serial -> mirror fields; buckets
+        self.dholds = [(rid.decode(), *parse_device_hold(v)) for rid, v in dholds]
+        self.devices: dict[str, dict[str, int]] = {}
+        self.rpm: dict[str, tuple[int, int]] = {}
+        for i, serial in enumerate(serials or []):
+            fields, rpm = per_device[2 * i], per_device[2 * i + 1]
+            self.devices[serial] = {k.decode(): int(v) for k, v in _pairs(fields)}
+            if rpm:
+                micro, at_us = rpm.decode().split("|")
+                self.rpm[serial] = (int(micro), int(at_us))
+
+    def unloaded(self, asks: list[Ask]) -> dict[str, set[str]]:
+        """The devices some ask needs whose local day is not in Redis: serial -> every day the
+        batch asks of it (loaded together, so that one load serves the whole batch)."""
+        days: dict[str, set[str]] = {}
+        missing = set()
+        for ask in asks:
+            if (d := ask.device) is not None:
+                days.setdefault(d.serial, set()).add(d.day)
+                if device_fields(d.day)[0] not in self.devices.get(d.serial, {}):
+                    missing.add(d.serial)
+        return {serial: days[serial] for serial in missing}
 
     def view(self, ask: Ask) -> View:
         view = View()
@@ -140,7 +201,21 @@ class Snapshot:
             view.tokens = self.tokens.get(ask.key_id, [])
         if ask.plan:
             view.plan_minutes = self.plan
+        if ask.device is not None:
+            self._device_view(view, ask)
         return view
+
+    def _device_view(self, view: View, ask: Ask) -> None:
+        device, now = ask.device, us(ask.at)
+        assert device is not None
+        fields = self.devices.get(device.serial, {})
+        _, day_field, month_field = device_fields(device.day)
+        mine = [h for h in self.dholds if h[1] == device.serial and h[4] > now]
+        month = device.day[:7]
+        view.device_day_used = fields.get(day_field, 0) + sum(h[2] for h in mine if h[3] == device.day)
+        view.device_month_used = fields.get(month_field, 0) + sum(h[2] for h in mine if h[3][:7] == month)
+        view.device_streams = len(mine)
+        view.device_bucket = self.rpm.get(device.serial)
 
     def take(self, ask: Ask, grant: Grant) -> None:
         if grant.hold > 0:
@@ -150,6 +225,49 @@ class Snapshot:
             self.holds.append((ask.request_id, grant.hold, ask.key_id, period, start_s, us(grant.expires_at)))
         if grant.bucket is not None:
             self.buckets[ask.key_id] = grant.bucket
+        if (d := ask.device) is not None and grant.device_hold is not None:
+            assert grant.expires_at is not None
+            self.dholds.append((ask.request_id, d.serial, grant.device_hold, d.day, us(grant.expires_at)))
+            if grant.device_bucket is not None:
+                self.rpm[d.serial] = grant.device_bucket
+
+
+class Writes:
+    """What a batch's grants write (WRITE's arguments)."""
+
+    def __init__(self) -> None:
+        self.holds: list[str] = []  # field, value, ...
+        self.buckets: list[str] = []
+        self.dholds: list[str] = []
+        self.rpm: dict[str, str] = {}  # serial -> its bucket
+
+    def add(self, ask: Ask, grant: Grant) -> None:
+        if grant.hold > 0:
+            self.holds += [ask.request_id, _hold_value(ask, grant)]
+        if grant.bucket is not None:
+            self.buckets += [ask.key_id, "{}|{}".format(*grant.bucket)]
+        if (d := ask.device) is not None and grant.device_hold is not None:
+            assert grant.expires_at is not None
+            value = device_hold_value(d.serial, grant.device_hold, d.day, us(grant.expires_at))
+            self.dholds += [ask.request_id, value]
+            if grant.device_bucket is not None:
+                self.rpm[d.serial] = "{}|{}".format(*grant.device_bucket)
+
+    def __bool__(self) -> bool:
+        return bool(self.holds or self.buckets or self.dholds or self.rpm)
+
+    def script(self, keys: Keys, version: bytes | None, snap: Snapshot, now: int) -> tuple[list, list]:
+        """WRITE's keys and arguments; the expired holds (money's, devices') are dropped too."""
+        expired = [h[0] for h in snap.holds if h[5] <= now]
+        expired_devices = [h[0] for h in snap.dholds if h[4] <= now]
+        serials = sorted(self.rpm)
+        args = [version or b""]
+        for pairs in (self.holds, self.buckets, self.dholds):
+            args += [len(pairs) // 2, *pairs]
+        args += [self.rpm[s] for s in serials]
+        args += [len(expired), *expired, *expired_devices]
+        script_keys = [keys.version, keys.holds, keys.buckets, keys.dholds]
+        return script_keys + [keys.device_rpm(s) for s in serials], args
 
 
 class RedisState:
@@ -161,6 +279,7 @@ class RedisState:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.loads = 0  # tenants loaded from the database (for tests and metrics)
         self.conflicts = 0  # admissions read again because another process wrote the tenant
+        self.device_loads = 0  # devices loaded from the database (for tests and metrics)
 
     @property
     def aio(self) -> redis.asyncio.Redis:
@@ -186,40 +305,35 @@ class RedisState:
         tenant_id = items[0][0].tenant_id
         keys = Keys(tenant_id)
         aio = self.aio
-        wanted = _wanted([ask for ask, _ in items])
+        asks = [ask for ask, _ in items]
+        serials = sorted({ask.device.serial for ask in asks if ask.device is not None})
+        read = keys.read + [k for serial in serials for k in (keys.device(serial), keys.device_rpm(serial))]
+        wanted = _wanted(asks) + "12" * len(serials)
         for _ in range(TRIES):
-            version, *raw = await self._read_script(keys=keys.read, args=[wanted])
+            version, *raw = await self._read_script(keys=read, args=[wanted])
             if not raw[0]:
                 await asyncio.to_thread(self.load, [tenant_id], items[0][0].at)
                 continue
-            snap = Snapshot(tenant_id, raw)
-            out: list[Grant | Exception] = []
-            holds: list[str] = []
-            buckets: list[str] = []
-            for ask, decide in items:
-                try:
-                    grant = decide(snap.view(ask))
-                except Exception as exc:  # refused: this request only
-                    out.append(exc)
-                    continue
-                snap.take(ask, grant)
-                if grant.hold > 0:
-                    holds += [ask.request_id, _hold_value(ask, grant)]
-                if grant.bucket is not None:
-                    buckets += [ask.key_id, "{}|{}".format(*grant.bucket)]
-                out.append(grant)
-            now = us(items[0][0].at)
-            expired = [h[0] for h in snap.holds if h[5] <= now]
-            if not (holds or buckets):
+            snap = Snapshot(tenant_id, raw, serials)
+            if missing := snap.unloaded(asks):
+                await asyncio.to_thread(self.load_devices, tenant_id, missing)
+                continue
+            out, writes = _decide_all(snap, items)
+            if not writes:
                 return out
-            args = [version or b"", len(holds) // 2, *holds, len(buckets) // 2, *buckets, *expired]
-            if await self._write_script(keys=[keys.version, keys.holds, keys.buckets], args=args, client=aio):
+            script_keys, args = writes.script(keys, version, snap, us(items[0][0].at))
+            if await self._write_script(keys=script_keys, args=args, client=aio):
                 return out
             self.conflicts += 1
         raise Busy(tenant_id)
 
     async def release(self, tenant_id: str, request_ids: list[str]) -> None:
-        await self.aio.hdel(Keys(tenant_id).holds, *request_ids)
+        """Drop the requests' holds, the money's and their devices' (one round trip)."""
+        keys = Keys(tenant_id)
+        pipe = self.aio.pipeline(transaction=False)
+        pipe.hdel(keys.holds, *request_ids)
+        pipe.hdel(keys.dholds, *request_ids)
+        await pipe.execute()
 
     def held(self, tenant_id: str, at: datetime) -> int:
         now = us(at)
@@ -246,8 +360,24 @@ class RedisState:
                 self.loads += 1
             pipe.execute()  # before the commit: the lock is still held
 
+    def load_devices(self, tenant_id: str, wanted: dict[str, set[str]]) -> None:
+        """Replace the devices' mirror with what `device_days` says now, for the local days asked
+        (serial -> days), under the tenant's lock (blocking)."""
+        keys = Keys(tenant_id)
+        with self.engine.begin() as conn:
+            lock_tenants(conn, [tenant_id])
+            usage = device_usage(conn, {(serial, day) for serial, days in wanted.items() for day in days})
+            pipe = self.sync.pipeline(transaction=True)
+            for serial, days in sorted(wanted.items()):
+                pipe.delete(keys.device(serial))  # older days' fields go with it
+                write_device(pipe, keys, serial, {day: usage[(serial, day)] for day in days}, loaded=True)
+            pipe.incr(keys.version)
+            pipe.execute()  # before the commit: the lock is still held
+            self.device_loads += len(wanted)
+
     def forget(self) -> None:
-        """Make every tenant load again at its next admission (holds and buckets stay)."""
+        """Make every tenant load again at its next admission (holds and buckets stay). Devices'
+        mirrors stay: only settlement (mirrored here) and loads write them, never the feed."""
         for key in self.sync.scan_iter(match="tp:{*}:loaded", count=500):
             self.sync.delete(key)
 
@@ -267,28 +397,40 @@ class RedisState:
         }
         minutes = {(r["tenant_id"], minute_of(r["started_at"])) for r in rows if r.get("plan_units")}
         seconds = {(c.key_id, ts(c.finished_at)): c.tenant_id for c in charges if c.tokens}
+        devices = {
+            (r["tenant_id"], r["device_serial"], r["device_day"])
+            for r in rows
+            if r.get("device_serial") and r.get("device_day") and r.get("device_units")
+        }
         pipe = self.sync.pipeline(transaction=True)
         _mirror_lots(pipe, conn, money)
         _mirror_spend(pipe, conn, spend, rows)
         _mirror_plan(pipe, conn, minutes)
         _mirror_tokens(pipe, conn, seconds)
-        for tenant_id in tenants | money | set(seconds.values()):
+        _mirror_devices(pipe, conn, devices)
+        for tenant_id in tenants | money | set(seconds.values()) | {t for t, _, _ in devices}:
             pipe.incr(Keys(tenant_id).version)  # an admission that read before this reads again
         if len(pipe):
             pipe.execute()
         return self._releaser(charges)
 
     def _releaser(self, charges: list[Charge]) -> Callable[[], None]:
-        """What releases the charges' holds, once their transaction has committed."""
+        """What releases the charges' holds (money's, devices'), once their transaction has
+        committed."""
         holds: dict[str, list[str]] = {}
+        dholds: dict[str, list[str]] = {}
         for c in charges:
             holds.setdefault(c.tenant_id, []).append(c.request_id)
+            if c.device_serial is not None:
+                dholds.setdefault(c.tenant_id, []).append(c.request_id)
 
         def release() -> None:
             if holds:
                 release_pipe = self.sync.pipeline(transaction=False)
                 for tenant_id, ids in holds.items():
                     release_pipe.hdel(Keys(tenant_id).holds, *ids)
+                for tenant_id, ids in dholds.items():
+                    release_pipe.hdel(Keys(tenant_id).dholds, *ids)
                 release_pipe.execute()
 
         return release
@@ -296,12 +438,15 @@ class RedisState:
     # --- upkeep ---
 
     def purge(self, at: datetime) -> int:
-        """Drop expired holds and plan minutes no window can see; returns holds dropped."""
+        """Drop expired holds (money's and devices') and plan minutes no window can see; returns
+        holds dropped. Devices' mirrors and rate buckets expire by themselves."""
         now, floor, dropped = us(at), minute_of(at) - SEVEN_DAYS, 0
-        for key in self.sync.scan_iter(match="tp:{*}:holds", count=500):
-            gone = [rid for rid, v in self.sync.hgetall(key).items() if int(v.rsplit(b"|", 1)[1]) <= now]
-            if gone:
-                dropped += self.sync.hdel(key, *gone)
+        for pattern in ("tp:{*}:holds", "tp:{*}:dholds"):
+            for key in self.sync.scan_iter(match=pattern, count=500):
+                items = self.sync.hgetall(key).items()
+                gone = [rid for rid, v in items if int(v.rsplit(b"|", 1)[1]) <= now]  # expiry last
+                if gone:
+                    dropped += self.sync.hdel(key, *gone)
         for key in self.sync.scan_iter(match="tp:{*}:plan", count=500):
             old = [m for m in self.sync.hkeys(key) if int(m) <= floor]
             if old:
@@ -344,8 +489,31 @@ def _mirror_tokens(pipe: Pipeline, conn: Connection, seconds: dict[tuple[str, in
         pipe.expire(k.tokens, TOKENS_TTL_S)
 
 
+def _mirror_devices(pipe: Pipeline, conn: Connection, devices: set[tuple[str, str, str]]) -> None:
+    """`devices`: (tenant, serial, local day) settled: their day's and month's units, as now."""
+    usage = device_usage(conn, {(serial, day) for _, serial, day in devices})
+    for tenant_id, serial, day in sorted(devices):
+        write_device(pipe, Keys(tenant_id), serial, {day: usage[(serial, day)]}, loaded=False)
+
+
+def _decide_all(snap: Snapshot, items: list[tuple[Ask, Decide]]) -> tuple[list[Grant | Exception], Writes]:
+    """Each request decided in turn on the state the ones before it left."""
+    out: list[Grant | Exception] = []
+    writes = Writes()
+    for ask, decide in items:
+        try:
+            grant = decide(snap.view(ask))
+        except Exception as exc:  # refused: this request only
+            out.append(exc)
+            continue
+        snap.take(ask, grant)
+        writes.add(ask, grant)
+        out.append(grant)
+    return out, writes
+
+
 def _wanted(asks: list[Ask]) -> str:
-    """READ's flags: lots, spend, plan, tokens, holds, buckets."""
+    """READ's flags: lots, spend, plan, tokens, holds, buckets, devices' holds."""
     money = any(a.money for a in asks)
     budget = any(a.budget is not None for a in asks)
     flags = (
@@ -355,5 +523,6 @@ def _wanted(asks: list[Ask]) -> str:
         any(a.tpm for a in asks),
         money or budget,
         any(a.rpm for a in asks),
+        any(a.device is not None for a in asks),
     )
     return "".join("1" if f else "0" for f in flags)

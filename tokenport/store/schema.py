@@ -597,3 +597,27 @@ device_days = Table(
     Column("day", String(10), primary_key=True),  # YYYY-MM-DD, local
     Column("units", BigInteger, nullable=False),
 )
+
+# Shared mode: a device's quota hold for a request in flight (weighted units on its local day),
+# written in the admission's transaction with the money's hold, deleted with its usage record;
+# the device's requests in flight are its active holds. Expire like `holds`.
+device_holds = Table(
+    "device_holds",
+    metadata,
+    Column("request_id", String(40), primary_key=True),
+    Column("tenant_id", String(32), nullable=False),
+    Column("serial", String(64), nullable=False, index=True),
+    Column("units", BigInteger, nullable=False),
+    Column("day", String(10), nullable=False),  # YYYY-MM-DD, local: the day it counts on
+    Column("expires_at", UTCDateTime(), nullable=False),
+)
+
+# Shared mode: each device's requests-per-minute bucket (micro-requests left, as of a time in
+# microseconds); one a minute old is full again, and purged.
+device_buckets = Table(
+    "device_buckets",
+    metadata,
+    Column("serial", String(64), primary_key=True),
+    Column("micro", BigInteger, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+)

@@ -33,6 +33,7 @@ from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.billing import BillingState, MirrorReloads
 from tokenport.gateway.changes import ChangeFeed
 from tokenport.gateway.charging import charging_for
+from tokenport.gateway.clones import CloneWatch
 from tokenport.gateway.device_gate import DeviceGate
 from tokenport.gateway.devices import DeviceDirectory, DeviceEntry
 from tokenport.gateway.lifecycle import Gateway
@@ -182,6 +183,19 @@ class Runtime:
             self.settings.device_challenges_per_minute, self.clock.monotonic, lambda over: None
         )
 
+    def _flag_device(self, entry: DeviceEntry, kind: str, detail: str) -> None:
+        """A possible clone (gateway/clones.py): counted now, recorded and audited in a thread."""
+        self.metrics.device_flags.labels(kind).inc()
+        log.warning("device %s flagged: %s", entry.device.serial, detail)
+
+        def record() -> None:
+            try:
+                self.fleets.flag(entry.device.serial, entry.fleet.id, kind, detail)
+            except Exception:
+                log.exception("recording the flag of device %s failed", entry.device.serial)
+
+        asyncio.get_running_loop().run_in_executor(None, record)
+
     def _device_usage(self, entry: DeviceEntry) -> tuple[int, int]:
         """What a device used on its local day and month so far, from the database's counters."""
         day = local_day(self.clock.now(), entry.product.reset_tz)
@@ -254,6 +268,7 @@ class Runtime:
             self.settings.waits,
             self.devices,
             self.device_gate,
+            CloneWatch(self.clock.monotonic, self._flag_device),
         )
         s = self.settings
         self._tasks = [

@@ -360,3 +360,26 @@ def test_activation_is_throttled_per_address(tmp_path: Path, mock_engine: MockPr
         assert [r.status_code for r in wrong] == [401, 401, 429]
     finally:
         server.stop()
+
+
+def test_a_device_seen_from_too_many_addresses_is_flagged_and_quarantined(gateway: LiveServer):
+    maker = Maker(gateway, "moles", models=(MODEL,), fleet_args=("--max-addresses", "1", "--auto-quarantine"))
+    token = maker.activate(maker.serials[0])["device_token"]
+    assert chat(gateway.base_url, token).status_code == 200  # from 127.0.0.1
+    elsewhere = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+    second = elsewhere.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock_chunk_delay_ms": 0},
+    )
+    assert second.status_code == 200  # flagged, not refused: the quarantine follows
+    wait_until(lambda: chat(gateway.base_url, token).status_code == 403, 2.0, 0.05, "quarantined")
+    assert chat(gateway.base_url, token).json()["error"]["code"] == "device_quarantined"
+    (flag,) = gateway.cli_json("devices", "flagged", maker.fleet)
+    assert flag["serial"] == maker.serials[0] and flag["kind"] == "addresses"
+    assert "2 client addresses within an hour (at most 1)" in flag["detail"]
+    assert gateway.cli_json("devices", "show", maker.serials[0])["state"] == "quarantined"
+    metrics = httpx.get(gateway.base_url + "/metrics", timeout=10).text
+    assert 'tokenport_device_flags_total{kind="addresses"} 1.0' in metrics
+    gateway.cli("devices", "release", maker.serials[0])  # the maker looked: back to active
+    wait_until(lambda: chat(gateway.base_url, token).status_code == 200, 2.0, 0.05, "released")

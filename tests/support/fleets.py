@@ -23,12 +23,13 @@ class Maker:
         models: tuple[str, ...],
         daily: int = 100_000,
         credit: str | None = "50",
+        fleet_args: tuple[str, ...] = (),
     ) -> None:
         self.gw, self.fleet = gw, f"{name}-fleet"
         gw.cli("tenants", "create", name)
         if credit:
             gw.cli("credits", "grant", name, credit)
-        gw.cli("fleets", "create", name, self.fleet)
+        gw.cli("fleets", "create", name, self.fleet, *fleet_args)
         gw.cli(
             "products", "create", self.fleet, "BEAR", "--entitlement-days", "365", "--daily-tokens",
             str(daily), "--monthly-tokens", "1000000", "--models", ",".join(models), "--max-output",

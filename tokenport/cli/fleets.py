@@ -411,6 +411,13 @@ def cmd_devices_renew(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices_flagged(args: argparse.Namespace) -> int:
+    flags = _fleets(args).flags(args.fleet, args.limit)
+    lines = [f"{f['at']}  {f['serial']:24} {f['kind']:10} {f['detail']}" for f in flags]
+    _print(flags, args.json, lines or ["no device flagged"])
+    return 0
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 
@@ -504,6 +511,10 @@ def _register_devices(sub: Any, command: Callable[..., argparse.ArgumentParser])
     c = command(devices, "renew", cmd_devices_renew, "extend a device's entitlement by N days")
     c.add_argument("serial")
     c.add_argument("--days", type=int, required=True)
+    c.add_argument("--json", action="store_true")
+    c = command(devices, "flagged", cmd_devices_flagged, "devices flagged as possible clones, latest first")
+    c.add_argument("fleet")
+    c.add_argument("--limit", type=int, default=1000)
     c.add_argument("--json", action="store_true")
 
 

@@ -86,3 +86,14 @@ class FleetRepository(Protocol):
     def spent_since(self, tenant_id: str, since: datetime) -> int:
         """What the tenant spent since then: its requests' cost and its devices' package fees."""
         ...
+
+    # --- clone detection ---
+
+    def add_flag(self, serial: str, kind: str, detail: str, at: datetime, quarantine: bool) -> None:
+        """Record a flag (audited); with `quarantine`, an active device is quarantined in the
+        same transaction (and the change announced)."""
+        ...
+
+    def flags(self, fleet_id: str, limit: int = 1000) -> list[tuple[str, str, str, datetime]]:
+        """(serial, kind, detail, at) of the fleet's flags, the latest first."""
+        ...

@@ -416,3 +416,18 @@ class FleetService:
             self.store.spent_since(fleet.tenant_id, now - timedelta(days=7)),
         )
         return build_report(inputs)
+
+    # --- clone detection ---
+
+    def flag(self, serial: str, fleet_id: str, kind: str, detail: str) -> None:
+        """A gateway saw signs of a clone (`gateway/clones.py`): recorded, audited, and the device
+        quarantined where its fleet says so."""
+        fleet = self.store.fleet_by_id(fleet_id)
+        quarantine = fleet is not None and fleet.auto_quarantine
+        self.store.add_flag(serial, kind, detail, self.clock.now(), quarantine)
+
+    def flags(self, fleet_name: str, limit: int = 1000) -> list[dict]:
+        return [
+            {"serial": s, "kind": k, "detail": d, "at": at.isoformat().replace("+00:00", "Z")}
+            for s, k, d, at in self.store.flags(self.fleet(fleet_name).id, max(1, min(limit, 100_000)))
+        ]

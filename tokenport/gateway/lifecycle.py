@@ -24,6 +24,7 @@ from tokenport.engines.dialects import llamacpp_cleaner
 from tokenport.gateway.auth import KeyCache
 from tokenport.gateway.backends import Backend, BackendPool
 from tokenport.gateway.charging import Charging
+from tokenport.gateway.clones import CloneWatch
 from tokenport.gateway.context import RequestContext
 from tokenport.gateway.device_gate import REMAINING_HEADER, DeviceGate
 from tokenport.gateway.devices import DEVICE_HEADER, DeviceDirectory, DeviceEntry, is_device_token
@@ -55,6 +56,7 @@ UPSTREAM_PATHS = {
 NATIVE = ("chat", "completions")
 RETRYABLE = {"backend_unavailable", "backend_overloaded", "upstream_error"}
 TIMED_OUT = "upstream_timeout"  # the engine took the request but ran past a bound: not retried
+TOO_MANY_STREAMS = "device_concurrency_exceeded"  # a device over its streams: a clone?
 MAX_RETRIES = 2
 AFFINITY_HEADERS = (b"x-session-affinity", b"x-session-id")
 AFFINITY_PREFIX = 512  # characters of each of the first two messages
@@ -110,10 +112,12 @@ class Gateway:
         waits: Waits | None = None,
         devices: DeviceDirectory | None = None,
         device_gate: DeviceGate | None = None,
+        clones: CloneWatch | None = None,
     ) -> None:
         self.keys = keys
         self.devices = devices  # None: no fleets served (a device header is still refused)
         self.device_gate = device_gate
+        self.clones = clones  # flags a device seen from too many places, or too many streams
         self.waits = waits or Waits()  # each backend's bounds on waiting for it, unless its own
         self.window = window
         self.energy = energy
@@ -218,6 +222,8 @@ class Gateway:
             await self._admit_and_serve(ctx, key, headers, len(raw_body), parsed, sink, out)  # 3-5
         except ApiError as err:
             out.status, out.error_code = err.status, err.code
+            if err.code == TOO_MANY_STREAMS and ctx.device is not None and self.clones is not None:
+                self.clones.too_many_streams(ctx.device, ctx.device.product.concurrency or 0)
             ctx.other_zone = err.other_zone
             if err.code == "model_not_found" and ctx.model is not None:
                 ctx.model = opaque(ctx.model)  # not a model we serve: the client's text, not kept
@@ -268,6 +274,8 @@ class Gateway:
         ctx.model, ctx.stream = req.model, req.stream
         device = ctx.device
         if device is not None:  # 3 admit: the device (state, models, output cap, rate)
+            if self.clones is not None:
+                self.clones.seen(device, ctx.client)
             self._device_gate().check(device, req, ctx.started_at)
         self.limiter.admit(key.id, key.rpm_limit)  # admit: rate limits
         self.limiter.admit_tokens(key.id, key.tpm_limit)

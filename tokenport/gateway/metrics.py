@@ -87,6 +87,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.device_flags = Counter(
+            "tokenport_device_flags",
+            "Devices flagged as possible clones: too many client addresses in an hour, too many streams",
+            ["kind"],
+            registry=r,
+        )
         self.auth_failures = Counter(
             "tokenport_auth_failures",
             "Failed authentications (throttled: answered 429, over the per-address limit)",

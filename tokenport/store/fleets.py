@@ -26,6 +26,7 @@ from tokenport.store.schema import (
     changes,
     device_batches,
     device_days,
+    device_flags,
     device_nonces,
     devices,
     fleets,
@@ -551,3 +552,35 @@ class FleetStore:
         )
         with self.engine.connect() as conn:
             return int(conn.execute(cost).scalar_one()) + int(conn.execute(fees).scalar_one())
+
+    # --- clone detection ---
+
+    def add_flag(self, serial: str, kind: str, detail: str, at: datetime, quarantine: bool) -> None:
+        with self.engine.begin() as conn:
+            write_lock(conn)
+            found = self._device_zone(conn, serial)
+            if found is None:
+                return
+            zone, fleet_id = found
+            lock_zone(conn, zone)
+            values = {"serial": serial, "fleet_id": fleet_id, "kind": kind, "detail": detail[:200]}
+            conn.execute(insert(device_flags).values(**values, at=at))
+            quarantined = (
+                quarantine
+                and conn.execute(
+                    update(devices)
+                    .where(devices.c.serial == serial, devices.c.state == ACTIVE)
+                    .values(state=QUARANTINED, updated_at=at)
+                ).rowcount
+                == 1
+            )
+            if quarantined:
+                _change(conn, "device", serial, at)
+            entry = admin_entry("device.flag", at, **values, quarantined=quarantined)
+            _audit(conn, zone, entry, at)
+
+    def flags(self, fleet_id: str, limit: int = 1000) -> list[tuple[str, str, str, datetime]]:
+        f = device_flags.c
+        q = select(f.serial, f.kind, f.detail, f.at).where(f.fleet_id == fleet_id)
+        with self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(q.order_by(f.at.desc(), f.id.desc()).limit(limit))]

@@ -621,3 +621,16 @@ device_buckets = Table(
     Column("micro", BigInteger, nullable=False),
     Column("at_us", BigInteger, nullable=False),
 )
+
+# Clone detection: each flag a gateway raised for a device (docs/fleets.md), latest listed first.
+device_flags = Table(
+    "device_flags",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("serial", String(64), nullable=False),
+    Column("fleet_id", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),  # "addresses" | "streams"
+    Column("detail", String(200), nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Index("ix_device_flags_fleet_at", "fleet_id", "at"),
+)

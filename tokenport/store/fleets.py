@@ -298,17 +298,24 @@ class FleetStore:
         row = conn.execute(_ZONE_OF_DEVICE, {"serial": serial}).first()
         return (row.zone, row.fleet_id) if row else None
 
+    def _lock_device(self, conn: Connection, serial: str) -> tuple[str, str] | None:
+        """Before a device's change: the write lock, then its zone's lock; (zone, fleet id), or
+        None (nothing locked beyond the write lock) for an unknown serial."""
+        write_lock(conn)
+        found = self._device_zone(conn, serial)
+        if found is not None:
+            lock_zone(conn, found[0])
+        return found
+
     def set_state(self, serial: str, state: str, reason: str, at: datetime) -> bool:
         """False, and nothing written, for an unknown serial, and for a change the device's state
         (as it is now, whatever the caller read before) does not allow: a revoked device stays
         revoked, and only a quarantined one is released (to active or imported)."""
         with self.engine.begin() as conn:
-            write_lock(conn)
-            found = self._device_zone(conn, serial)
+            found = self._lock_device(conn, serial)
             if found is None:
                 return False
             zone, fleet_id = found
-            lock_zone(conn, zone)
             allowed = (
                 devices.c.state == QUARANTINED if state in (ACTIVE, IMPORTED) else devices.c.state != REVOKED
             )
@@ -325,12 +332,10 @@ class FleetStore:
 
     def set_entitlement(self, serial: str, ends_at: datetime, at: datetime) -> None:
         with self.engine.begin() as conn:
-            write_lock(conn)
-            found = self._device_zone(conn, serial)
+            found = self._lock_device(conn, serial)
             if found is None:
                 return
             zone, fleet_id = found
-            lock_zone(conn, zone)
             conn.execute(
                 update(devices)
                 .where(devices.c.serial == serial)
@@ -557,12 +562,10 @@ class FleetStore:
 
     def add_flag(self, serial: str, kind: str, detail: str, at: datetime, quarantine: bool) -> None:
         with self.engine.begin() as conn:
-            write_lock(conn)
-            found = self._device_zone(conn, serial)
+            found = self._lock_device(conn, serial)
             if found is None:
                 return
             zone, fleet_id = found
-            lock_zone(conn, zone)
             values = {"serial": serial, "fleet_id": fleet_id, "kind": kind, "detail": detail[:200]}
             conn.execute(insert(device_flags).values(**values, at=at))
             quarantined = (

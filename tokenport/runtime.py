@@ -246,6 +246,7 @@ class Runtime:
         relay = Relay(self.upstream, self.clock.monotonic)
         limiter = RateLimiter(self.clock, self.settings.default_rpm, local=not self.settings.shared)
         self.device_gate = DeviceGate(self.device_quotas, limiter, self.clock)
+        self.devices.on_evict = self.device_gate.forget  # memory bounded by the directory's size
         settler = Settler(
             self.writer,
             self.metrics,

@@ -166,7 +166,9 @@ def test_device_tokens_expire_and_the_directory_reads_a_device_once():
     assert found.maker.id == FLEET.id and found.maker.budget_nano_usd is None
     asyncio.run(directory.from_token(token))
     assert reader.reads == 1  # the second request found it in memory
-    directory.apply([(1, "device", "BEAR-1")])  # revoked elsewhere: read again at once
+    directory.apply([(1, "device", "BEAR-1")])  # revoked elsewhere: dropped, read on its next request
+    assert len(directory) == 0 and reader.reads == 1
+    asyncio.run(directory.from_token(token))
     assert reader.reads == 2
     clock.advance(24 * 3600)
     with pytest.raises(ApiError) as exc:

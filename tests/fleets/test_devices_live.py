@@ -5,6 +5,7 @@ quotas and the maker's money are enforced, each refusal without an upstream call
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -342,9 +343,13 @@ def test_the_fleet_report_agrees_with_the_usage_records_and_the_ledger(gateway: 
 
 def test_activation_is_throttled_per_address(tmp_path: Path, mock_engine: MockProcess):
     cfg = mock_config(mock_engine.url)
-    cfg["limits"] = {"device_challenges_per_minute": 3, "auth_failures_per_minute": 2}
+    cfg["limits"] = {"device_challenges_per_minute": 4, "auth_failures_per_minute": 2, "default_rpm": 1}
     server = start_server(tmp_path / "home", cfg)
     try:
+        maker = Maker(server, "rams", models=(MODEL,))
+        token = maker.activate(maker.serials[0])["device_token"]  # one challenge of the four
+        # the default per-key rate is a key's: a device token has its product's (none here)
+        assert [chat(server.base_url, token).status_code for _ in range(3)] == [200, 200, 200]
         http = httpx.Client(base_url=server.base_url, timeout=10)
         nonces = [http.post("/v1/devices/challenge", json={"serial": f"T-{i}"}) for i in range(4)]
         assert [r.status_code for r in nonces] == [200, 200, 200, 429]
@@ -383,3 +388,52 @@ def test_a_device_seen_from_too_many_addresses_is_flagged_and_quarantined(gatewa
     assert 'tokenport_device_flags_total{kind="addresses"} 1.0' in metrics
     gateway.cli("devices", "release", maker.serials[0])  # the maker looked: back to active
     wait_until(lambda: chat(gateway.base_url, token).status_code == 200, 2.0, 0.05, "released")
+
+
+def test_bad_device_input_is_a_client_error(gateway: LiveServer, mock_engine: MockProcess):
+    maker = Maker(gateway, "bats", models=(MODEL,))
+    token = maker.activate(maker.serials[0])["device_token"]
+    http = httpx.Client(base_url=gateway.base_url, timeout=10)
+    for body in (
+        {"serial": "A\u0000", "nonce": "0" * 32, "mac": "00"},
+        {"serial": maker.serials[0], "nonce": "not-a-nonce\u0000", "mac": "00"},
+    ):
+        r = http.post(
+            "/v1/devices/activate", content=json.dumps(body), headers={"content-type": "application/json"}
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "invalid_device_credentials"), r.text
+    r = http.post("/v1/devices/challenge", content=b"{" + b" " * 10_000 + b"}")
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "body_too_large")
+    assert http.post("/v1/devices/challenge", json={"serial": "A\u0000"}).status_code == 400
+    _, key = gateway.new_key("bats")
+    r = http.get("/v1/account/fleets/%00/report", headers={"authorization": f"Bearer {key}"})
+    assert r.status_code == 404
+
+    # both output limits given: each is capped (an engine may honour either), and held for
+    r = httpx.post(
+        gateway.base_url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {token}"},
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+              "max_completion_tokens": 100_000, "mock_chunk_delay_ms": 0},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 200, r.text
+    sent = mock_engine.stats()["last_body"]
+    assert (sent["max_tokens"], sent["max_completion_tokens"]) == (1, 50)
+
+
+def test_a_maker_server_calling_from_several_addresses_is_not_a_clone(gateway: LiveServer):
+    maker = Maker(gateway, "voles", models=(MODEL,), fleet_args=("--max-addresses", "1", "--auto-quarantine"))
+    serial = maker.serials[0]
+    maker.activate(serial)
+    key = gateway.cli_json("keys", "create", "--tenant", "voles", "--fleet", maker.fleet)["key"]
+    gateway.wait_key_accepted(key)
+    for address in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):  # the maker's server instances
+        client = httpx.Client(transport=httpx.HTTPTransport(local_address=address), timeout=30)
+        r = client.post(
+            gateway.base_url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key}", "x-tokenport-device": serial},
+            json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "mock_chunk_delay_ms": 0},
+        )
+        assert r.status_code == 200, r.text
+    assert gateway.cli_json("devices", "flagged", maker.fleet) == []

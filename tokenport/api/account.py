@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tokenport.tenancy.keys import KeyRecord
+from tokenport.tenancy.keys import NAME_RE, KeyRecord
 
 if TYPE_CHECKING:
     from tokenport.api.services import AccountServices
@@ -170,7 +170,8 @@ async def fleet_report(request: Request, svc: AccountServices, key: KeyRecord) -
     fmt = _format(request)
 
     def build() -> dict:
-        fleet = svc.fleets.store.fleet(request.path_params["fleet"])
+        name = request.path_params["fleet"]
+        fleet = svc.fleets.store.fleet(name) if NAME_RE.fullmatch(name) else None
         if fleet is None or fleet.tenant_id != key.tenant_id:  # another's fleet is as missing as none
             raise ApiError(404, "No such fleet", "invalid_request_error", "not_found")
         available = svc.billing_service.balance(key.tenant_name).available

@@ -31,9 +31,16 @@ def _error(err: ApiError) -> Response:
 
 
 async def _body(request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > MAX_BODY:
-        raise ApiError(413, "The body is too large", "invalid_request_error", "body_too_large")
+    """The JSON object sent, read no further than MAX_BODY (no key is needed here)."""
+    too_large = ApiError(413, "The body is too large", "invalid_request_error", "body_too_large")
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        raise too_large
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_large
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -57,6 +64,8 @@ def _device_call(
         try:
             if challenge and (over := svc.challenge_throttle.count(address)) is not None:
                 raise over  # each challenge stores a nonce: a flood is refused
+            if not challenge and (over := svc.activation_throttle.over(address)) is not None:
+                raise over  # too many wrong answers already: no more work for this address
             body = await _body(request)
             result = await run_in_threadpool(work, svc, body)
         except ApiError as err:

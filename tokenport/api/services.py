@@ -84,6 +84,7 @@ class CountingServices(Protocol):
     """`/v1/messages/count_tokens`: the lifecycle's first steps and an HTTP session to the engine."""
 
     settings: Settings
+    clock: Clock
     gateway: Gateway | None
     session: aiohttp.ClientSession | None
 

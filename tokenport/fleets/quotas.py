@@ -203,5 +203,12 @@ class DeviceQuotas:
                 c.held -= amount
                 c.used += used
 
+    def forget_idle(self, serial: str) -> None:
+        """Drop a device's counters unless a request of its is in flight (it is read again, with
+        what it used, when it calls next)."""
+        use = self._use.get(serial)
+        if use is not None and not use.holds:
+            del self._use[serial]
+
     def forget(self, serial: str) -> None:
         self._use.pop(serial, None)

@@ -4,6 +4,7 @@ production batch, a device's lifecycle, and activation by challenge and response
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,9 @@ from tokenport.tenancy.records import Conflict, KeyInfo
 from tokenport.tenancy.service import InvalidInput, NotFound, TenancyService
 
 TOKEN_TTL = timedelta(hours=24)
+NONCE_RE = re.compile(r"[0-9a-f]{32}")  # what `challenge` gives (identity.new_nonce)
+UNKNOWN_SECRET = bytes(32)  # an unknown serial's answer is checked too, against this
+MAX_BATCH_KEYS = 10_000
 NONCE_TTL = timedelta(minutes=2)
 
 
@@ -97,6 +101,7 @@ class FleetService:
         self.zone_key = zone_key  # the zone's key that seals its batch keys (zones/vault.py)
         self.token_key = token_key  # signs device tokens
         self.clock = clock or SystemClock()
+        self._batch_keys: dict[str, bytes] = {}  # batch id -> its key, opened
 
     # --- fleets and products ---
 
@@ -264,11 +269,20 @@ class FleetService:
 
     def secret_of(self, serial: str) -> bytes:
         """A device's secret, derived again from its batch key (for the flashing station)."""
-        device = self.device(serial)
-        batch = self.store.batch_by_id(device.batch_id)
-        fleet = self.store.fleet_by_id(device.fleet_id)
-        assert batch is not None and fleet is not None
-        return device_secret(self._open(fleet, batch), serial)
+        return self._secret(self.device(serial))
+
+    def _secret(self, device: Device) -> bytes:
+        """Its batch's key opened once per process (kept, as the zone keys are): a known serial
+        then costs what an unknown one does, and the answer's timing tells nothing."""
+        key = self._batch_keys.get(device.batch_id)
+        if key is None:
+            batch = self.store.batch_by_id(device.batch_id)
+            fleet = self.store.fleet_by_id(device.fleet_id)
+            assert batch is not None and fleet is not None
+            key = self._open(fleet, batch)
+            if len(self._batch_keys) < MAX_BATCH_KEYS:
+                self._batch_keys[device.batch_id] = key
+        return device_secret(key, device.serial)
 
     # --- a device's lifecycle ---
 
@@ -339,6 +353,8 @@ class FleetService:
         if not all(isinstance(v, str) and v for v in (serial, nonce, mac)):
             raise InvalidInput("'serial', 'nonce' and 'mac' are required strings")
         assert isinstance(serial, str) and isinstance(nonce, str) and isinstance(mac, str)
+        if SERIAL_RE.fullmatch(serial) is None or NONCE_RE.fullmatch(nonce) is None:
+            raise _refused_unknown()  # never a nonce we gave: nothing to look up
         now = self.clock.now()
         taken = self.store.take_nonce(nonce, serial, now)
         if taken == "used":
@@ -346,7 +362,8 @@ class FleetService:
                 409, "challenge_used", "This challenge was answered already: ask for a new one"
             )
         device = self.store.device(serial) if taken == "ok" else None
-        if device is None or not mac_matches(self.secret_of(serial), serial, nonce, mac):
+        secret = self._secret(device) if device is not None else UNKNOWN_SECRET
+        if not mac_matches(secret, serial, nonce, mac) or device is None:  # the same work either way
             raise _refused_unknown()
         if device.state in (REVOKED, QUARANTINED):
             raise ActivationRefused(403, f"device_{device.state}", f"This device is {device.state}")
@@ -354,6 +371,8 @@ class FleetService:
         assert product is not None
         if device.activated_at is None:
             device = self._first_activation(device, product, now)
+            if device.state in (REVOKED, QUARANTINED):  # changed while it activated
+                raise ActivationRefused(403, f"device_{device.state}", f"This device is {device.state}")
         expires = now + TOKEN_TTL
         token = issue_token(self.token_key, serial, int(expires.timestamp()))
         return {

@@ -40,6 +40,16 @@ class AuthThrottle:
         """The answer to a failed authentication from `address`: `err`, or 429 over the limit."""
         return self.count(address) or err
 
+    def over(self, address: str | None) -> ApiError | None:
+        """The 429 if `address` is already over the limit this minute (nothing counted)."""
+        if not self.per_minute or address is None or address not in self._failures:
+            return None
+        start, n = self._failures[address]
+        now = self.mono()
+        if now - start >= WINDOW_S or n < self.per_minute:
+            return None
+        return throttled(max(1, math.ceil(start + WINDOW_S - now)))
+
     def count(self, address: str | None) -> ApiError | None:
         """Count one event from `address` (a failure, or a device's challenge): the 429 once the
         address is over the limit, else None."""

@@ -340,7 +340,8 @@ class SharedCharging(Charging):
         at: datetime,
         device: DeviceAsk | None = None,
     ) -> tuple[bool, int | None]:
-        rpm = key.rpm_limit or self.default_rpm
+        # a device token's maker key (no secret of its own): the device's limits, not the default
+        rpm = key.rpm_limit or (self.default_rpm if key.key_hash else 0)
         budget = bool(key.budget_nano_usd and key.budget_period and amount > 0)
         ask = Ask(
             request_id,

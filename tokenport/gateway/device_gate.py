@@ -70,6 +70,26 @@ def counted(entry: DeviceEntry, model: str | None, tokens: int, admitted_at: dat
     return entry.product.units(model or "", tokens), local_day(admitted_at, entry.product.reset_tz)
 
 
+def check_standing(entry: DeviceEntry, at: datetime) -> None:
+    """The device may be served at all: active, and within its entitlement."""
+    device = entry.device
+    if device.state != ACTIVE:
+        code = "device_not_activated" if device.state == IMPORTED else f"device_{device.state}"
+        raise forbidden(f"This device is {device.state.replace('imported', 'not activated')}", code)
+    if not device.entitled(at):
+        raise forbidden("This device's service package has ended", "device_entitlement_expired")
+
+
+def cap_output(req: ParsedRequest, cap: int) -> None:
+    """Every output limit the request gives, lowered to the product's cap (both of OpenAI's
+    fields: an engine may honour either); none given: `max_tokens` is the cap."""
+    fields = [f for f in ("max_tokens", "max_completion_tokens") if f in req.body]
+    for name in fields or ["max_tokens"]:
+        value = req.body.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or value > cap:
+            req.body[name] = cap
+
+
 class DeviceGate:
     """`quotas`: this process's counters (one process: the same `DeviceQuotas` that `LocalCharging`
     holds in), or None in shared mode, where the shared state counts streams and quotas."""
@@ -88,26 +108,25 @@ class DeviceGate:
         self.quotas.restore(entry.device.serial, DAY, window_bounds(DAY, at, tz)[0], day_used)
         self.quotas.restore(entry.device.serial, MONTH, window_bounds(MONTH, at, tz)[0], month_used)
 
+    def forget(self, serial: str) -> None:
+        """The directory dropped the device: its idle counters and its rate bucket go too (memory
+        stays bounded by the directory's size)."""
+        if self.quotas is not None:
+            self.quotas.forget_idle(serial)
+        self.limiter.forget("dev:" + serial)
+
     def check(self, entry: DeviceEntry, req: ParsedRequest, at: datetime) -> None:
         """State, entitlement, models, output cap (lowered to it); in one process also its rate
         and concurrency (shared mode: decided with its quotas, at admission)."""
         device, product = entry.device, entry.product
-        if device.state != ACTIVE:
-            code = "device_not_activated" if device.state == IMPORTED else f"device_{device.state}"
-            raise forbidden(f"This device is {device.state.replace('imported', 'not activated')}", code)
-        if not device.entitled(at):
-            raise forbidden("This device's service package has ended", "device_entitlement_expired")
+        check_standing(entry, at)
         if product.models and req.model not in product.models:
             raise forbidden(
                 f"This device's product may use {', '.join(product.models)}, not {req.model!r}",
                 "model_not_allowed",
             )
         if product.max_output is not None and req.endpoint != "embeddings":
-            cap = product.max_output
-            if req.max_output is None or req.max_output > cap:
-                fields = [f for f in ("max_tokens", "max_completion_tokens") if f in req.body]
-                for name in fields or ["max_tokens"]:
-                    req.body[name] = cap
+            cap_output(req, product.max_output)
         if product.rpm:
             self.limiter.admit("dev:" + device.serial, product.rpm)  # one process only (else no-op)
         if self.quotas is not None:

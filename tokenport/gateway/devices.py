@@ -32,6 +32,7 @@ class DeviceEntry:
     product: Product
     fleet: Fleet
     maker: KeyRecord  # who pays for a device token's requests: the fleet's maker, as a key
+    by_token: bool = True  # the device called itself (its token), not through a fleet key
 
 
 class DeviceReader(Protocol):  # store.fleets.FleetStore, store.tenants.TenantStore
@@ -69,6 +70,7 @@ class DeviceDirectory:
         self.clock = clock
         self.usage_of = usage_of  # what a device used today and this month (read in a thread) ...
         self.on_load = on_load  # ... handed to the quotas on the event loop
+        self.on_evict: Callable[[str], None] | None = None  # a device dropped: its counters may go
         self.max_devices = max_devices
         self._entries: dict[str, DeviceEntry] = {}
         self._generation = 0  # bumped by every change: a load that raced one is not kept
@@ -83,14 +85,13 @@ class DeviceDirectory:
         owners = {ref for _, kind, ref in rows if kind in ("fleet", "product", "tenant")}
         if not serials and not owners:
             return
-        self._generation += 1
-        for serial, e in list(self._entries.items()):
-            if serial in serials or {e.fleet.id, e.product.id, e.fleet.tenant_id} & owners:
-                fresh = self._read(serial)  # in the feed's thread
-                if fresh is None:
+        self._generation += 1  # a load racing this change is not kept
+        for serial in serials:
+            self._entries.pop(serial, None)  # read again on its next request: cheap here, for any count
+        if owners:
+            for serial, e in list(self._entries.items()):
+                if {e.fleet.id, e.product.id, e.fleet.tenant_id} & owners:
                     self._entries.pop(serial, None)
-                else:
-                    self._entries[serial] = fresh
 
     # --- lookups ---
 
@@ -121,7 +122,10 @@ class DeviceDirectory:
             self.on_load(entry, used)
         if entry is not None and generation == self._generation:
             if len(self._entries) >= self.max_devices:
-                del self._entries[next(iter(self._entries))]
+                oldest = next(iter(self._entries))
+                del self._entries[oldest]
+                if self.on_evict is not None:
+                    self.on_evict(oldest)
             self._entries[serial] = entry
         return entry
 
@@ -157,7 +161,7 @@ class DeviceDirectory:
             raise ApiError(
                 404, "No such device in this key's fleet", "invalid_request_error", "device_not_found"
             )
-        return replace(entry, maker=key)
+        return replace(entry, maker=key, by_token=False)
 
 
 def is_device_token(secret: str | None) -> bool:

@@ -274,11 +274,12 @@ class Gateway:
         ctx.model, ctx.stream = req.model, req.stream
         device = ctx.device
         if device is not None:  # 3 admit: the device (state, models, output cap, rate)
-            if self.clones is not None:
+            if self.clones is not None and device.by_token:  # its own address (not its maker's server)
                 self.clones.seen(device, ctx.client)
             self._device_gate().check(device, req, ctx.started_at)
-        self.limiter.admit(key.id, key.rpm_limit)  # admit: rate limits
-        self.limiter.admit_tokens(key.id, key.tpm_limit)
+        if device is None or not device.by_token:  # a device's own token has the device's limits
+            self.limiter.admit(key.id, key.rpm_limit)  # admit: rate limits
+            self.limiter.admit_tokens(key.id, key.tpm_limit)
         affinity = partial(affinity_key, headers, req)  # computed only if several backends could serve
         backend = self.pool.route(
             req.model, ctx.zone or key.zone, req.endpoint == "embeddings", affinity=affinity

@@ -70,6 +70,10 @@ class RateLimiter:
             total[0] -= window.popleft()[1]
         return window, total
 
+    def forget(self, key_id: str) -> None:
+        """Drop a key's (or a device's) request bucket: a new one is full, as a minute-old one is."""
+        self._buckets.pop(key_id, None)
+
     def admit(self, key_id: str, rpm: int | None) -> None:
         rpm = rpm or self.default_rpm
         if rpm <= 0 or not self.local:

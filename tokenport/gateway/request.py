@@ -23,4 +23,5 @@ class ParsedRequest:
         """The most output tokens the request allows (None: up to the context); held for."""
         if self.endpoint == "embeddings":
             return 0
-        return self.body.get("max_tokens") or self.body.get("max_completion_tokens")
+        given = [v for v in (self.body.get("max_tokens"), self.body.get("max_completion_tokens")) if v]
+        return max(given) if given else None  # both given: an engine may honour either

@@ -18,6 +18,7 @@ from tokenport.api.endpoint import WireFormat
 from tokenport.api.errors import error_headers
 from tokenport.api.middleware import REQUEST_ID_KEY
 from tokenport.api.openai.protocol import parse_body
+from tokenport.gateway.device_gate import check_standing
 from tokenport.gateway.errors import ApiError
 from tokenport.gateway.token_count import count_prompt_tokens
 
@@ -39,7 +40,9 @@ async def count_tokens(request: Request) -> Response:
     rid = request.scope.get(REQUEST_ID_KEY, "")
     try:
         headers = dict(request.scope["headers"])
-        key, _ = await gateway.authenticate(headers, request.client.host if request.client else None)
+        key, device = await gateway.authenticate(headers, request.client.host if request.client else None)
+        if device is not None:  # a revoked, quarantined or expired device is not served here either
+            check_standing(device, svc.clock.now())
         zone = gateway.zone(key, headers)
         body = parse_body(await request.body())
         _, chat = translate({"max_tokens": 1, **body}, svc.settings.model_aliases)

@@ -43,7 +43,10 @@ class KeyCache:
         self, authorization: bytes | None, x_api_key: bytes | None, address: str | None = None
     ) -> KeyRecord:
         """The key's record; a failure is throttled per client `address` (auth_throttle.py)."""
-        secret = extract_secret(authorization, x_api_key)
+        return self.authenticate_secret(extract_secret(authorization, x_api_key), address)
+
+    def authenticate_secret(self, secret: str | None, address: str | None = None) -> KeyRecord:
+        """As `authenticate`, for a secret already taken from the headers."""
         record = self._by_hash.get(hash_key(secret)) if secret is not None else None
         if record is not None and not record.revoked:
             return record

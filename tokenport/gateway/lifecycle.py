@@ -136,14 +136,14 @@ class Gateway:
         """The key that pays and the device calling, if any: a device token (`tpd_…`) is the
         device and its maker; a fleet key (`tpf_…`) may name one of its devices in
         `X-Tokenport-Device`; any other key is itself."""
-        authorization, x_api_key = headers.get(b"authorization"), headers.get(b"x-api-key")
-        if self.devices is not None and is_device_token(extract_secret(authorization, x_api_key)):
-            entry = await self.devices.from_token(extract_secret(authorization, x_api_key) or "")
+        secret = extract_secret(headers.get(b"authorization"), headers.get(b"x-api-key"))  # once
+        if self.devices is not None and secret is not None and is_device_token(secret):
+            entry = await self.devices.from_token(secret)
             named = headers.get(DEVICE_HEADER)
             if named is not None and named.decode("latin-1").strip() != entry.device.serial:
                 raise forbidden("A device token acts for its own device only", "device_header_not_allowed")
             return entry.maker, entry
-        key = self.keys.authenticate(authorization, x_api_key, client)
+        key = self.keys.authenticate_secret(secret, client)
         serial = headers.get(DEVICE_HEADER)
         if serial is None:
             return key, None

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from support.live import TOKENPORT, LiveServer, mock_config, start_server, wait_until
+from support.live import TOKENPORT, LiveServer, mock_config, two_gateways, wait_until
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 COST_NANO = 27_000  # the mock's 10 prompt + 20 completion tokens at $0.30 / $1.20 per M
@@ -56,17 +56,7 @@ def pair(request, tmp_path_factory, mock_engine) -> Iterator[tuple[LiveServer, L
         },
     }
     env = {"TOKENPORT_DATABASE_URL": url}
-    a = start_server(root / "a", json.loads(json.dumps(config)), env)
-    try:
-        b = start_server(root / "b", json.loads(json.dumps(config)), env, prices={})
-    except BaseException:
-        a.stop()
-        raise
-    a.extra["mode"] = request.param
-    yield a, b
-    for server in (a, b):
-        assert server.stop() == 0, server.log()
-    a.verify_ledger()
+    yield from two_gateways(root, config, env, request.param)
 
 
 def _available(server: LiveServer, tenant: str) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import openai
 import pytest
 from sqlalchemy import Engine, create_engine, func, select, text
 from support.admission import HOLD, MAX_OUTPUT, Harness
-from support.live import LiveServer, MockProcess, mock_config, start_server, wait_until
+from support.live import LiveServer, MockProcess, mock_config, two_gateways, wait_until
 from support.rows import usage_row
 
 from tokenport.billing.accountant import Accountant
@@ -349,17 +348,7 @@ def pair(request, tmp_path_factory, mock_engine: MockProcess) -> Iterator[tuple[
         "audit": {"keys_dir": str(root / "keys")},
     }
     env = {"TOKENPORT_DATABASE_URL": url}
-    a = start_server(root / "a", json.loads(json.dumps(config)), env)
-    try:
-        b = start_server(root / "b", json.loads(json.dumps(config)), env, prices={})
-    except BaseException:
-        a.stop()
-        raise
-    a.extra["mode"] = request.param
-    yield a, b
-    for server in (a, b):
-        assert server.stop() == 0, server.log()
-    a.verify_ledger()
+    yield from two_gateways(root, config, env, request.param)
 
 
 class Toy:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,21 @@ def mock_config(mock_url: str) -> dict:
             {"name": "dom", "url": mock_url, "zone": "domestic", "models": ["domestic-model"]},
         ],
     }
+
+
+def two_gateways(
+    root: Path, config: dict, env: dict[str, str], mode: str
+) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two `tokenport serve` processes on one shared database (`env`'s URL), the second without
+    setting prices again; both stopped cleanly afterwards, and the ledger verified."""
+    a = start_server(root / "a", json.loads(json.dumps(config)), env)
+    try:
+        b = start_server(root / "b", json.loads(json.dumps(config)), env, prices={})
+    except BaseException:
+        a.stop()
+        raise
+    a.extra["mode"] = mode
+    yield a, b
+    for server in (a, b):
+        assert server.stop() == 0, server.log()
+    a.verify_ledger()
